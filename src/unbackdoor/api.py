@@ -1,0 +1,165 @@
+"""The Python API that the CLI is a thin layer over: train a model, evaluate an artifact.
+
+    >>> trained = unbackdoor.train_model("mnist", epochs=1, out="runs/mnist")
+    >>> metrics = unbackdoor.evaluate_artifact("runs/mnist")
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unbackdoor.data import ImageDataset
+from unbackdoor.data.registry import load_dataset
+from unbackdoor.errors import ArtifactError, DataError
+from unbackdoor.eval.metrics import Metrics, evaluate
+from unbackdoor.models import create_model, is_artifact, load_model, save_model
+from unbackdoor.models.artifact import Manifest
+from unbackdoor.train import TrainConfig, TrainResult, train
+from unbackdoor.train.recipes import default_model_for, recipe
+from unbackdoor.utils.io import atomic_write_json
+from unbackdoor.utils.runinfo import run_info, seed_everything
+
+CHECKPOINT_DIR = ".checkpoint"
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with its test metrics and training record."""
+
+    model: nn.Module
+    class_names: list[str]
+    metrics: Metrics
+    result: TrainResult
+    config: TrainConfig
+    out: Path | None = None
+
+
+def channel_stats(data: ImageDataset, limit: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to ``limit`` of) the images, for the model's first layer."""
+    x = data.images[:limit].float().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def build_model(name: str, data: ImageDataset, **kwargs: Any) -> nn.Module:
+    """A fresh model for ``data`` (its class count, input shape and channel statistics)."""
+    mean, std = channel_stats(data)
+    c, h, w = data.input_shape
+    model = create_model(name, data.num_classes, in_channels=c, input_size=(h, w), mean=mean,
+                         std=std, **kwargs)
+    init = getattr(model, "init_from_data", None)
+    if callable(init):
+        init(data.images[:5000].float().div_(255.0))
+    return model
+
+
+def prepare_out(out: str | Path | None, overwrite: bool) -> Path | None:
+    """Refuse to overwrite a finished artifact unless asked (an unfinished run resumes instead)."""
+    if out is None:
+        return None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a directory")
+    if is_artifact(out) and not (out / CHECKPOINT_DIR).exists():
+        if not overwrite:
+            raise ArtifactError(f"{out}: already holds a finished model; pass overwrite (--force)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train_model(
+    dataset: str | ImageDataset = "mnist",
+    model: str | None = None,
+    *,
+    test_data: ImageDataset | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    train_samples: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    **train_options: Any,
+) -> TrainedModel:
+    """Train a model on ``dataset`` (a registered name, a folder path or an ImageDataset).
+
+    Without ``model`` the data set's default is used; without options, the model's recipe.
+    With ``out``, the artifact, ``metrics.json`` and ``train.json`` are written there, and an
+    interrupted run resumes from its last finished epoch.
+    """
+    if epochs is not None and epochs < 0:
+        raise DataError(f"epochs must be a non-negative integer, got {epochs}")
+    out_dir = prepare_out(out, overwrite)
+    if isinstance(dataset, ImageDataset):
+        train_data, dataset_name = dataset, dataset.name
+    else:
+        train_data, dataset_name = load_dataset(dataset, "train"), str(dataset)
+    if test_data is None:
+        if isinstance(dataset, ImageDataset):
+            raise DataError("pass test_data when training on an in-memory data set")
+        test_data = load_dataset(dataset, "test", class_names=train_data.class_names)
+    if train_samples is not None:
+        train_data = train_data.sample(train_samples, seed)
+    name = model or default_model_for(dataset_name, train_data.input_shape[-1])
+    cfg = recipe(name, epochs=epochs, seed=seed, **train_options)
+    seed_everything(seed)
+    net = build_model(name, train_data, **(model_kwargs or {}))
+    ckpt = out_dir / CHECKPOINT_DIR if out_dir is not None else None
+    t0 = time.perf_counter()
+    result = train(net, train_data, cfg, checkpoint_dir=ckpt, desc=f"train {name}")
+    metrics = evaluate(net, test_data, bf16=cfg.bf16)
+    trained = TrainedModel(net, train_data.class_names, metrics, result, cfg, out_dir)
+    if out_dir is not None and _is_main_process():
+        record = {
+            **run_info(seed),
+            "dataset": dataset_name,
+            "model": name,
+            "train_samples": len(train_data),
+            "config": cfg.to_dict(),
+            "wall_time": time.perf_counter() - t0,
+            "train_images_per_second": result.images_per_second,
+            "history": result.history,
+        }
+        save_model(net, out_dir, class_names=train_data.class_names, dataset=dataset_name,
+                   seed=seed, extra={"train": {"config": cfg.to_dict(), "epochs": cfg.epochs}})
+        atomic_write_json(out_dir / "train.json", record)
+        atomic_write_json(out_dir / "metrics.json", metrics.to_dict())
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return trained
+
+
+def load_test_data(manifest: Manifest, dataset: str | None, split: str = "test") -> ImageDataset:
+    """The evaluation data of an artifact, mapped to its class names and input shape."""
+    name = dataset or manifest.dataset
+    if not name:
+        raise DataError("the manifest names no data set: pass one (--dataset)")
+    spec = manifest.spec
+    return load_dataset(name, split, class_names=manifest.class_names,
+                        image_size=tuple(spec.input_size), channels=spec.in_channels)
+
+
+def evaluate_artifact(
+    directory: str | Path,
+    dataset: str | None = None,
+    *,
+    split: str = "test",
+    device: str | torch.device | None = None,
+    batch_size: int = 500,
+) -> Metrics:
+    """Clean accuracy of the model in ``directory`` (and ASR/RA once it carries an attack)."""
+    model, manifest = load_model(directory, device or "cpu")
+    data = load_test_data(manifest, dataset, split)
+    return evaluate(model, data, batch_size=batch_size)
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0

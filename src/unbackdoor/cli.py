@@ -1,0 +1,190 @@
+"""The ``unbackdoor`` command line: a thin typer layer over :mod:`unbackdoor.api`.
+
+Results go to standard output (a table, or exactly one JSON object with ``--json``); progress bars
+and logs go to standard error. Errors are one line unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+app = typer.Typer(
+    name="unbackdoor",
+    help="Remove backdoors from trained neural networks.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+list_app = typer.Typer(help="List what is registered.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+
+
+def _echo_json(obj: Any) -> None:
+    from unbackdoor.utils.io import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(obj)) + "\n")
+
+
+def _table(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    if title:
+        typer.echo(title)
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        typer.echo(f"  {k:<{width}}  {v}")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+@app.command(epilog="Examples:\n\n  unbackdoor train --dataset mnist --epochs 2 --out runs/mnist\n\n"
+             "  unbackdoor train --dataset cifar10 --model fastnet --seed 1 --out runs/c10\n\n"
+             "  unbackdoor train --dataset path/to/folder --out runs/mine")
+def train(
+    out: Annotated[Path, typer.Option(help="Output model directory.")],
+    dataset: Annotated[str, typer.Option(help="Registered name (mnist, cifar10) or image-folder "
+                                              "path with train/ and test/.")] = "mnist",
+    model: Annotated[str | None, typer.Option(help="Model name (see `unbackdoor list models`); "
+                                                   "default depends on the data set.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, recorded in the outputs.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast.")] = None,
+    train_samples: Annotated[int | None, typer.Option(help="Train on a seeded subset.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train a model; interrupted runs resume from the last finished epoch."""
+    from unbackdoor.api import train_model
+
+    if epochs is not None and epochs < 0:
+        raise click.BadParameter(f"must be >= 0, got {epochs}", param_hint="--epochs")
+    t = train_model(dataset, model, epochs=epochs, seed=seed, out=out, overwrite=force,
+                    train_samples=train_samples, batch_size=batch_size, lr=lr, bf16=bf16,
+                    device=device)
+    summary = {
+        "out": str(out),
+        **t.metrics.to_dict(),
+        "wall_time": t.result.wall_time,
+        "train_images_per_second": t.result.images_per_second,
+        "seed": seed,
+    }
+    if json_out:
+        _echo_json(summary)
+    else:
+        _table([("clean accuracy", _pct(t.metrics.clean_acc)),
+                ("training time", f"{t.result.wall_time:.1f} s"),
+                ("images/s", f"{t.result.images_per_second:.0f}"),
+                ("saved to", str(out))], title="trained")
+
+
+@app.command(epilog="Examples:\n\n  unbackdoor evaluate runs/mnist\n\n"
+             "  unbackdoor evaluate runs/c10 --dataset cifar10 --json")
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="Model directory.")],
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the manifest's).")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Evaluate a model directory: clean accuracy, and ASR/RA when it carries an attack."""
+    from unbackdoor.api import evaluate_artifact
+    from unbackdoor.utils.runinfo import resolve_device
+
+    m = evaluate_artifact(directory, dataset, split=split, device=resolve_device(device))
+    if json_out:
+        _echo_json(m.to_dict())
+    else:
+        _table([("clean accuracy", _pct(m.clean_acc)), ("attack success rate", _pct(m.asr)),
+                ("robust accuracy", _pct(m.robust_acc))], title=str(directory))
+
+
+class ListWhat(str, Enum):
+    models = "models"
+    datasets = "datasets"
+
+
+def _list(entries: dict[str, str], json_out: bool) -> None:
+    if json_out:
+        _echo_json(entries)
+    else:
+        _table(sorted(entries.items()))
+
+
+@list_app.command("models")
+def list_models_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered model architectures."""
+    from unbackdoor.models.registry import MODELS
+
+    _list(MODELS.describe(), json_out)
+
+
+@list_app.command("datasets")
+def list_datasets_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered data sets (any image folder works too)."""
+    from unbackdoor.data.registry import list_datasets
+
+    _list(list_datasets(), json_out)
+
+
+@app.command(epilog="Example:\n\n  unbackdoor demo --out runs/demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the demo's models.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The main job on embedded MNIST: train a small model and evaluate it."""
+    from unbackdoor.api import train_model
+
+    typer.echo("unbackdoor demo: training a small CNN on MNIST (embedded data)...", err=True)
+    t = train_model("mnist", "small_cnn", seed=seed, out=out / "clean", overwrite=True)
+    _table([("model", str(out / "clean")), ("clean accuracy", _pct(t.metrics.clean_acc)),
+            ("training time", f"{t.result.wall_time:.1f} s")], title="demo: clean MNIST model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns expected errors into one line on stderr."""
+    from unbackdoor.errors import UnbackdoorError
+
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished epochs are checkpointed; rerun to resume", err=True)
+        return 130
+    except (UnbackdoorError, FileNotFoundError, PermissionError, FloatingPointError) as e:
+        if _STATE["debug"] or os.environ.get("UNBACKDOOR_DEBUG"):
+            raise
+        typer.echo(f"error: {e}", err=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

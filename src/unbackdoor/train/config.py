@@ -1,0 +1,66 @@
+"""The training configuration shared by clean training, poisoning, defenses and re-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from unbackdoor.utils.config import check, check_choice
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`unbackdoor.train.train`; every field is checked in ``validate``.
+
+    ``schedule``: ``onecycle`` (linear warm-up over ``warmup`` of the steps, then linear decay to
+    zero: the triangular schedule of the fast CIFAR nets), ``cosine`` (cosine decay, optional
+    warm-up), ``linear`` (linear decay) or ``constant``. ``augment``: ``None`` uses the data set's
+    standard augmentation, ``False`` none. ``ema``: decay of an exponential moving average of the
+    weights that replaces them at the end (``None`` for none).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.2
+    label_smoothing: float = 0.0
+    augment: bool | None = None
+    bf16: bool = False
+    channels_last: bool = False
+    ema: float | None = None
+    grad_clip: float | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> TrainConfig:
+        o = "TrainConfig"
+        check(isinstance(self.epochs, int) and self.epochs >= 0, o, "epochs", self.epochs,
+              "a non-negative integer")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, o, "batch_size",
+              self.batch_size, "a positive integer")
+        check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice(o, "schedule", self.schedule, SCHEDULES)
+        check(self.lr > 0, o, "lr", self.lr, "a positive number")
+        check(0 <= self.momentum < 1, o, "momentum", self.momentum, "a number in [0, 1)")
+        check(self.weight_decay >= 0, o, "weight_decay", self.weight_decay, ">= 0")
+        check(0 <= self.warmup < 1, o, "warmup", self.warmup, "a fraction in [0, 1)")
+        check(0 <= self.label_smoothing < 1, o, "label_smoothing", self.label_smoothing,
+              "a number in [0, 1)")
+        check(self.ema is None or 0 < self.ema < 1, o, "ema", self.ema, "None or in (0, 1)")
+        check(self.grad_clip is None or self.grad_clip > 0, o, "grad_clip", self.grad_clip,
+              "None or > 0")
+        check(self.max_steps is None or self.max_steps >= 1, o, "max_steps", self.max_steps,
+              "None or >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,228 @@
+"""The one training loop of unbackdoor.
+
+Clean training, poisoned training, fine-tuning inside defenses and the re-tuning attack all call
+:func:`train`. It supports SGD/Adam, one-cycle/cosine schedules, label smoothing, an EMA of the
+weights, bf16 autocast and channels_last, a progress bar, a checkpoint after every epoch with
+exact resume, and DDP under ``torchrun``. A custom objective is a ``loss_fn(model, batch)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unbackdoor.data.dataset import ImageDataset
+from unbackdoor.data.loader import Batch, iterate, num_batches
+from unbackdoor.data.transforms import default_augment
+from unbackdoor.errors import ConfigError, DataError
+from unbackdoor.train.config import TrainConfig
+from unbackdoor.train.distributed import DistContext, init_distributed
+from unbackdoor.train.optim import build_optimizer, set_lr
+from unbackdoor.utils.io import atomic_write
+from unbackdoor.utils.progress import progress
+from unbackdoor.utils.runinfo import resolve_device
+
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: per-epoch history, wall time and throughput."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time: float = 0.0
+    train_images: int = 0
+    resumed_from_epoch: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.wall_time if self.wall_time > 0 else 0.0
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch.x), batch.y, label_smoothing=label_smoothing)
+
+    return loss
+
+
+def train(
+    model: nn.Module,
+    data: ImageDataset,
+    config: TrainConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, nn.Module], dict[str, Any]] | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``data``; returns a :class:`TrainResult`.
+
+    With ``checkpoint_dir``, the state after every epoch is saved there and a later call with the
+    same config resumes after the last finished epoch.
+    """
+    cfg = (config or TrainConfig()).validate()
+    if len(data) == 0:
+        raise DataError(f"{data.name}: cannot train on an empty data set")
+    device = resolve_device(cfg.device)
+    ctx = init_distributed(device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.num_classes != data.num_classes:
+        raise DataError(
+            f"{data.name}: {data.num_classes} classes but the model has {spec.num_classes}"
+        )
+    if spec is not None and tuple(data.input_shape) != (spec.in_channels, *spec.input_size):
+        raise DataError(
+            f"{data.name}: images of shape {data.input_shape}, the model expects "
+            f"{(spec.in_channels, *spec.input_size)}"
+        )
+    augment = None
+    if cfg.augment is not False:
+        augment = default_augment(data.name, data.images.shape[-1])
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    net: nn.Module = model
+    if ctx.enabled:
+        net = nn.parallel.DistributedDataParallel(model)
+    optimizer = build_optimizer(model, cfg)
+    ema = _Ema(model, cfg.ema) if cfg.ema else None
+    steps_per_epoch = num_batches(len(data), cfg.batch_size, drop_last=False,
+                                  world_size=ctx.world_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    result = TrainResult()
+    start_epoch, step = 0, 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        start_epoch, step, result.history = _restore(ckpt_path, cfg, model, optimizer, ema)
+        result.resumed_from_epoch = start_epoch
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    )
+    t_start = time.perf_counter()
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps:
+            break
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        batches = iterate(
+            data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, augment=augment,
+            device=device, rank=ctx.rank, world_size=ctx.world_size,
+            channels_last=cfg.channels_last,
+        )
+        bar = progress(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                       enabled=ctx.is_main)
+        for batch in bar:
+            if step >= total_steps:
+                break
+            lr = set_lr(optimizer, cfg, step, total_steps)
+            with autocast:
+                loss = loss_fn(net, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                    f"lower the learning rate (lr={cfg.lr})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            n = batch.y.numel()
+            sums += torch.tensor([loss.item() * n, 0.0, n], dtype=torch.float64)
+            if step % 20 == 0 or step == steps_per_epoch:
+                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", lr=f"{lr:.3g}")
+        ctx.all_reduce_sum(sums)
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(sums[0] / max(1.0, sums[2])),
+            "lr": lr if steps_per_epoch else 0.0,
+            "seconds": seconds,
+            "images_per_second": float(sums[2]) / seconds if seconds > 0 else 0.0,
+        }
+        result.train_images += int(sums[2])
+        if on_epoch_end is not None:
+            record.update(on_epoch_end(epoch + 1, model))
+            model.train()
+        result.history.append(record)
+        if ckpt_path is not None and ctx.is_main:
+            _save(ckpt_path, cfg, epoch + 1, step, result.history, model, optimizer, ema)
+        ctx.barrier()
+    result.wall_time = time.perf_counter() - t_start
+    if ema is not None:
+        ema.copy_to(model)
+    model.eval()
+    return result
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    keep = {k: v for k, v in cfg.to_dict().items() if k not in ("device",)}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Ema:
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+        for s, b in zip(self.shadow.buffers(), model.buffers()):
+            s.copy_(b)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow.state_dict())
+
+
+def _save(path: Path, cfg: TrainConfig, epoch: int, step: int, history: list, model: nn.Module,
+          optimizer: torch.optim.Optimizer, ema: _Ema | None) -> None:
+    state = {
+        "config_hash": config_hash(cfg),
+        "epoch": epoch,
+        "step": step,
+        "history_json": json.dumps(history),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.shadow.state_dict() if ema is not None else None,
+    }
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             ema: _Ema | None) -> tuple[int, int, list]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any corruption means: cannot resume)
+        raise ConfigError(f"{path}: cannot resume from this checkpoint ({e}); delete it to restart")
+    if state.get("config_hash") != config_hash(cfg):
+        raise ConfigError(
+            f"{path}: the checkpoint was made with a different training config; delete it or "
+            "use another output directory to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.shadow.load_state_dict(state["ema"])
+    return int(state["epoch"]), int(state["step"]), json.loads(state["history_json"])

@@ -1,0 +1,38 @@
+"""Typed configs checked up front: an unknown key or a bad value is an error that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from unbackdoor.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides: Any) -> C:
+    """Build the dataclass ``cls`` from ``values``, refusing unknown keys by name."""
+    merged = {**(values or {}), **overrides}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in merged:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{cls.__name__}: unknown key {key!r}{hint}; known keys: {', '.join(fields)}"
+            )
+    return cls(**merged)
+
+
+def check(cond: bool, owner: str, key: str, value: Any, expected: str) -> None:
+    """Raise a :class:`ConfigError` saying ``owner.key=value`` is not ``expected``."""
+    if not cond:
+        raise ConfigError(f"{owner}: {key}={value!r} is invalid; expected {expected}")
+
+
+def check_choice(owner: str, key: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = list(choices)
+    check(value in choices, owner, key, value, f"one of {choices}")
