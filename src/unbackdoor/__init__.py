@@ -17,7 +17,21 @@ from unbackdoor.train import TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "ImageDataset", "Metrics", "TrainConfig", "TrainedModel", "create_model", "list_models",
-    "load_model", "save_model", "list_datasets", "load_dataset", "train", "train_model",
-    "evaluate", "evaluate_artifact", "predict", "defense_effectiveness_rate", "__version__",
+    "ImageDataset",
+    "Metrics",
+    "TrainConfig",
+    "TrainedModel",
+    "create_model",
+    "list_models",
+    "load_model",
+    "save_model",
+    "list_datasets",
+    "load_dataset",
+    "train",
+    "train_model",
+    "evaluate",
+    "evaluate_artifact",
+    "predict",
+    "defense_effectiveness_rate",
+    "__version__",
 ]

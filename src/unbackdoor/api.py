@@ -1,7 +1,7 @@
 """The Python API that the CLI is a thin layer over: train a model, evaluate an artifact.
 
-    >>> trained = unbackdoor.train_model("mnist", epochs=1, out="runs/mnist")
-    >>> metrics = unbackdoor.evaluate_artifact("runs/mnist")
+>>> trained = unbackdoor.train_model("mnist", epochs=1, out="runs/mnist")
+>>> metrics = unbackdoor.evaluate_artifact("runs/mnist")
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def build_model(name: str, data: ImageDataset, **kwargs: Any) -> nn.Module:
     """A fresh model for ``data`` (its class count, input shape and channel statistics)."""
     mean, std = channel_stats(data)
     c, h, w = data.input_shape
-    model = create_model(name, data.num_classes, in_channels=c, input_size=(h, w), mean=mean,
-                         std=std, **kwargs)
+    model = create_model(
+        name, data.num_classes, in_channels=c, input_size=(h, w), mean=mean, std=std, **kwargs
+    )
     init = getattr(model, "init_from_data", None)
     if callable(init):
         init(data.images[:5000].float().div_(255.0))
@@ -127,8 +128,14 @@ def train_model(
             "train_images_per_second": result.images_per_second,
             "history": result.history,
         }
-        save_model(net, out_dir, class_names=train_data.class_names, dataset=dataset_name,
-                   seed=seed, extra={"train": {"config": cfg.to_dict(), "epochs": cfg.epochs}})
+        save_model(
+            net,
+            out_dir,
+            class_names=train_data.class_names,
+            dataset=dataset_name,
+            seed=seed,
+            extra={"train": {"config": cfg.to_dict(), "epochs": cfg.epochs}},
+        )
         atomic_write_json(out_dir / "train.json", record)
         atomic_write_json(out_dir / "metrics.json", metrics.to_dict())
         shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -141,8 +148,13 @@ def load_test_data(manifest: Manifest, dataset: str | None, split: str = "test")
     if not name:
         raise DataError("the manifest names no data set: pass one (--dataset)")
     spec = manifest.spec
-    return load_dataset(name, split, class_names=manifest.class_names,
-                        image_size=tuple(spec.input_size), channels=spec.in_channels)
+    return load_dataset(
+        name,
+        split,
+        class_names=manifest.class_names,
+        image_size=tuple(spec.input_size),
+        channels=spec.in_channels,
+    )
 
 
 def evaluate_artifact(

@@ -13,7 +13,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 app = typer.Typer(
@@ -55,16 +54,28 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
-@app.command(epilog="Examples:\n\n  unbackdoor train --dataset mnist --epochs 2 --out runs/mnist\n\n"
-             "  unbackdoor train --dataset cifar10 --model fastnet --seed 1 --out runs/c10\n\n"
-             "  unbackdoor train --dataset path/to/folder --out runs/mine")
+@app.command(
+    epilog="Examples:\n\n  unbackdoor train --dataset mnist --epochs 2 --out runs/mnist\n\n"
+    "  unbackdoor train --dataset cifar10 --model fastnet --seed 1 --out runs/c10\n\n"
+    "  unbackdoor train --dataset path/to/folder --out runs/mine"
+)
 def train(
     out: Annotated[Path, typer.Option(help="Output model directory.")],
-    dataset: Annotated[str, typer.Option(help="Registered name (mnist, cifar10) or image-folder "
-                                              "path with train/ and test/.")] = "mnist",
-    model: Annotated[str | None, typer.Option(help="Model name (see `unbackdoor list models`); "
-                                                   "default depends on the data set.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="Registered name (mnist, cifar10) or image-folder path with train/ and test/."
+        ),
+    ] = "mnist",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model name (see `unbackdoor list models`); default depends on the data set."
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the model's recipe).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed, recorded in the outputs.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
@@ -78,10 +89,20 @@ def train(
     from unbackdoor.api import train_model
 
     if epochs is not None and epochs < 0:
-        raise click.BadParameter(f"must be >= 0, got {epochs}", param_hint="--epochs")
-    t = train_model(dataset, model, epochs=epochs, seed=seed, out=out, overwrite=force,
-                    train_samples=train_samples, batch_size=batch_size, lr=lr, bf16=bf16,
-                    device=device)
+        raise typer.BadParameter(f"must be >= 0, got {epochs}", param_hint="--epochs")
+    t = train_model(
+        dataset,
+        model,
+        epochs=epochs,
+        seed=seed,
+        out=out,
+        overwrite=force,
+        train_samples=train_samples,
+        batch_size=batch_size,
+        lr=lr,
+        bf16=bf16,
+        device=device,
+    )
     summary = {
         "out": str(out),
         **t.metrics.to_dict(),
@@ -92,14 +113,21 @@ def train(
     if json_out:
         _echo_json(summary)
     else:
-        _table([("clean accuracy", _pct(t.metrics.clean_acc)),
+        _table(
+            [
+                ("clean accuracy", _pct(t.metrics.clean_acc)),
                 ("training time", f"{t.result.wall_time:.1f} s"),
                 ("images/s", f"{t.result.images_per_second:.0f}"),
-                ("saved to", str(out))], title="trained")
+                ("saved to", str(out)),
+            ],
+            title="trained",
+        )
 
 
-@app.command(epilog="Examples:\n\n  unbackdoor evaluate runs/mnist\n\n"
-             "  unbackdoor evaluate runs/c10 --dataset cifar10 --json")
+@app.command(
+    epilog="Examples:\n\n  unbackdoor evaluate runs/mnist\n\n"
+    "  unbackdoor evaluate runs/c10 --dataset cifar10 --json"
+)
 def evaluate(
     directory: Annotated[Path, typer.Argument(help="Model directory.")],
     dataset: Annotated[str | None, typer.Option(help="Data set (default: the manifest's).")] = None,
@@ -115,8 +143,14 @@ def evaluate(
     if json_out:
         _echo_json(m.to_dict())
     else:
-        _table([("clean accuracy", _pct(m.clean_acc)), ("attack success rate", _pct(m.asr)),
-                ("robust accuracy", _pct(m.robust_acc))], title=str(directory))
+        _table(
+            [
+                ("clean accuracy", _pct(m.clean_acc)),
+                ("attack success rate", _pct(m.asr)),
+                ("robust accuracy", _pct(m.robust_acc)),
+            ],
+            title=str(directory),
+        )
 
 
 class ListWhat(str, Enum):
@@ -149,7 +183,9 @@ def list_datasets_cmd(json_out: Annotated[bool, typer.Option("--json")] = False)
 
 @app.command(epilog="Example:\n\n  unbackdoor demo --out runs/demo")
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write the demo's models.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Where to write the demo's models.")] = Path(
+        "runs/demo"
+    ),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The main job on embedded MNIST: train a small model and evaluate it."""
@@ -157,25 +193,25 @@ def demo(
 
     typer.echo("unbackdoor demo: training a small CNN on MNIST (embedded data)...", err=True)
     t = train_model("mnist", "small_cnn", seed=seed, out=out / "clean", overwrite=True)
-    _table([("model", str(out / "clean")), ("clean accuracy", _pct(t.metrics.clean_acc)),
-            ("training time", f"{t.result.wall_time:.1f} s")], title="demo: clean MNIST model")
+    _table(
+        [
+            ("model", str(out / "clean")),
+            ("clean accuracy", _pct(t.metrics.clean_acc)),
+            ("training time", f"{t.result.wall_time:.1f} s"),
+        ],
+        title="demo: clean MNIST model",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns expected errors into one line on stderr."""
+    """Entry point: typer handles usage errors; expected errors become one line on stderr."""
     from unbackdoor.errors import UnbackdoorError
 
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="unbackdoor")
         return 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished epochs are checkpointed; rerun to resume", err=True)
         return 130

@@ -27,7 +27,9 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
-            raise DataError(f"{self.name}: images must be a uint8 tensor, got {_describe(self.images)}")
+            raise DataError(
+                f"{self.name}: images must be a uint8 tensor, got {_describe(self.images)}"
+            )
         if self.images.ndim != 4:
             raise DataError(
                 f"{self.name}: images must have shape N x C x H x W, got {tuple(self.images.shape)}"
@@ -61,10 +63,16 @@ class ImageDataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, indices: torch.Tensor | Sequence[int], name: str | None = None) -> ImageDataset:
+    def subset(
+        self, indices: torch.Tensor | Sequence[int], name: str | None = None
+    ) -> ImageDataset:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         return ImageDataset(
-            self.images[idx], self.labels[idx], list(self.class_names), name or self.name, dict(self.meta)
+            self.images[idx],
+            self.labels[idx],
+            list(self.class_names),
+            name or self.name,
+            dict(self.meta),
         )
 
     def split(self, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -75,7 +83,9 @@ class ImageDataset:
         mask = torch.ones(len(self), dtype=torch.bool)
         mask[first] = False
         rest = torch.nonzero(mask).flatten()
-        return self.subset(first, f"{self.name}[{fraction:g}]"), self.subset(rest, f"{self.name}[rest]")
+        return self.subset(first, f"{self.name}[{fraction:g}]"), self.subset(
+            rest, f"{self.name}[rest]"
+        )
 
     def sample(self, n: int, seed: int) -> ImageDataset:
         """A deterministic, stratified subset of ``n`` samples."""

@@ -58,8 +58,9 @@ def iterate(
     channels_last: bool = False,
 ) -> Iterator[Batch]:
     """Yield :class:`Batch` es of float images in [0, 1] on ``device``."""
-    order = epoch_order(len(data), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                        world_size=world_size)
+    order = epoch_order(
+        len(data), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size
+    )
     aug_gen = torch.Generator().manual_seed(seed * 7_919 + epoch * 104_729 + rank)
     total = num_batches(len(order), batch_size, drop_last)
     for b in range(total):

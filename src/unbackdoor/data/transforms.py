@@ -26,8 +26,8 @@ def random_crop(
     padded = F.pad(x, (padding,) * 4, mode=mode)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n x h
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n x w
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # n x h
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # n x w
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     # Gather rows then columns with advanced indexing: n x c x h x w.
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]

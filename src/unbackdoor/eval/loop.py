@@ -64,7 +64,14 @@ def predict(
     """Predicted classes for every sample of ``data`` (after ``transform`` if given)."""
     preds = [
         out["x"].argmax(1)
-        for _, out in batched_logits(model, data, {"x": transform}, batch_size=batch_size,
-                                     device=device, bf16=bf16, desc="predict")
+        for _, out in batched_logits(
+            model,
+            data,
+            {"x": transform},
+            batch_size=batch_size,
+            device=device,
+            bf16=bf16,
+            desc="predict",
+        )
     ]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)

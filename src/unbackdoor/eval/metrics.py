@@ -62,8 +62,9 @@ def evaluate(
     if trigger is not None:
         transforms["triggered"] = trigger
     correct = hits = robust = counted = 0
-    for batch, out in batched_logits(model, data, transforms, batch_size=batch_size,
-                                     device=device, bf16=bf16):
+    for batch, out in batched_logits(
+        model, data, transforms, batch_size=batch_size, device=device, bf16=bf16
+    ):
         y = batch.y.cpu()
         correct += int((out["clean"].argmax(1) == y).sum())
         if trigger is not None:

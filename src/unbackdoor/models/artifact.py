@@ -190,14 +190,19 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], where: 
             parts.append(f"missing {_few(missing)}")
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
-        raise ArtifactError(f"{where}: weights do not match the manifest's architecture: "
-                            + "; ".join(parts))
+        raise ArtifactError(
+            f"{where}: weights do not match the manifest's architecture: " + "; ".join(parts)
+        )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise ArtifactError(
                 f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, the manifest's "
                 f"architecture expects {tuple(v.shape)}"
-                + (" (class count mismatch?)" if v.ndim and v.shape[0] == _num_classes(model) else "")
+                + (
+                    " (class count mismatch?)"
+                    if v.ndim and v.shape[0] == _num_classes(model)
+                    else ""
+                )
             )
     _check_finite(state, where)
     model.load_state_dict(state)
@@ -223,6 +228,12 @@ def _num_classes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "Manifest", "save_model", "load_model", "load_manifest", "load_weights_file",
-    "load_state_checked", "is_artifact", "model_spec"
+    "Manifest",
+    "save_model",
+    "load_model",
+    "load_manifest",
+    "load_weights_file",
+    "load_state_checked",
+    "is_artifact",
+    "model_spec",
 ]

@@ -92,20 +92,36 @@ def create_model(
     size = tuple(int(s) for s in input_size)
     try:
         model = factory(
-            num_classes=num_classes, in_channels=in_channels, input_size=size, mean=mean, std=std,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=size,
+            mean=mean,
+            std=std,
             **kwargs,
         )
     except TypeError as e:
         raise ConfigError(f"model {name!r}: bad arguments {sorted(kwargs)} ({e})") from None
-    model.spec = ModelSpec(name, num_classes, in_channels, size, mean, std,  # type: ignore[assignment]
-                           tuple(sorted(kwargs.items())))
+    model.spec = ModelSpec(
+        name,
+        num_classes,
+        in_channels,
+        size,
+        mean,
+        std,  # type: ignore[assignment]
+        tuple(sorted(kwargs.items())),
+    )
     return model
 
 
 def create_from_spec(spec: ModelSpec) -> nn.Module:
     return create_model(
-        spec.name, spec.num_classes, in_channels=spec.in_channels, input_size=spec.input_size,
-        mean=spec.mean, std=spec.std, **dict(spec.kwargs),
+        spec.name,
+        spec.num_classes,
+        in_channels=spec.in_channels,
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        **dict(spec.kwargs),
     )
 
 

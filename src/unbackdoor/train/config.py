@@ -43,23 +43,48 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         o = "TrainConfig"
-        check(isinstance(self.epochs, int) and self.epochs >= 0, o, "epochs", self.epochs,
-              "a non-negative integer")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1, o, "batch_size",
-              self.batch_size, "a positive integer")
+        check(
+            isinstance(self.epochs, int) and self.epochs >= 0,
+            o,
+            "epochs",
+            self.epochs,
+            "a non-negative integer",
+        )
+        check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            o,
+            "batch_size",
+            self.batch_size,
+            "a positive integer",
+        )
         check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
         check_choice(o, "schedule", self.schedule, SCHEDULES)
         check(self.lr > 0, o, "lr", self.lr, "a positive number")
         check(0 <= self.momentum < 1, o, "momentum", self.momentum, "a number in [0, 1)")
         check(self.weight_decay >= 0, o, "weight_decay", self.weight_decay, ">= 0")
         check(0 <= self.warmup < 1, o, "warmup", self.warmup, "a fraction in [0, 1)")
-        check(0 <= self.label_smoothing < 1, o, "label_smoothing", self.label_smoothing,
-              "a number in [0, 1)")
+        check(
+            0 <= self.label_smoothing < 1,
+            o,
+            "label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
         check(self.ema is None or 0 < self.ema < 1, o, "ema", self.ema, "None or in (0, 1)")
-        check(self.grad_clip is None or self.grad_clip > 0, o, "grad_clip", self.grad_clip,
-              "None or > 0")
-        check(self.max_steps is None or self.max_steps >= 1, o, "max_steps", self.max_steps,
-              "None or >= 1")
+        check(
+            self.grad_clip is None or self.grad_clip > 0,
+            o,
+            "grad_clip",
+            self.grad_clip,
+            "None or > 0",
+        )
+        check(
+            self.max_steps is None or self.max_steps >= 1,
+            o,
+            "max_steps",
+            self.max_steps,
+            "None or >= 1",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from unbackdoor.data.loader import Batch, iterate, num_batches
 from unbackdoor.data.transforms import default_augment
 from unbackdoor.errors import ConfigError, DataError
 from unbackdoor.train.config import TrainConfig
-from unbackdoor.train.distributed import DistContext, init_distributed
+from unbackdoor.train.distributed import init_distributed
 from unbackdoor.train.optim import build_optimizer, set_lr
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
@@ -100,8 +100,9 @@ def train(
         net = nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(model, cfg)
     ema = _Ema(model, cfg.ema) if cfg.ema else None
-    steps_per_epoch = num_batches(len(data), cfg.batch_size, drop_last=False,
-                                  world_size=ctx.world_size)
+    steps_per_epoch = num_batches(
+        len(data), cfg.batch_size, drop_last=False, world_size=ctx.world_size
+    )
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     result = TrainResult()
     start_epoch, step = 0, 0
@@ -109,9 +110,7 @@ def train(
     if ckpt_path is not None and ckpt_path.is_file():
         start_epoch, step, result.history = _restore(ckpt_path, cfg, model, optimizer, ema)
         result.resumed_from_epoch = start_epoch
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     t_start = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -120,12 +119,23 @@ def train(
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
         batches = iterate(
-            data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, augment=augment,
-            device=device, rank=ctx.rank, world_size=ctx.world_size,
+            data,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            augment=augment,
+            device=device,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
             channels_last=cfg.channels_last,
         )
-        bar = progress(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
-                       enabled=ctx.is_main)
+        bar = progress(
+            batches,
+            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+            total=steps_per_epoch,
+            enabled=ctx.is_main,
+        )
         for batch in bar:
             if step >= total_steps:
                 break
@@ -196,8 +206,16 @@ class _Ema:
         model.load_state_dict(self.shadow.state_dict())
 
 
-def _save(path: Path, cfg: TrainConfig, epoch: int, step: int, history: list, model: nn.Module,
-          optimizer: torch.optim.Optimizer, ema: _Ema | None) -> None:
+def _save(
+    path: Path,
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+    history: list,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: _Ema | None,
+) -> None:
     state = {
         "config_hash": config_hash(cfg),
         "epoch": epoch,
@@ -210,8 +228,13 @@ def _save(path: Path, cfg: TrainConfig, epoch: int, step: int, history: list, mo
     atomic_write(path, lambda p: torch.save(state, p))
 
 
-def _restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             ema: _Ema | None) -> tuple[int, int, list]:
+def _restore(
+    path: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: _Ema | None,
+) -> tuple[int, int, list]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any corruption means: cannot resume)

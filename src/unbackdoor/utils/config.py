@@ -19,7 +19,7 @@ def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in merged:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
                 f"{cls.__name__}: unknown key {key!r}{hint}; known keys: {', '.join(fields)}"

@@ -28,5 +28,6 @@ def progress(
         disable=not (enabled and progress_enabled()),
         leave=False,
         dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
         **kw,
     )

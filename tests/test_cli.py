@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unbackdoor.cli import main
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_models_and_datasets(capsys):
+    code, out, _ = run_cli(["list", "models"], capsys)
+    assert code == 0 and "preact_resnet18" in out and "fastnet" in out
+    code, out, _ = run_cli(["list", "datasets", "--json"], capsys)
+    assert code == 0 and {"mnist", "cifar10"} <= set(json.loads(out))
+
+
+def test_help_has_examples(capsys):
+    for cmd in (["train", "--help"], ["evaluate", "--help"], ["demo", "--help"]):
+        code, out, _ = run_cli(cmd, capsys)
+        assert code == 0 and "Example" in out
+
+
+def test_train_then_evaluate_json(tmp_path, capsys):
+    out_dir = tmp_path / "m"
+    code, out, _ = run_cli(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--train-samples",
+            "2000",
+            "--out",
+            str(out_dir),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["clean_acc"] > 0.8 and summary["seed"] == 0
+    assert {"model.safetensors", "manifest.json", "metrics.json", "train.json"} <= {
+        p.name for p in out_dir.iterdir()
+    }
+    assert not (out_dir / ".checkpoint").exists()
+    train_record = json.loads((out_dir / "train.json").read_text())
+    assert train_record["seed"] == 0 and "torch" in train_record["versions"]
+    code, out, err = run_cli(["evaluate", str(out_dir), "--json"], capsys)
+    assert code == 0
+    metrics = json.loads(out)  # exactly one JSON object on stdout
+    assert metrics["clean_acc"] == pytest.approx(summary["clean_acc"])
+    assert set(metrics) >= {"clean_acc", "asr", "robust_acc"}
+    # a finished model is not overwritten without --force
+    code, _, err = run_cli(
+        ["train", "--dataset", "mnist", "--epochs", "1", "--out", str(out_dir)], capsys
+    )
+    assert code == 2 and "already holds a finished model" in err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--dataset", "nosuchset", "--out", "X"], "nosuchset"),
+        (
+            ["train", "--model", "resnet99", "--out", "X", "--epochs", "0"],
+            "unknown model 'resnet99'",
+        ),
+        (["train", "--epochs", "-1", "--out", "X"], "--epochs"),
+        (["evaluate", "does/not/exist"], "no such model directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(args, capsys)
+    assert code != 0
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "unbackdoor", "--debug", "evaluate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -1,0 +1,143 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synth import blobs
+from unbackdoor.errors import ConfigError, DataError
+from unbackdoor.eval import evaluate
+from unbackdoor.models import create_model
+from unbackdoor.train import TrainConfig, train
+from unbackdoor.train.config import TrainConfig as TC
+from unbackdoor.train.optim import lr_factor
+from unbackdoor.utils.config import from_dict
+
+
+def tiny_model(classes=4):
+    torch.manual_seed(0)
+    return create_model(
+        "small_cnn", classes, in_channels=1, input_size=(16, 16), width=8, hidden=16
+    )
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_training_learns_a_separable_task():
+    data = blobs(n=400)
+    model = tiny_model()
+    result = train(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.05))
+    assert evaluate(model, data).clean_acc > 0.95
+    assert len(result.history) == 3 and result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.images_per_second > 0
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(optimizer="adam", lr=1e-2, schedule="cosine"),
+        dict(bf16=True, channels_last=True, ema=0.9),
+        dict(label_smoothing=0.1, schedule="constant", grad_clip=1.0),
+    ],
+)
+def test_options_train(opts):
+    data = blobs(n=200)
+    model = tiny_model()
+    train(model, data, TrainConfig(epochs=2, batch_size=32, **{"lr": 0.05, **opts}))
+    assert evaluate(model, data).clean_acc > 0.8
+
+
+def test_same_seed_same_weights():
+    data = blobs(n=200)
+    a, b = tiny_model(), tiny_model()
+    train(a, data, TrainConfig(epochs=1, batch_size=32, seed=5))
+    train(b, data, TrainConfig(epochs=1, batch_size=32, seed=5))
+    assert torch.equal(params(a), params(b))
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data = blobs(n=200)
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
+    full = tiny_model()
+    train(full, data, cfg)
+
+    calls = {"n": 0}
+
+    def interrupt_after_two(epoch, model):
+        calls["n"] += 1
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return {}
+
+    first = tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        train(first, data, cfg, checkpoint_dir=tmp_path, on_epoch_end=interrupt_after_two)
+    resumed = tiny_model()
+    result = train(resumed, data, cfg, checkpoint_dir=tmp_path)
+    assert result.resumed_from_epoch == 1
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert torch.allclose(params(full), params(resumed), atol=1e-6)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    data = blobs(n=100)
+    train(tiny_model(), data, TrainConfig(epochs=1, batch_size=32), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="different training config"):
+        train(tiny_model(), data, TrainConfig(epochs=1, batch_size=16), checkpoint_dir=tmp_path)
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match="epochs=-1"):
+        TrainConfig(epochs=-1).validate()
+    with pytest.raises(ConfigError, match="optimizer='lbfgs'"):
+        TrainConfig(optimizer="lbfgs").validate()
+    with pytest.raises(ConfigError, match="unknown key 'lrate'.*did you mean 'lr'"):
+        from_dict(TC, {"lrate": 0.1})
+
+
+def test_wrong_data_is_refused():
+    with pytest.raises(DataError, match="4 classes but the model has 3"):
+        train(tiny_model(3), blobs(n=50), TrainConfig(epochs=1))
+    with pytest.raises(DataError, match="empty"):
+        train(tiny_model(), blobs(n=8).subset([]), TrainConfig(epochs=1))
+    with pytest.raises(DataError, match="images of shape"):
+        train(tiny_model(), blobs(n=50, size=20), TrainConfig(epochs=1))
+
+
+def test_schedules():
+    cfg = TC(schedule="onecycle", warmup=0.25)
+    assert lr_factor(cfg, 0, 100) == 0 and lr_factor(cfg, 25, 100) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100, 100) == pytest.approx(0.0)
+    cos = TC(schedule="cosine", warmup=0.0)
+    assert lr_factor(cos, 50, 100) == pytest.approx(0.5)
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    env = {**os.environ, "UNBACKDOOR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(worker),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d0 = (tmp_path / "rank0.txt").read_text().split()
+    d1 = (tmp_path / "rank1.txt").read_text().split()
+    assert d0[0] == d1[0], "ranks ended with different weights"
+    assert int(d0[1]) == 2 * 256  # both ranks count the full epochs after all-reduce
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
