@@ -1,4 +1,4 @@
-"""Data readers: MNIST IDX, CIFAR-10 (zip, folder, python batches), image folders, safety, splits."""
+"""Data readers: MNIST IDX, CIFAR-10 (zip, folder, batches), image folders, safety, splits."""
 
 from __future__ import annotations
 
@@ -119,13 +119,15 @@ def _idx(dims: tuple[int, ...], data: bytes, magic: bytes | None = None) -> byte
 
 def _write_mnist(root: Path, n: int = 5, images: bytes | None = None) -> Path:
     rng = np.random.default_rng(0)
-    img = images if images is not None else gzip.compress(
-        _idx((n, 28, 28), rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+    img = (
+        images
+        if images is not None
+        else gzip.compress(
+            _idx((n, 28, 28), rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        )
     )
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(img)
-    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(
-        gzip.compress(_idx((n,), bytes(range(n))))
-    )
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx((n,), bytes(range(n)))))
     return root
 
 
@@ -226,12 +228,16 @@ def test_mixed_sizes_and_modes_error(tmp_path: Path) -> None:
     root = tmp_path / "sizes"
     _png(root / "a" / "1.png", size=(8, 8))
     _png(root / "a" / "2.png", size=(9, 8))
-    with pytest.raises(DataError, match=r"2\.png: image is 8x9 \(HxW\) but expected 8x8.*image_size"):
+    with pytest.raises(
+        DataError, match=r"2\.png: image is 8x9 \(HxW\) but expected 8x8.*image_size"
+    ):
         load_dataset(str(root))
     modes = tmp_path / "modes"
     _png(modes / "a" / "1.png", mode="RGB")
     _png(modes / "b" / "2.png", mode="L")
-    with pytest.raises(DataError, match=r"2\.png: image has 1 channel\(s\) but expected 3.*channels"):
+    with pytest.raises(
+        DataError, match=r"2\.png: image has 1 channel\(s\) but expected 3.*channels"
+    ):
         load_dataset(str(modes))
     assert load_dataset(str(modes), channels=1).images.shape == (2, 1, 8, 8)
 
@@ -321,8 +327,9 @@ def test_cifar10_shared_zip(shared_data: Path) -> None:
     assert train.class_names == cifar10_mod.CIFAR10_CLASSES and train.name == "cifar10/train"
     assert 100 < train.images.float().mean() < 140  # natural images, not blank decodes
     t0 = time.perf_counter()
-    load_dataset("cifar10", "train")
-    assert time.perf_counter() - t0 < 5.0  # cached
+    direct = load_dataset(str(shared_data), "train")  # the same cache entry as "cifar10"
+    assert time.perf_counter() - t0 < 5.0
+    assert torch.equal(direct.images, train.images) and torch.equal(direct.labels, train.labels)
 
 
 def test_cifar10_not_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -344,6 +351,9 @@ def test_cifar10_from_env_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ds = load_dataset("cifar10", "test")
     assert ds.labels.tolist() == [0, 0, 9, 9] and ds.num_classes == 10
     assert ds.name == "cifar10/test"
+    _png(root / "test" / "zebra" / "0.png", size=(32, 32))
+    with pytest.raises(DataError, match="folders zebra name no class"):
+        load_dataset("cifar10", "test")
 
 
 # --------------------------------------------------------------------------- python batches

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.pickle_batches import is_python_batches, read_python_batches
-from unbackdoor.data.registry import load_path, register_dataset
+from unbackdoor.data.registry import conform, load_path, register_dataset
 from unbackdoor.errors import DataError
 
 CIFAR10_CLASSES = [
@@ -66,7 +66,9 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None) -> Ima
     if is_python_batches(path):
         ds = read_python_batches(path, split, class_names=CIFAR10_CLASSES)
     else:
-        ds = load_path(path, split, class_names=CIFAR10_CLASSES)
+        # Decoded (and cached) with its own folder names, then mapped to the CIFAR-10 order: the
+        # cache entry is then shared with load_dataset("<that zip>") without class_names.
+        ds = conform(load_path(path, split), class_names=CIFAR10_CLASSES)
     if ds.input_shape != (3, 32, 32):
         raise DataError(f"{path}: CIFAR-10 images must be 3x32x32, got {ds.input_shape}")
     ds.name = f"cifar10/{split}"
@@ -75,5 +77,5 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None) -> Ima
 
 @register_dataset("cifar10")
 def cifar10(split: str = "train", *, root: str | Path | None = None) -> ImageDataset:
-    """CIFAR-10, 50,000 train / 10,000 test, 3x32x32 RGB (root=, $UNBACKDOOR_CIFAR10, shared zip)."""
+    """CIFAR-10, 50,000 train / 10,000 test, 3x32x32 RGB ($UNBACKDOOR_CIFAR10 or shared zip)."""
     return load_cifar10(split, root=root)

@@ -114,7 +114,7 @@ def conform(
     images, labels, names = ds.images, ds.labels, list(ds.class_names)
     if class_names is not None and list(class_names) != names:
         present = [names[i] for i in torch.unique(labels).tolist()]
-        names, index = class_index_map(present, class_names, ds.name)
+        names, index = class_index_map(present, class_names, str(ds.meta.get("source", ds.name)))
         lut = torch.tensor([index.get(n, -1) for n in ds.class_names], dtype=torch.int64)
         labels = lut[labels]
     channels = check_channels(channels)

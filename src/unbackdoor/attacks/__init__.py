@@ -1,0 +1,15 @@
+"""Backdoor attacks: triggers (a registry of seeded, pure functions of a batch), label policies,
+poisoned data sets, the stored attack description, and the zoo of backdoored models."""
+
+from unbackdoor.attacks import badnets as _badnets  # noqa: F401  (registration)
+from unbackdoor.attacks.base import Attack
+from unbackdoor.attacks.poison import PoisonedDataset, poison_dataset
+from unbackdoor.attacks.policy import LabelPolicy
+from unbackdoor.attacks.registry import ATTACKS, create_attack, list_attacks, register_attack
+from unbackdoor.attacks.store import AttackRecord, has_attack, load_attack, save_attack
+
+__all__ = [
+    "Attack", "AttackRecord", "ATTACKS", "LabelPolicy", "PoisonedDataset", "create_attack",
+    "list_attacks", "register_attack", "poison_dataset", "save_attack", "load_attack",
+    "has_attack",
+]
