@@ -93,3 +93,51 @@ def test_debug_shows_traceback(tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_attack_then_evaluate_and_zoo(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UNBACKDOOR_ZOO", str(tmp_path / "zoo"))
+    out_dir = tmp_path / "bd"
+    code, out, _ = run_cli(
+        [
+            "attack",
+            "--dataset",
+            "mnist",
+            "--attack",
+            "badnets",
+            "--epochs",
+            "1",
+            "--train-samples",
+            "2000",
+            "--poison-rate",
+            "0.1",
+            "--out",
+            str(out_dir),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["poisoned"] == 200 and summary["asr"] > 0.5
+    code, out, _ = run_cli(["evaluate", str(out_dir), "--json"], capsys)
+    assert json.loads(out)["asr"] == pytest.approx(summary["asr"])
+    code, out, _ = run_cli(["list", "attacks"], capsys)
+    assert "badnets" in out
+    code, out, _ = run_cli(["zoo", "show"], capsys)
+    assert code == 0 and "0 models" in out
+    code, _, err = run_cli(
+        [
+            "attack",
+            "--attack",
+            "badnets",
+            "--option",
+            "sise=3",
+            "--out",
+            str(tmp_path / "x"),
+            "--epochs",
+            "0",
+        ],
+        capsys,
+    )
+    assert code == 2 and "unknown key 'sise'" in err

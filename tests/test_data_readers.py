@@ -41,7 +41,7 @@ def _folder(root: Path, classes: dict[str, int], split: str | None = None, **kw)
     base = root / split if split else root
     for c, n in classes.items():
         for i in range(n):
-            _png(base / c / f"{i:03d}.png", value=10 * i + len(c), **kw)
+            _png(base / c / f"{i:03d}.png", value=(10 * i + len(c)) % 256, **kw)
     return root
 
 
@@ -181,6 +181,14 @@ def test_folder_layouts_and_order(tmp_path: Path) -> None:
     only = _folder(tmp_path / "only", {"x": 1}, split="train")
     with pytest.raises(DataError, match="no 'test' folder.*train"):
         load_dataset(str(only), "test")
+
+
+def test_threaded_decode_matches_serial(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "many", {"a": 40, "b": 40})
+    serial = folder_mod.read_image_folder(root, workers=1)
+    threaded = folder_mod.read_image_folder(root, workers=3)
+    assert torch.equal(serial.images, threaded.images)
+    assert torch.equal(serial.labels, threaded.labels)
 
 
 def test_numeric_class_folders_sort_numerically(tmp_path: Path) -> None:

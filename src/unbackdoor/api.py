@@ -76,6 +76,65 @@ def prepare_out(out: str | Path | None, overwrite: bool) -> Path | None:
     return out
 
 
+def _load_splits(
+    dataset: str | ImageDataset, test_data: ImageDataset | None
+) -> tuple[ImageDataset, ImageDataset, str]:
+    if isinstance(dataset, ImageDataset):
+        if test_data is None:
+            raise DataError("pass test_data when training on an in-memory data set")
+        return dataset, test_data, dataset.name
+    train_data = load_dataset(dataset, "train")
+    if test_data is None:
+        test_data = load_dataset(dataset, "test", class_names=train_data.class_names)
+    return train_data, test_data, str(dataset)
+
+
+def _fit(
+    net: nn.Module,
+    name: str,
+    train_data: ImageDataset,
+    test_data: ImageDataset,
+    cfg: TrainConfig,
+    out_dir: Path | None,
+    record: dict[str, Any],
+    *,
+    trigger: Any = None,
+    attack_labels: Any = None,
+    save_extra: Any = None,
+) -> TrainedModel:
+    """Train, evaluate and (with ``out_dir``) save: shared by clean and poisoned training."""
+    ckpt = out_dir / CHECKPOINT_DIR if out_dir is not None else None
+    t0 = time.perf_counter()
+    result = train(net, train_data, cfg, checkpoint_dir=ckpt, desc=f"train {name}")
+    metrics = evaluate(net, test_data, trigger=trigger, attack_labels=attack_labels)
+    trained = TrainedModel(net, train_data.class_names, metrics, result, cfg, out_dir)
+    if out_dir is not None and _is_main_process():
+        record = {
+            **run_info(cfg.seed),
+            **record,
+            "model": name,
+            "train_samples": len(train_data),
+            "config": cfg.to_dict(),
+            "wall_time": time.perf_counter() - t0,
+            "train_images_per_second": result.images_per_second,
+            "history": result.history,
+        }
+        save_model(
+            net,
+            out_dir,
+            class_names=train_data.class_names,
+            dataset=record.get("dataset"),
+            seed=cfg.seed,
+            extra={"train": {"config": cfg.to_dict(), "epochs": cfg.epochs}},
+        )
+        if save_extra is not None:
+            save_extra(out_dir)
+        atomic_write_json(out_dir / "train.json", record)
+        atomic_write_json(out_dir / "metrics.json", metrics.to_dict())
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return trained
+
+
 def train_model(
     dataset: str | ImageDataset = "mnist",
     model: str | None = None,
@@ -98,48 +157,14 @@ def train_model(
     if epochs is not None and epochs < 0:
         raise DataError(f"epochs must be a non-negative integer, got {epochs}")
     out_dir = prepare_out(out, overwrite)
-    if isinstance(dataset, ImageDataset):
-        train_data, dataset_name = dataset, dataset.name
-    else:
-        train_data, dataset_name = load_dataset(dataset, "train"), str(dataset)
-    if test_data is None:
-        if isinstance(dataset, ImageDataset):
-            raise DataError("pass test_data when training on an in-memory data set")
-        test_data = load_dataset(dataset, "test", class_names=train_data.class_names)
+    train_data, test_data, dataset_name = _load_splits(dataset, test_data)
     if train_samples is not None:
         train_data = train_data.sample(train_samples, seed)
     name = model or default_model_for(dataset_name, train_data.input_shape[-1])
     cfg = recipe(name, epochs=epochs, seed=seed, **train_options)
     seed_everything(seed)
     net = build_model(name, train_data, **(model_kwargs or {}))
-    ckpt = out_dir / CHECKPOINT_DIR if out_dir is not None else None
-    t0 = time.perf_counter()
-    result = train(net, train_data, cfg, checkpoint_dir=ckpt, desc=f"train {name}")
-    metrics = evaluate(net, test_data, bf16=cfg.bf16)
-    trained = TrainedModel(net, train_data.class_names, metrics, result, cfg, out_dir)
-    if out_dir is not None and _is_main_process():
-        record = {
-            **run_info(seed),
-            "dataset": dataset_name,
-            "model": name,
-            "train_samples": len(train_data),
-            "config": cfg.to_dict(),
-            "wall_time": time.perf_counter() - t0,
-            "train_images_per_second": result.images_per_second,
-            "history": result.history,
-        }
-        save_model(
-            net,
-            out_dir,
-            class_names=train_data.class_names,
-            dataset=dataset_name,
-            seed=seed,
-            extra={"train": {"config": cfg.to_dict(), "epochs": cfg.epochs}},
-        )
-        atomic_write_json(out_dir / "train.json", record)
-        atomic_write_json(out_dir / "metrics.json", metrics.to_dict())
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    return trained
+    return _fit(net, name, train_data, test_data, cfg, out_dir, {"dataset": dataset_name})
 
 
 def load_test_data(manifest: Manifest, dataset: str | None, split: str = "test") -> ImageDataset:
@@ -166,9 +191,20 @@ def evaluate_artifact(
     batch_size: int = 500,
 ) -> Metrics:
     """Clean accuracy of the model in ``directory`` (and ASR/RA once it carries an attack)."""
+    from unbackdoor.attacks.store import has_attack, load_attack
+
     model, manifest = load_model(directory, device or "cpu")
     data = load_test_data(manifest, dataset, split)
-    return evaluate(model, data, batch_size=batch_size)
+    if not has_attack(directory):
+        return evaluate(model, data, batch_size=batch_size)
+    record = load_attack(directory)
+    return evaluate(
+        model,
+        data,
+        trigger=record.trigger,
+        attack_labels=record.attack_labels,
+        batch_size=batch_size,
+    )
 
 
 def _is_main_process() -> bool:

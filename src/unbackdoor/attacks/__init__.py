@@ -9,7 +9,16 @@ from unbackdoor.attacks.registry import ATTACKS, create_attack, list_attacks, re
 from unbackdoor.attacks.store import AttackRecord, has_attack, load_attack, save_attack
 
 __all__ = [
-    "Attack", "AttackRecord", "ATTACKS", "LabelPolicy", "PoisonedDataset", "create_attack",
-    "list_attacks", "register_attack", "poison_dataset", "save_attack", "load_attack",
+    "Attack",
+    "AttackRecord",
+    "ATTACKS",
+    "LabelPolicy",
+    "PoisonedDataset",
+    "create_attack",
+    "list_attacks",
+    "register_attack",
+    "poison_dataset",
+    "save_attack",
+    "load_attack",
     "has_attack",
 ]

@@ -35,8 +35,11 @@ class BadNets(Attack):
         self._require(isinstance(self.size, int) and self.size >= 1, "size", "a positive integer")
         self._require(self.position in POSITIONS, "position", f"one of {sorted(POSITIONS)}")
         self._require(self.pattern in ("solid", "checker"), "pattern", "'solid' or 'checker'")
-        self._require(all(0.0 <= c <= 1.0 for c in self.color), "color",
-                      "values in [0, 1] (one, or one per channel)")
+        self._require(
+            all(0.0 <= c <= 1.0 for c in self.color),
+            "color",
+            "values in [0, 1] (one, or one per channel)",
+        )
         self._require(self.margin >= 0, "margin", ">= 0")
 
     def patch(self, channels: int) -> torch.Tensor:
@@ -51,8 +54,7 @@ class BadNets(Attack):
             )
         p = color.view(-1, 1, 1).expand(channels, self.size, self.size).clone()
         if self.pattern == "checker":
-            ii, jj = torch.meshgrid(torch.arange(self.size), torch.arange(self.size),
-                                    indexing="ij")
+            ii, jj = torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij")
             p = p * ((ii + jj) % 2 == 0).float()
         return p
 

@@ -49,8 +49,14 @@ class Attack:
         """Check the configuration; raise :class:`ConfigError` naming a bad field."""
 
     # --- optional hooks -----------------------------------------------------------------------
-    def fit(self, data: ImageDataset, model: nn.Module | None = None, *,
-            target: int = 0, device: str | torch.device = "cpu") -> None:
+    def fit(
+        self,
+        data: ImageDataset,
+        model: nn.Module | None = None,
+        *,
+        target: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """Learn whatever the trigger needs from the attacker's data (default: nothing)."""
 
     def poison_images(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,6 +72,10 @@ class Attack:
         input-aware's cross triggers); ``None`` when the attack has no such samples."""
         return None
 
+    def suggested_cover_rate(self, rate: float) -> float:
+        """The cover-sample rate the attack's paper uses at poison ``rate`` (0: no cover)."""
+        return 0.0
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Learned or generated tensors that the JSON config alone cannot rebuild."""
         return {}
@@ -76,8 +86,7 @@ class Attack:
     # --- shared -------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The JSON-able configuration (the dataclass fields) and the attack's name."""
-        cfg = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-               if f.init}
+        cfg = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
         return {"name": self.name, **cfg}
 
     def generator(self, offset: int = 0) -> torch.Generator:

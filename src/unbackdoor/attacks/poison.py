@@ -104,6 +104,7 @@ def poison_dataset(
                     out = attack.apply(x, b)
             images[b] = _to_uint8(out)
     meta = dict(data.meta, attack=attack.name)
-    out_data = ImageDataset(images, labels, list(data.class_names), f"{data.name}+{attack.name}",
-                            meta)
+    out_data = ImageDataset(
+        images, labels, list(data.class_names), f"{data.name}+{attack.name}", meta
+    )
     return PoisonedDataset(out_data, poisoned, cover, data.labels.clone(), policy, rate)

@@ -52,15 +52,18 @@ def save_attack(directory: str | Path, record: AttackRecord) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in record.attack.tensors().items()}
     if tensors:
         atomic_write(directory / ATTACK_TENSORS, lambda p: save_file(tensors, str(p)))
-    atomic_write_json(directory / ATTACK_JSON, {
-        "attack": record.attack.config(),
-        "policy": record.policy.to_dict(),
-        "rate": record.rate,
-        "num_poisoned": len(record.poison_indices),
-        "has_tensors": bool(tensors),
-        "extra": record.extra,
-        "poison_indices": list(map(int, record.poison_indices)),
-    })
+    atomic_write_json(
+        directory / ATTACK_JSON,
+        {
+            "attack": record.attack.config(),
+            "policy": record.policy.to_dict(),
+            "rate": record.rate,
+            "num_poisoned": len(record.poison_indices),
+            "has_tensors": bool(tensors),
+            "extra": record.extra,
+            "poison_indices": list(map(int, record.poison_indices)),
+        },
+    )
 
 
 def load_attack(directory: str | Path) -> AttackRecord:
@@ -89,8 +92,13 @@ def load_attack(directory: str | Path) -> AttackRecord:
             attack.load_tensors(load_file(str(tpath)))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"{tpath}: corrupt trigger tensors ({e})") from None
-    return AttackRecord(attack, policy, float(d.get("rate", 0.0)),
-                        list(d.get("poison_indices", [])), dict(d.get("extra", {})))
+    return AttackRecord(
+        attack,
+        policy,
+        float(d.get("rate", 0.0)),
+        list(d.get("poison_indices", [])),
+        dict(d.get("extra", {})),
+    )
 
 
 def copy_attack(src: str | Path, dst: str | Path) -> bool:

@@ -125,7 +125,8 @@ class _Source:
 
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
+    """Dot files and the folders archivers and Python leave behind are not data."""
+    return name.startswith(".") or name in ("__MACOSX", "__pycache__")
 
 
 def _is_image(name: str) -> bool:

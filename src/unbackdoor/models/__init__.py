@@ -21,7 +21,16 @@ from unbackdoor.models.registry import (
 )
 
 __all__ = [
-    "Manifest", "ModelSpec", "Normalize", "create_model", "create_from_spec", "list_models",
-    "register_model", "save_model", "load_model", "load_manifest", "load_weights_file",
+    "Manifest",
+    "ModelSpec",
+    "Normalize",
+    "create_model",
+    "create_from_spec",
+    "list_models",
+    "register_model",
+    "save_model",
+    "load_model",
+    "load_manifest",
+    "load_weights_file",
     "is_artifact",
 ]

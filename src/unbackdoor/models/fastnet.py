@@ -54,8 +54,9 @@ class FrozenScaleBatchNorm(nn.Module):
     PyTorch one (weight of the new batch in the running statistics).
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.4, eps: float = 1e-12,
-                 bias_scale: float = 1.0) -> None:
+    def __init__(
+        self, num_features: int, momentum: float = 0.4, eps: float = 1e-12, bias_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.num_features = num_features
         self.momentum = momentum
@@ -67,12 +68,22 @@ class FrozenScaleBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias * self.bias_scale if self.bias_scale != 1.0 else self.bias
-        return F.batch_norm(x, self.running_mean, self.running_var, None, bias,
-                            self.training, self.momentum, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            None,
+            bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, momentum={self.momentum}, eps={self.eps}, "
-                f"bias_scale={self.bias_scale}")
+        return (
+            f"{self.num_features}, momentum={self.momentum}, eps={self.eps}, "
+            f"bias_scale={self.bias_scale}"
+        )
 
 
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -200,6 +211,17 @@ def fastnet(
     tta_translate: bool = True,
 ) -> nn.Module:
     """Build a :class:`FastNet`; call ``model.init_from_data(images)`` before training."""
-    return FastNet(num_classes, in_channels, input_size, mean, std, widths=widths,
-                   whiten_kernel=whiten_kernel, bn_momentum=bn_momentum, bias_scale=bias_scale,
-                   head_scale=head_scale, tta=tta, tta_translate=tta_translate)
+    return FastNet(
+        num_classes,
+        in_channels,
+        input_size,
+        mean,
+        std,
+        widths=widths,
+        whiten_kernel=whiten_kernel,
+        bn_momentum=bn_momentum,
+        bias_scale=bias_scale,
+        head_scale=head_scale,
+        tta=tta,
+        tta_translate=tta_translate,
+    )
