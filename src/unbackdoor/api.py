@@ -69,9 +69,8 @@ def prepare_out(out: str | Path | None, overwrite: bool) -> Path | None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out}: exists and is not a directory")
-    if is_artifact(out) and not (out / CHECKPOINT_DIR).exists():
-        if not overwrite:
-            raise ArtifactError(f"{out}: already holds a finished model; pass overwrite (--force)")
+    if is_artifact(out) and not (out / CHECKPOINT_DIR).exists() and not overwrite:
+        raise ArtifactError(f"{out}: already holds a finished model; pass overwrite (--force)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -1,7 +1,12 @@
 """Backdoor attacks: triggers (a registry of seeded, pure functions of a batch), label policies,
 poisoned data sets, the stored attack description, and the zoo of backdoored models."""
 
+from unbackdoor.attacks import adaptive_blend as _adaptive_blend  # noqa: F401  (registration)
 from unbackdoor.attacks import badnets as _badnets  # noqa: F401  (registration)
+from unbackdoor.attacks import blended as _blended  # noqa: F401  (registration)
+from unbackdoor.attacks import bpp as _bpp  # noqa: F401  (registration)
+from unbackdoor.attacks import lf as _lf  # noqa: F401  (registration)
+from unbackdoor.attacks import sig as _sig  # noqa: F401  (registration)
 from unbackdoor.attacks.base import Attack
 from unbackdoor.attacks.poison import PoisonedDataset, poison_dataset
 from unbackdoor.attacks.policy import LabelPolicy

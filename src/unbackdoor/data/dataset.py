@@ -76,7 +76,7 @@ class ImageDataset:
         )
 
     def split(self, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
-        """Deterministic, stratified split: ``(first, rest)`` with ``fraction`` of each class first."""
+        """Deterministic, stratified split ``(first, rest)``: ``fraction`` of each class first."""
         if not 0.0 < fraction < 1.0:
             raise DataError(f"{self.name}: split fraction must lie in (0, 1), got {fraction}")
         first = stratified_indices(self.labels, fraction, seed)

@@ -45,7 +45,7 @@ def evaluate(
     device: str | torch.device | None = None,
     bf16: bool = False,
 ) -> Metrics:
-    """CA on ``data``; with a ``trigger`` and ``attack_labels`` (true labels -> attack labels), ASR and RA.
+    """CA on ``data``; with ``trigger`` and ``attack_labels`` (true -> attack labels), ASR and RA.
 
     ``trigger(x, index)`` maps a float batch in [0, 1] to its triggered version.
     """

@@ -75,7 +75,8 @@ class Manifest:
             )
         if len(class_names) != spec.num_classes:
             raise ArtifactError(
-                f"{where}: {len(class_names)} class names for a model with {spec.num_classes} classes"
+                f"{where}: {len(class_names)} class names for a model with "
+                f"{spec.num_classes} classes"
             )
         return cls(
             spec=spec,
@@ -150,7 +151,7 @@ def load_model(
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors, or from a ``.pt``/``.pth``/``.bin`` without unpickling code."""
+    """Read a state dict from safetensors, or a ``.pt``/``.pth``/``.bin`` without running code."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file not found")
@@ -180,7 +181,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected, misshapen or NaN tensor is an error."""
+    """Load ``state`` into ``model``; a missing, extra, misshapen or NaN tensor is an error."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -197,9 +197,9 @@ class _Ema:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
+        for s, p in zip(self.shadow.parameters(), model.parameters(), strict=True):
             s.lerp_(p.detach(), 1.0 - self.decay)
-        for s, b in zip(self.shadow.buffers(), model.buffers()):
+        for s, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
             s.copy_(b)
 
     def copy_to(self, model: nn.Module) -> None:
@@ -238,7 +238,9 @@ def _restore(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any corruption means: cannot resume)
-        raise ConfigError(f"{path}: cannot resume from this checkpoint ({e}); delete it to restart")
+        raise ConfigError(
+            f"{path}: cannot resume from this checkpoint ({e}); delete it to restart"
+        ) from None
     if state.get("config_hash") != config_hash(cfg):
         raise ConfigError(
             f"{path}: the checkpoint was made with a different training config; delete it or "
