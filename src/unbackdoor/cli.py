@@ -260,6 +260,75 @@ def attack(
         )
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  unbackdoor unlearn runs/bd --method bibau --out runs/bd-clean\n\n"
+    "  unbackdoor unlearn runs/bd --method ft --clean-samples 500 --out runs/bd-ft\n\n"
+    "  unbackdoor unlearn runs/bd --method bibau --clean-data my_images/ --out runs/c"
+)
+def unlearn(
+    directory: Annotated[Path, typer.Argument(help="Suspect model directory.")],
+    out: Annotated[Path, typer.Option(help="Where to write the purified model.")],
+    method: Annotated[
+        str, typer.Option(help="Defense (see `unbackdoor list defenses`).")
+    ] = "bibau",
+    clean_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Defender's data: a registered name "
+            "or an image folder (default: a "
+            "subset of the model's training "
+            "distribution)."
+        ),
+    ] = None,
+    clean_samples: Annotated[
+        int | None, typer.Option(help="Number of clean samples (default: 5% of the training set).")
+    ] = None,
+    known_attack: Annotated[
+        bool, typer.Option(help="Read the trigger from attack.json (the known-attack setting).")
+    ] = False,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Method setting KEY=VALUE (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, recorded in the report.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Remove a backdoor: writes the purified model, report.json and trigger pictures."""
+    from unbackdoor.unlearn import unlearn_artifact
+
+    _, report = unlearn_artifact(
+        directory,
+        method,
+        out=out,
+        clean_data=clean_data,
+        clean_samples=clean_samples,
+        seed=seed,
+        known_attack=known_attack,
+        overwrite=force,
+        device=device,
+        **_parse_options(option),
+    )
+    summary = {k: v for k, v in report.to_dict().items() if k not in ("diagnostics", "run")}
+    if json_out:
+        _echo_json({"out": str(out), **summary})
+        return
+    rows = [
+        ("method", method + (" (known attack)" if known_attack else "")),
+        ("backdoor found", {True: "yes", False: "no", None: "-"}[report.backdoor_found]),
+        (
+            "suspected target",
+            "-" if report.suspected_target is None else str(report.suspected_target),
+        ),
+        ("clean samples used", str(report.clean_samples_used)),
+        ("wall time", f"{report.wall_time:.1f} s"),
+        ("saved to", str(out)),
+    ]
+    _table(rows, title="unlearned")
+    typer.echo(f"evaluate it with: unbackdoor evaluate {out}")
+
+
 zoo_app = typer.Typer(help="The cache of backdoored models (the zoo).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
@@ -338,6 +407,14 @@ def list_attacks_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) 
     from unbackdoor.attacks import list_attacks
 
     _list(list_attacks(), json_out)
+
+
+@list_app.command("defenses")
+def list_defenses_cmd(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered defenses."""
+    from unbackdoor.defenses import list_defenses
+
+    _list(list_defenses(), json_out)
 
 
 @list_app.command("datasets")

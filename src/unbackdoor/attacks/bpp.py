@@ -53,24 +53,27 @@ def floyd_steinberg(x: torch.Tensor, levels: int) -> torch.Tensor:
     Error diffusion is sequential over pixels (raster order) but vectorised over N and C.
     """
     n, c, h, w = x.shape
-    img = torch.round(x.clamp(0, 1) * 255.0).to(torch.float64)
+    # H x W x (N*C), so each pixel's values over the batch are contiguous.
+    img = torch.round(x.clamp(0, 1) * 255.0).to(torch.float64).permute(2, 3, 0, 1)
+    img = img.reshape(h, w, n * c).contiguous()
     out = torch.empty_like(img)
     scale = (levels - 1) / 255.0
-    carry = torch.zeros(n, c, w, dtype=img.dtype, device=img.device)  # error for the next row
+    carry = torch.zeros(w, n * c, dtype=img.dtype, device=img.device)  # error for the next row
     for r in range(h):
-        row = img[:, :, r, :] + carry
+        row = img[r] + carry
         carry = torch.zeros_like(carry)
         for col in range(w):
-            old = row[:, :, col]
-            new = torch.round(old * scale).clamp(0, levels - 1) / scale
+            old = row[col]
+            new = torch.round(old * scale).clamp_(0, levels - 1).div_(scale)
             err = old - new
-            out[:, :, r, col] = new
+            out[r, col] = new
             if col + 1 < w:
-                row[:, :, col + 1] += err * (7 / 16)
-                carry[:, :, col + 1] += err * (1 / 16)
+                row[col + 1].add_(err, alpha=7 / 16)
+                carry[col + 1].add_(err, alpha=1 / 16)
             if col > 0:
-                carry[:, :, col - 1] += err * (3 / 16)
-            carry[:, :, col] += err * (5 / 16)
+                carry[col - 1].add_(err, alpha=3 / 16)
+            carry[col].add_(err, alpha=5 / 16)
+    out = out.view(h, w, n, c).permute(2, 3, 0, 1)
     return (torch.round(out * scale) / (levels - 1)).to(x.dtype)
 
 

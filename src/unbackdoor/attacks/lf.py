@@ -73,7 +73,7 @@ class LowFrequency(Attack):
 
     epsilon: float = 0.1
     sigma: float = 6.0
-    steps: int = 300
+    steps: int = 200
     step_size: float = 0.1
     batch_size: int = 128
 

@@ -1,0 +1,124 @@
+"""Attack catalogue benchmark (issue 3): every attack's clean accuracy and ASR.
+
+    python benchmarks/attacks/run.py --dataset mnist
+    python benchmarks/attacks/run.py --dataset cifar10 [--attacks badnets,blended]
+
+Each backdoored model is trained with the model's default recipe (the same as the clean
+reference model) at the attack's usual poisoning rate (10% for poison-label attacks), target 0,
+and cached in the zoo, so an interrupted run resumes where it stopped. Writes
+``<dataset>.json`` and ``<dataset>.md`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import md_table, provenance  # noqa: E402
+
+from unbackdoor.attacks import list_attacks  # noqa: E402
+from unbackdoor.attacks.pipeline import attack_model  # noqa: E402
+from unbackdoor.attacks.registry import ATTACKS  # noqa: E402
+from unbackdoor.attacks.zoo import get_or_create  # noqa: E402
+from unbackdoor.api import train_model  # noqa: E402
+from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
+from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+POISON_LABEL_TARGET, CLEAN_LABEL_TARGET, CA_TOLERANCE = 0.95, 0.80, 0.015
+
+
+def cell(dataset: str, model: str, attack: str | None, seed: int, epochs: int | None) -> dict:
+    config = {"dataset": dataset, "model": model, "attack": attack or "clean", "seed": seed,
+              "epochs": epochs, "target": 0}
+    t0 = time.perf_counter()
+
+    def make(path: Path) -> None:
+        if attack is None:
+            train_model(dataset, model, seed=seed, epochs=epochs, out=path, overwrite=True)
+        else:
+            attack_model(dataset, model, attack, target=0, seed=seed, epochs=epochs, out=path,
+                         overwrite=True)
+
+    path = get_or_create(config, make)
+    metrics = read_json(path / "metrics.json")
+    train = read_json(path / "train.json")
+    return {**config, **metrics, "path": str(path), "train_seconds": train["wall_time"],
+            "rate": train.get("rate"), "policy": (train.get("policy") or {}).get("kind"),
+            "cover_rate": train.get("cover_rate"),
+            "cached": time.perf_counter() - t0 < 0.5 * train["wall_time"]}
+
+
+def verdict(row: dict, clean_acc: float) -> str:
+    need = CLEAN_LABEL_TARGET if row["policy"] == "clean_label" else POISON_LABEL_TARGET
+    problems = []
+    if row["clean_acc"] < clean_acc - CA_TOLERANCE:
+        problems.append(f"CA drop {100 * (clean_acc - row['clean_acc']):.1f} pt > 1.5")
+    if row["asr"] < need:
+        problems.append(f"ASR {100 * row['asr']:.1f}% < {100 * need:.0f}%")
+    return "meets target" if not problems else "; ".join(problems)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--attacks", default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None)
+    args = ap.parse_args()
+    model = args.model or DEFAULT_MODEL[args.dataset]
+    names = list(list_attacks()) if args.attacks == "all" else args.attacks.split(",")
+    out_json = HERE / f"{args.dataset}.json"
+    results = read_json(out_json) if out_json.exists() else {"rows": {}, "notes": {}}
+    clean = cell(args.dataset, model, None, args.seed, args.epochs)
+    results["clean"] = clean
+    for name in names:
+        try:
+            row = cell(args.dataset, model, name, args.seed, args.epochs)
+            row["verdict"] = verdict(row, clean["clean_acc"])
+        except Exception as e:  # noqa: BLE001  (record the failure, go on with the grid)
+            row = {"attack": name, "error": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc(limit=5)}
+        results["rows"][name] = row
+        results["provenance"] = provenance(args.seed)
+        atomic_write_json(out_json, results)
+        print(name, {k: row.get(k) for k in ("clean_acc", "asr", "verdict", "error")},
+              file=sys.stderr)
+    write_markdown(args.dataset, model, results)
+
+
+def write_markdown(dataset: str, model: str, results: dict) -> None:
+    clean = results["clean"]
+    p = results["provenance"]
+    rows = []
+    for name, r in results["rows"].items():
+        if "error" in r:
+            rows.append([name, "-", "-", "-", "-", "-", "-", f"failed: {r['error']}"])
+            continue
+        note = results.get("notes", {}).get(name, "")
+        rows.append([name, r["policy"], f"{r['rate']:g}", f"{100 * r['clean_acc']:.2f}%",
+                     f"{100 * (r['clean_acc'] - clean['clean_acc']):+.2f}",
+                     f"{100 * r['asr']:.2f}%", f"{100 * r['robust_acc']:.2f}%",
+                     f"{r['train_seconds'] / 60:.1f} min", r["verdict"] + (f" ({note})" if note
+                                                                            else "")])
+    text = f"""# Attack catalogue on {dataset} ({model})
+
+Produced by `{p['command']}` on {p['date']} ({p['cpu']}, {p['hardware']['cpu_count']} cores,
+torch {p['versions']['torch']}). Every model uses {model}'s default recipe, target class 0,
+seed {clean['seed']}; the clean reference model reaches **{100 * clean['clean_acc']:.2f}%** in
+{clean['train_seconds'] / 60:.1f} min. Targets: CA within 1.5 points of the clean model, ASR
+>= 95% (poison-label) or >= 80% (clean-label). Raw numbers: `{dataset}.json`.
+
+{md_table(["attack", "policy", "rate", "CA", "CA diff (pt)", "ASR", "RA", "train time",
+           "verdict"], rows)}
+"""
+    atomic_write_text(HERE / f"{dataset}.md", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Defenses: one module per method behind one interface and one registry."""
+
+from unbackdoor.defenses import ft as _ft  # noqa: F401  (registration)
+from unbackdoor.defenses.base import Defense, DefenseOutput
+from unbackdoor.defenses.registry import (
+    DEFENSES,
+    create_defense,
+    list_defenses,
+    register_defense,
+)
+
+__all__ = [
+    "Defense",
+    "DefenseOutput",
+    "DEFENSES",
+    "create_defense",
+    "list_defenses",
+    "register_defense",
+]
