@@ -74,7 +74,7 @@ def floyd_steinberg(x: torch.Tensor, levels: int) -> torch.Tensor:
                 carry[col - 1].add_(err, alpha=3 / 16)
             carry[col].add_(err, alpha=5 / 16)
     out = out.view(h, w, n, c).permute(2, 3, 0, 1)
-    return (torch.round(out * scale) / (levels - 1)).to(x.dtype)
+    return (torch.round(out * scale) / (levels - 1)).to(x.dtype).contiguous()
 
 
 @register_attack

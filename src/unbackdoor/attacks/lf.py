@@ -166,6 +166,8 @@ class LowFrequency(Attack):
         pool = torch.nonzero(data.labels != target).flatten()
         if pool.numel() == 0:
             pool = torch.arange(len(data))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device(device)  # the model's own
         g = self.generator(offset=31)
         eps, step = float(self.epsilon), float(self.step_size) * float(self.epsilon)
         v = self.generated_pattern(c, h, w).to(device)

@@ -13,9 +13,9 @@ Defaults:
 - ``frequency = 6`` (the paper's and BackdoorBench's ``f``);
 - ``delta_train = delta_test = 40/255``: BackdoorBench's CIFAR-10 setting (``sig_delta: 40`` on
   the 0-255 scale, the same transform for the poisoned training set and the test set). The paper
-  trains with the weaker ``delta = 20`` (0-255 scale) on its sinusoid experiments and studies
-  test-time signals of other strengths, reporting that a stronger test signal raises the attack
-  success rate; ``delta_train`` / ``delta_test`` give that split (training images use
+  corrupts its training samples with the weaker ``delta = 20`` (0-255 scale) in the sinusoid
+  experiments and treats the test-time strength separately (a stronger test signal raises the
+  success rate); ``delta_train`` / ``delta_test`` give that split (training images use
   :meth:`SIG.poison_images`, i.e. ``delta_train``; :meth:`SIG.apply` is the test trigger);
 - ``default_rate = 0.08`` of the *whole* training set, drawn from the target class only. On
   balanced 10-class data that is 80% of the target class. BackdoorBench's 10% (its ratio is over

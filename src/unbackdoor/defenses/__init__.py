@@ -1,6 +1,7 @@
 """Defenses: one module per method behind one interface and one registry."""
 
-from unbackdoor.defenses import ft as _ft  # noqa: F401  (registration)
+from unbackdoor.defenses import bibau as _bibau  # noqa: F401  (registration)
+from unbackdoor.defenses import ft as _ft  # noqa: F401
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import (
     DEFENSES,

@@ -66,6 +66,7 @@ def train(
     loss_fn: LossFn | None = None,
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, nn.Module], dict[str, Any]] | None = None,
+    on_step_end: Callable[[int, nn.Module], None] | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; returns a :class:`TrainResult`.
@@ -155,6 +156,9 @@ def train(
             if ema is not None:
                 ema.update(model)
             step += 1
+            if on_step_end is not None:
+                on_step_end(step, model)
+                model.train()
             n = batch.y.numel()
             sums += torch.tensor([loss.item() * n, 0.0, n], dtype=torch.float64)
             if step % 20 == 0 or step == steps_per_epoch:

@@ -1,0 +1,135 @@
+"""Trigger families for reverse-engineering, batched over candidate classes.
+
+- :class:`MaskPattern`: ``x' = (1 - m) * x + m * p`` with a mask ``m`` (1 x H x W) and a pattern
+  ``p`` (C x H x W), both in [0, 1] through a sigmoid, as in Neural Cleanse (Wang et al.,
+  IEEE S&P 2019). Covers patches and blends.
+- :class:`Additive`: ``x' = clamp(x + delta)`` with ``||delta||_inf <= eps`` by projection: the
+  invisible and sample-spread triggers (WaNet-like warps, SIG, LF) that a sparse mask misses.
+
+Each family holds one trigger per candidate class (``K`` of them) so that all classes are
+inverted in one batched forward pass; ``shared=True`` keeps a single trigger for every class
+(the untargeted / all-to-all case).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def total_variation(p: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation per trigger: K x C x H x W -> K."""
+    dh = (p[..., 1:, :] - p[..., :-1, :]).abs().flatten(1).sum(1)
+    dw = (p[..., :, 1:] - p[..., :, :-1]).abs().flatten(1).sum(1)
+    return dh + dw
+
+
+class TriggerFamily(nn.Module):
+    """K candidate triggers; ``stamp(x, k)`` applies trigger(s) ``k`` to ``x``."""
+
+    kind = "family"
+
+    def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prior(self) -> torch.Tensor:
+        """Per-trigger prior cost (K), the negative log prior up to constants."""
+        raise NotImplementedError
+
+    def size(self) -> torch.Tensor:
+        """Per-trigger size used for the anomaly score (K): mask L1 or perturbation norm."""
+        raise NotImplementedError
+
+    def project(self) -> None:
+        """Keep the parameters inside the family's constraint set."""
+
+    def images(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class MaskPattern(TriggerFamily):
+    kind = "mask_pattern"
+
+    def __init__(
+        self,
+        num: int,
+        shape: tuple[int, int, int],
+        *,
+        tv_weight: float = 0.0,
+        generator: torch.Generator | None = None,
+        init_mask: float = -2.0,
+    ) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.mask_logit = nn.Parameter(
+            torch.full((num, 1, h, w), init_mask)
+            + 0.1 * torch.randn(num, 1, h, w, generator=generator)
+        )
+        self.pattern_logit = nn.Parameter(torch.randn(num, c, h, w, generator=generator))
+        self.tv_weight = tv_weight
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.sigmoid(self.mask_logit)
+
+    @property
+    def pattern(self) -> torch.Tensor:
+        return torch.sigmoid(self.pattern_logit)
+
+    def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+        m, p = self.mask[k], self.pattern[k]
+        if isinstance(k, int):
+            m, p = m.unsqueeze(0), p.unsqueeze(0)
+        return (1 - m) * x + m * p
+
+    def size(self) -> torch.Tensor:
+        return self.mask.flatten(1).sum(1)
+
+    def prior(self) -> torch.Tensor:
+        cost = self.size()
+        if self.tv_weight:
+            cost = cost + self.tv_weight * total_variation(self.pattern)
+        return cost
+
+    def images(self) -> dict[str, torch.Tensor]:
+        m, p = self.mask.detach(), self.pattern.detach()
+        return {"mask": m, "pattern": p, "trigger": m * p}
+
+
+class Additive(TriggerFamily):
+    kind = "additive"
+
+    def __init__(
+        self,
+        num: int,
+        shape: tuple[int, int, int],
+        *,
+        eps: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.delta = nn.Parameter(eps * 0.1 * torch.randn(num, *shape, generator=generator))
+
+    def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+        d = self.delta[k]
+        if isinstance(k, int):
+            d = d.unsqueeze(0)
+        return (x + d).clamp(0, 1)
+
+    def size(self) -> torch.Tensor:
+        return self.delta.flatten(1).norm(dim=1)
+
+    def prior(self) -> torch.Tensor:
+        return self.delta.flatten(1).pow(2).sum(1)
+
+    def project(self) -> None:
+        with torch.no_grad():
+            self.delta.clamp_(-self.eps, self.eps)
+
+    def images(self) -> dict[str, torch.Tensor]:
+        d = self.delta.detach()
+        return {"delta": d, "trigger": (d / (2 * self.eps) + 0.5).clamp(0, 1)}
+
+
+FAMILIES = {"mask_pattern": MaskPattern, "additive": Additive}

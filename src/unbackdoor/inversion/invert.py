@@ -1,0 +1,256 @@
+"""Trigger reverse-engineering shared by BI-BAU, Neural Cleanse and TBAR (unknown attack).
+
+For each candidate target class k, find the cheapest trigger (under the family's prior) that
+sends clean images of *other* classes to k:
+
+    min_phi_k  E_{x, y != k} CE(f(stamp_k(x)), k) + lambda_k * prior(phi_k) / (H W)
+
+with Neural Cleanse's adaptive lambda (raised while the trigger fools the model, lowered when it
+does not). All K candidates are optimised in one batched forward pass. The untargeted variant
+(``targeted=False``) learns one shared trigger that moves samples away from their true class,
+for all-to-all backdoors whose target depends on the input.
+
+Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks",
+IEEE S&P 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unbackdoor.data.dataset import ImageDataset
+from unbackdoor.data.loader import iterate
+from unbackdoor.inversion.families import FAMILIES, TriggerFamily
+from unbackdoor.utils.config import check, check_choice
+from unbackdoor.utils.progress import progress
+
+
+@dataclass
+class InversionConfig:
+    """Hyperparameters of :func:`invert`."""
+
+    family: str = "mask_pattern"
+    steps: int = 200
+    lr: float = 0.1
+    batch_size: int = 32
+    lambda_init: float = 0.5
+    lambda_multiplier: float = 1.5
+    fooling_threshold: float = 0.9
+    patience: int = 5
+    tv_weight: float = 0.0
+    eps: float = 0.1
+    targeted: bool = True
+
+    def validate(self) -> InversionConfig:
+        o = "InversionConfig"
+        check_choice(o, "family", self.family, FAMILIES)
+        check(self.steps >= 1, o, "steps", self.steps, ">= 1")
+        check(self.lr > 0, o, "lr", self.lr, "> 0")
+        check(self.batch_size >= 1, o, "batch_size", self.batch_size, ">= 1")
+        check(self.lambda_init >= 0, o, "lambda_init", self.lambda_init, ">= 0")
+        check(self.lambda_multiplier > 1, o, "lambda_multiplier", self.lambda_multiplier, "> 1")
+        check(
+            0 < self.fooling_threshold <= 1,
+            o,
+            "fooling_threshold",
+            self.fooling_threshold,
+            "in (0, 1]",
+        )
+        check(0 < self.eps <= 1, o, "eps", self.eps, "in (0, 1]")
+        return self
+
+
+@dataclass
+class InversionResult:
+    """Inverted triggers for ``classes`` (one each, or one shared when untargeted)."""
+
+    family: TriggerFamily
+    classes: list[int]
+    sizes: torch.Tensor
+    fooling: torch.Tensor
+    lambdas: torch.Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def anomaly_index(self) -> torch.Tensor:
+        return mad_anomaly(self.sizes)
+
+    def stamp(self, x: torch.Tensor, klass: int) -> torch.Tensor:
+        return self.family.stamp(x, self.classes.index(klass))
+
+
+def mad_anomaly(sizes: torch.Tensor, log: bool = True) -> torch.Tensor:
+    """Neural Cleanse's anomaly index: how far below the median each size lies, in MADs.
+
+    On log sizes by default: the non-target classes' trigger sizes spread multiplicatively
+    (a class may need a trigger twice the median's), and the log keeps that spread from
+    hiding the one anomalously small trigger.
+    """
+    s = sizes.clamp_min(1e-8).log() if log else sizes
+    med = s.median()
+    mad = (s - med).abs().median() * 1.4826
+    return (med - s) / mad.clamp_min(1e-6)
+
+
+def _objective(
+    model: nn.Module,
+    fam: TriggerFamily,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: torch.Tensor,
+    targeted: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-trigger mean loss and fooling rate on batch (x, y); K x B work in one forward."""
+    k_count, b = len(classes), x.shape[0]
+    ks = torch.arange(k_count, device=x.device).repeat_interleave(b)
+    xs = fam.stamp(x.repeat(k_count, 1, 1, 1), ks)
+    logits = model(xs).float()
+    yy = y.repeat(k_count)
+    if targeted:
+        target = classes.to(x.device).repeat_interleave(b)
+        weight = (yy != target).float()
+        loss = F.cross_entropy(logits, target, reduction="none")
+        hit = (logits.argmax(1) == target).float()
+    else:
+        weight = torch.ones_like(yy, dtype=torch.float32)
+        p_true = logits.softmax(1).gather(1, yy[:, None]).squeeze(1)
+        loss = -torch.log1p(-p_true.clamp(max=1 - 1e-6))
+        hit = (logits.argmax(1) != yy).float()
+    weight = weight.view(k_count, b)
+    denom = weight.sum(1).clamp_min(1.0)
+    return (
+        (loss.view(k_count, b) * weight).sum(1) / denom,
+        (hit.view(k_count, b) * weight).sum(1) / denom,
+    )
+
+
+def invert(
+    model: nn.Module,
+    data: ImageDataset,
+    config: InversionConfig | None = None,
+    *,
+    classes: list[int] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    family: TriggerFamily | None = None,
+    desc: str = "invert",
+) -> InversionResult:
+    """Reverse-engineer triggers for ``classes`` (default: all) on the defender's clean ``data``.
+
+    The model is frozen and in eval mode; only the trigger parameters are optimised.
+    """
+    cfg = (config or InversionConfig()).validate()
+    device = torch.device(device)
+    classes = list(range(data.num_classes)) if classes is None else list(classes)
+    if not cfg.targeted:
+        classes = [-1]
+    c, h, w = data.input_shape
+    g = torch.Generator().manual_seed(seed)
+    if family is None:
+        kw = {"tv_weight": cfg.tv_weight} if cfg.family == "mask_pattern" else {"eps": cfg.eps}
+        family = FAMILIES[cfg.family](len(classes), (c, h, w), generator=g, **kw)
+    family = family.to(device)
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(family.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    k = len(classes)
+    class_t = torch.tensor(classes)
+    lambdas = torch.full((k,), cfg.lambda_init, device=device)
+    best_size = torch.full((k,), float("inf"))
+    best_state = {n: t.detach().clone() for n, t in family.state_dict().items()}
+    fooled_steps = torch.zeros(k)
+    missed_steps = torch.zeros(k)
+    history: list[dict[str, Any]] = []
+    step, epoch = 0, 0
+    bar = progress(range(cfg.steps), desc=desc, total=cfg.steps)
+    it = iter(())
+    for step in bar:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(
+                iterate(data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
+            )
+            epoch += 1
+            batch = next(it)
+        loss_k, fool_k = _objective(model, family, batch.x, batch.y, class_t, cfg.targeted)
+        prior = family.prior() / (h * w)
+        total = (loss_k + lambdas * prior).sum()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        family.project()
+        with torch.no_grad():
+            fool = fool_k.detach().cpu()
+            sizes = family.size().detach().cpu()
+            ok = fool >= cfg.fooling_threshold
+            better = ok & (sizes < best_size)
+            if better.any():  # keep, per class, the smallest trigger that still fools
+                for name, t in family.state_dict().items():
+                    best_state[name][better] = t.detach()[better.to(t.device)]
+                best_size[better] = sizes[better]
+            fooled_steps = torch.where(ok, fooled_steps + 1, torch.zeros_like(fooled_steps))
+            missed_steps = torch.where(ok, torch.zeros_like(missed_steps), missed_steps + 1)
+            up = fooled_steps >= cfg.patience
+            down = missed_steps >= cfg.patience
+            lambdas[up.to(device)] *= cfg.lambda_multiplier
+            lambdas[down.to(device)] /= cfg.lambda_multiplier**1.5
+            fooled_steps[up] = 0
+            missed_steps[down] = 0
+        if step % 20 == 0 or step == cfg.steps - 1:
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss_k.detach().cpu().tolist(),
+                    "fooling": fool.tolist(),
+                    "size": sizes.tolist(),
+                    "lambda": lambdas.cpu().tolist(),
+                }
+            )
+    never = torch.isinf(best_size)
+    if (~never).any():  # classes that never fooled keep their last state
+        current = family.state_dict()
+        for name, t in best_state.items():
+            t[never] = current[name].detach()[never.to(t.device)]
+        family.load_state_dict(best_state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train(was_training)
+    fooling = fooling_rate(model, family, data, classes, cfg.targeted, device)
+    return InversionResult(
+        family, classes, family.size().detach().cpu(), fooling, lambdas.cpu(), history
+    )
+
+
+@torch.no_grad()
+def fooling_rate(
+    model: nn.Module,
+    family: TriggerFamily,
+    data: ImageDataset,
+    classes: list[int],
+    targeted: bool = True,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Per-trigger share of (other-class) images the stamped trigger sends to its class."""
+    was_training = model.training
+    model.eval()
+    class_t = torch.tensor(classes)
+    hits = torch.zeros(len(classes))
+    counts = torch.zeros(len(classes))
+    for batch in iterate(data, batch_size, device=device):
+        _, fool = _objective(model, family, batch.x, batch.y, class_t, targeted)
+        if targeted:
+            n = (batch.y.cpu()[None, :] != class_t[:, None]).sum(1).float()
+        else:
+            n = torch.full((1,), float(batch.y.numel()))
+        hits += fool.cpu() * n
+        counts += n
+    model.train(was_training)
+    return hits / counts.clamp_min(1)
