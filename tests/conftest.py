@@ -18,3 +18,26 @@ def shared_data() -> Path:
             "folder beside the repo"
         )
     return _SHARED_ZIP
+
+
+@pytest.fixture(scope="session")
+def mnist_backdoor(tmp_path_factory) -> Path:
+    """A small MNIST BadNets model (3,000 training images, one epoch): the defenses' test bed."""
+    from unbackdoor.attacks.pipeline import attack_model
+
+    out = tmp_path_factory.mktemp("zoo") / "mnist_badnets"
+    trained, _ = attack_model("mnist", "small_cnn", "badnets", rate=0.1, epochs=1,
+                              train_samples=3000, batch_size=64, out=out, seed=0, picture=False)
+    assert trained.metrics.asr > 0.9, trained.metrics
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_clean(tmp_path_factory) -> Path:
+    """A never-backdoored twin of ``mnist_backdoor`` (same data size and schedule)."""
+    from unbackdoor.api import train_model
+
+    out = tmp_path_factory.mktemp("zoo") / "mnist_clean"
+    train_model("mnist", "small_cnn", epochs=1, train_samples=3000, batch_size=64, out=out,
+                seed=0)
+    return out

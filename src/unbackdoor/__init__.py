@@ -13,6 +13,7 @@ from unbackdoor.data.registry import list_datasets, load_dataset
 from unbackdoor.eval import Metrics, defense_effectiveness_rate, evaluate, predict
 from unbackdoor.models import create_model, list_models, load_model, save_model
 from unbackdoor.train import TrainConfig, train
+from unbackdoor.unlearn import UnlearnReport, unlearn, unlearn_artifact
 
 __version__ = "0.1.0"
 

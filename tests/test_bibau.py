@@ -1,0 +1,83 @@
+"""BI-BAU (issue 4): lowers ASR on a small MNIST BadNets model, E-step, config, resume."""
+
+import json
+
+import pytest
+import torch
+
+import unbackdoor
+from unbackdoor.defenses import create_defense
+from unbackdoor.defenses.bibau import BIBAU
+from unbackdoor.errors import ConfigError
+from unbackdoor.unlearn import unlearn_artifact
+
+FAST = dict(inversion_steps=100, inner_steps=10, outer_steps=30, rounds=2)
+
+
+def test_posterior_keeps_memory():
+    d = BIBAU(memory=0.5)
+    first = d.posterior(torch.tensor([4.0, 0.0, 0.0]), None)
+    assert int(first.argmax()) == 0
+    # the target stops being anomalous after unlearning: memory keeps q from jumping away
+    second = d.posterior(torch.tensor([0.0, 0.5, 0.0]), first)
+    assert int(second.argmax()) == 0
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown key 'round'.*'rounds'"):
+        create_defense("bibau", round=3)
+    with pytest.raises(ConfigError, match="mode='sideways'"):
+        create_defense("bibau", mode="sideways")
+    with pytest.raises(ConfigError, match="stamp_fraction=1.5"):
+        create_defense("bibau", stamp_fraction=1.5)
+
+
+def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
+    before = unbackdoor.evaluate_artifact(mnist_backdoor)
+    out = tmp_path / "purified"
+    _, report = unlearn_artifact(mnist_backdoor, "bibau", out=out, clean_samples=600, **FAST)
+    after = unbackdoor.evaluate_artifact(out)  # attack.json was carried over
+    assert before.asr > 0.9 and after.asr < 0.2
+    assert after.clean_acc > before.clean_acc - 0.05
+    assert report.backdoor_found and report.suspected_target == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["clean_samples_used"] == 600 and saved["wall_time"] > 0
+    assert saved["peak_memory_mb"] > 0
+    assert len(saved["diagnostics"]["fooling_per_round"]) >= 1
+    assert (out / "inverted_trigger.png").is_file()
+    assert (out / "attack.json").read_bytes() == (mnist_backdoor / "attack.json").read_bytes()
+
+
+def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path))
+    calls = {"n": 0}
+    original = BIBAU._unlearn
+
+    def crash_in_second_round(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
+    with pytest.raises(KeyboardInterrupt):
+        unbackdoor.unlearn(model, data, "bibau", **cfg)
+    assert (tmp_path / "bibau_round.pt").is_file()
+    calls["n"] = 10  # no more crashes
+    _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    # round 1 came from the checkpoint: its diagnostics are there, round 2 was run now
+    assert len(report.diagnostics["fooling_per_round"]) == 2
+    assert calls["n"] == 11
+
+
+def test_clean_model_is_left_alone(mnist_clean):
+    model, _ = unbackdoor.load_model(mnist_clean)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    purified, report = unbackdoor.unlearn(model, data, "bibau", **FAST)
+    assert report.backdoor_found is False
+    test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
+    drop = unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified,
+                                                                            test).clean_acc
+    assert drop <= 0.01
