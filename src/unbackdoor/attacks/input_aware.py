@@ -297,11 +297,12 @@ class InputAware(Attack):
             loss = self.lambda_norm * norm + self.lambda_div * div
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            loss, norm, div = loss.detach(), norm.detach(), div.detach()
             opt.step()
             sched.step()
         m.eval().requires_grad_(False)
-        return {"mask_loss": float(loss), "mask_norm_loss": float(norm),
-                "mask_div_loss": float(div)}
+        return {"mask_loss": loss.item(), "mask_norm_loss": norm.item(),
+                "mask_div_loss": div.item()}
 
     def _fit_generator(self, data: ImageDataset, g: TriggerNet, m: TriggerNet, clf: nn.Module,
                        target: int, device: torch.device) -> dict:
@@ -339,6 +340,7 @@ class InputAware(Attack):
             loss.backward()
             opt_c.step()
             opt_g.step()
+            loss_ce, loss_div = loss_ce.detach(), loss_div.detach()
             if step >= self.steps - tail:
                 hit = (logits.argmax(1) == labels).float().detach().cpu()
                 sums[:3] += torch.stack([hit[nb + nc :].sum(), hit[:nb].sum(),
@@ -346,7 +348,7 @@ class InputAware(Attack):
                 counts += torch.tensor([bs - nb - nc, nb, nc], dtype=torch.float32)
         acc = (sums[:3] / counts.clamp(min=1)).tolist()
         return {"fit_clean_acc": acc[0], "fit_bd_acc": acc[1], "fit_cross_acc": acc[2],
-                "fit_ce_loss": float(loss_ce), "fit_div_loss": float(loss_div),
+                "fit_ce_loss": loss_ce.item(), "fit_div_loss": loss_div.item(),
                 "classifier": type(clf).__name__}
 
     # --- storage ------------------------------------------------------------------------------

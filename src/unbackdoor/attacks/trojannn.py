@@ -170,7 +170,7 @@ class TrojanNN(Attack):
             steps_run = 0
             for steps_run in range(1, self.steps + 1):  # noqa: B007  (reported below)
                 loss = ((activations(self.stamp(blank, patch)) - self.target_value) ** 2).sum()
-                if float(loss) < self.tolerance:
+                if loss.item() < self.tolerance:
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -191,7 +191,7 @@ class TrojanNN(Attack):
             "layer": layer_name,
             "neurons": neurons.cpu().tolist(),
             "steps_run": steps_run,
-            "final_loss": float(loss),
+            "final_loss": loss.item(),
             "activation_on_blank": act_blank.cpu().tolist(),
             "activation_clean_images": act_clean.cpu().tolist(),
             "activation_stamped_images": act_stamped.cpu().tolist(),

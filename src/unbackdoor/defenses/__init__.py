@@ -2,6 +2,7 @@
 
 from unbackdoor.defenses import bibau as _bibau  # noqa: F401  (registration)
 from unbackdoor.defenses import ft as _ft  # noqa: F401
+from unbackdoor.defenses import nc as _nc  # noqa: F401
 from unbackdoor.defenses import tbar as _tbar  # noqa: F401
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import (
