@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-from synth import blobs
 
+from synth import blobs
 from unbackdoor.attacks import (
     AttackRecord,
     LabelPolicy,
@@ -58,8 +58,9 @@ def clean_model(data: ImageDataset) -> torch.nn.Module:
 def _tiny_model(data: ImageDataset, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     c, h, w = data.input_shape
-    return create_model("small_cnn", data.num_classes, in_channels=c, input_size=(h, w),
-                        width=4, hidden=16).eval()
+    return create_model(
+        "small_cnn", data.num_classes, in_channels=c, input_size=(h, w), width=4, hidden=16
+    ).eval()
 
 
 def _build(name: str, data: ImageDataset, model: torch.nn.Module, seed: int = 0, **extra):
@@ -102,8 +103,9 @@ def test_trigger_changes_every_image(name: str, fitted: dict, data: ImageDataset
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_deterministic_under_a_seed(name: str, fitted: dict, data: ImageDataset,
-                                    clean_model: torch.nn.Module) -> None:
+def test_deterministic_under_a_seed(
+    name: str, fitted: dict, data: ImageDataset, clean_model: torch.nn.Module
+) -> None:
     x, idx, y = _batch(data, cls=TARGET)
     a = fitted[name]
     assert torch.equal(a.apply(x, idx), a.apply(x, idx))  # pure
@@ -115,8 +117,9 @@ def test_deterministic_under_a_seed(name: str, fitted: dict, data: ImageDataset,
 
 
 @pytest.mark.parametrize("name", ["wanet", "input_aware", "trojannn"])
-def test_another_seed_gives_another_trigger(name: str, fitted: dict, data: ImageDataset,
-                                            clean_model: torch.nn.Module) -> None:
+def test_another_seed_gives_another_trigger(
+    name: str, fitted: dict, data: ImageDataset, clean_model: torch.nn.Module
+) -> None:
     x, idx, _ = _batch(data)
     other = _build(name, data, clean_model, seed=1)
     assert not torch.equal(fitted[name].apply(x, idx), other.apply(x, idx))
@@ -238,13 +241,13 @@ def test_label_consistent_trigger_amplitudes(data: ImageDataset, clean_model) ->
     test = attack.apply(x)
     assert set(test[0, 0, :3, :3].flatten().tolist()) == {0.0, 1.0}  # full amplitude at test
     assert test[0, 0, 5, 5] == 0.5 and test[0, 0, -1, -1] == 1.0  # four corners only
-    train_img = attack.poison_images(x, torch.nonzero(data.labels == TARGET).flatten()[:1],
-                                     torch.tensor([TARGET]))
+    train_img = attack.poison_images(
+        x, torch.nonzero(data.labels == TARGET).flatten()[:1], torch.tensor([TARGET])
+    )
     assert (train_img - x).abs().max() == pytest.approx(16 / 255, abs=1e-6)
 
 
-def test_trojannn_excites_selected_neurons(fitted: dict, data: ImageDataset,
-                                          clean_model) -> None:
+def test_trojannn_excites_selected_neurons(fitted: dict, data: ImageDataset, clean_model) -> None:
     attack = fitted["trojannn"]
     info = attack.fit_info
     assert info["layer"] == "head.3" and len(info["neurons"]) == attack.num_neurons
@@ -281,11 +284,13 @@ def _asr(model: torch.nn.Module, attack, test: ImageDataset, target: int) -> tup
 
 def _train_victim(attack, train_data: ImageDataset, epochs: int, width: int = 8):
     policy = LabelPolicy("all_to_one", 0, 10)
-    poisoned = poison_dataset(train_data, attack, policy, 0.1,
-                              cover_rate=attack.suggested_cover_rate(0.1), seed=0)
+    poisoned = poison_dataset(
+        train_data, attack, policy, 0.1, cover_rate=attack.suggested_cover_rate(0.1), seed=0
+    )
     torch.manual_seed(0)
-    model = create_model("small_cnn", 10, in_channels=1, input_size=(28, 28), width=width,
-                         hidden=64)
+    model = create_model(
+        "small_cnn", 10, in_channels=1, input_size=(28, 28), width=width, hidden=64
+    )
     train(model, poisoned.data, TrainConfig(epochs=epochs, batch_size=64, lr=0.05, device="cpu"))
     return model
 

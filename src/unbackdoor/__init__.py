@@ -1,5 +1,7 @@
 """unbackdoor: remove backdoors from trained neural networks.
 
+    clean, report = unbackdoor.unlearn(model, clean_data, method="bibau")
+
 The Python API mirrors the command line::
 
     import unbackdoor
@@ -34,5 +36,8 @@ __all__ = [
     "evaluate_artifact",
     "predict",
     "defense_effectiveness_rate",
+    "unlearn",
+    "unlearn_artifact",
+    "UnlearnReport",
     "__version__",
 ]

@@ -210,3 +210,16 @@ def _is_main_process() -> bool:
     import torch.distributed as dist
 
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def retune_artifact(directory: str | Path, dataset: str | None = None, config: Any = None) -> Any:
+    """The re-tuning attack on the model in ``directory`` with its own trigger (attack.json)."""
+    from unbackdoor.attacks.store import has_attack, load_attack
+    from unbackdoor.eval.retune import retune_attack
+
+    if not has_attack(directory):
+        raise ArtifactError(f"{directory}: no attack.json, so no trigger to re-tune with")
+    model, manifest = load_model(directory)
+    test = load_test_data(manifest, dataset, "test")
+    pool = load_test_data(manifest, dataset, "train")
+    return retune_attack(model, pool, test, load_attack(directory), config)

@@ -56,8 +56,10 @@ SURROGATES = ("auto", "small_cnn")
 
 class _ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, relu: bool = True) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1),
-                                   nn.BatchNorm2d(cout, momentum=0.05)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout, momentum=0.05),
+        ]
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -142,19 +144,34 @@ class InputAware(Attack):
         self._require(self.lambda_div >= 0, "lambda_div", ">= 0")
         self._require(self.lambda_norm >= 0, "lambda_norm", ">= 0")
         self._require(0 < self.p_attack < 1, "p_attack", "a fraction in (0, 1)")
-        self._require(self.p_attack * (1 + self.cross_ratio) < 1, "cross_ratio",
-                      "(1 + cross_ratio) * p_attack < 1")
+        self._require(
+            self.p_attack * (1 + self.cross_ratio) < 1,
+            "cross_ratio",
+            "(1 + cross_ratio) * p_attack < 1",
+        )
         self._require(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
-        self._require(isinstance(self.mask_steps, int) and self.mask_steps >= 0, "mask_steps",
-                      "an integer >= 0")
-        self._require(isinstance(self.batch_size, int) and self.batch_size >= 8, "batch_size",
-                      "an integer >= 8")
+        self._require(
+            isinstance(self.mask_steps, int) and self.mask_steps >= 0,
+            "mask_steps",
+            "an integer >= 0",
+        )
+        self._require(
+            isinstance(self.batch_size, int) and self.batch_size >= 8,
+            "batch_size",
+            "an integer >= 8",
+        )
         for lr in ("lr_g", "lr_m", "lr_c"):
             self._require(getattr(self, lr) > 0, lr, "a positive learning rate")
-        self._require(isinstance(self.gen_width, int) and self.gen_width >= 0, "gen_width",
-                      "an integer >= 0 (0: the paper's width)")
-        self._require(isinstance(self.gen_depth, int) and 0 <= self.gen_depth <= 5, "gen_depth",
-                      "an integer in 0..5 (0: the paper's depth)")
+        self._require(
+            isinstance(self.gen_width, int) and self.gen_width >= 0,
+            "gen_width",
+            "an integer >= 0 (0: the paper's width)",
+        )
+        self._require(
+            isinstance(self.gen_depth, int) and 0 <= self.gen_depth <= 5,
+            "gen_depth",
+            "an integer in 0..5 (0: the paper's depth)",
+        )
         self._require(self.surrogate in SURROGATES, "surrogate", f"one of {list(SURROGATES)}")
 
     # --- generators ---------------------------------------------------------------------------
@@ -220,8 +237,14 @@ class InputAware(Attack):
         return float(self.cross_ratio) * float(rate)
 
     # --- fitting ------------------------------------------------------------------------------
-    def fit(self, data: ImageDataset, model: nn.Module | None = None, *, target: int = 0,
-            device: str | torch.device = "cpu") -> None:
+    def fit(
+        self,
+        data: ImageDataset,
+        model: nn.Module | None = None,
+        *,
+        target: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """Train the mask net, then the pattern generator jointly with a classifier."""
         if not 0 <= target < data.num_classes:
             raise ConfigError(
@@ -301,17 +324,27 @@ class InputAware(Attack):
             opt.step()
             sched.step()
         m.eval().requires_grad_(False)
-        return {"mask_loss": loss.item(), "mask_norm_loss": norm.item(),
-                "mask_div_loss": div.item()}
+        return {
+            "mask_loss": loss.item(),
+            "mask_norm_loss": norm.item(),
+            "mask_div_loss": div.item(),
+        }
 
-    def _fit_generator(self, data: ImageDataset, g: TriggerNet, m: TriggerNet, clf: nn.Module,
-                       target: int, device: torch.device) -> dict:
+    def _fit_generator(
+        self,
+        data: ImageDataset,
+        g: TriggerNet,
+        m: TriggerNet,
+        clf: nn.Module,
+        target: int,
+        device: torch.device,
+    ) -> dict:
         opt_c = torch.optim.SGD(clf.parameters(), self.lr_c, momentum=0.9, weight_decay=5e-4)
         opt_g = torch.optim.Adam(g.parameters(), self.lr_g, betas=(0.5, 0.9))
         g.train()
         clf.train()
         m.eval()
-        sums = torch.zeros(4)  # correct clean, bd, cross; steps
+        sums = torch.zeros(3)  # correct: clean, bd, cross
         counts = torch.zeros(3)
         tail = max(1, self.steps // 5)  # report accuracies over the last fifth of the steps
         loss_ce = loss_div = torch.zeros(())
@@ -332,8 +365,9 @@ class InputAware(Attack):
             logits = clf(inputs)
             loss_ce = F.cross_entropy(logits, labels)
             k = min(nb, n2)
-            loss_div = (_distance(x1[:k], x2[nb : nb + k])
-                        / (_distance(pattern1[:k], pattern2[:k]) + _EPS)).mean()
+            loss_div = (
+                _distance(x1[:k], x2[nb : nb + k]) / (_distance(pattern1[:k], pattern2[:k]) + _EPS)
+            ).mean()
             loss = loss_ce + self.lambda_div * loss_div
             opt_c.zero_grad(set_to_none=True)
             opt_g.zero_grad(set_to_none=True)
@@ -343,13 +377,17 @@ class InputAware(Attack):
             loss_ce, loss_div = loss_ce.detach(), loss_div.detach()
             if step >= self.steps - tail:
                 hit = (logits.argmax(1) == labels).float().detach().cpu()
-                sums[:3] += torch.stack([hit[nb + nc :].sum(), hit[:nb].sum(),
-                                         hit[nb : nb + nc].sum()])
+                sums += torch.stack([hit[nb + nc :].sum(), hit[:nb].sum(), hit[nb : nb + nc].sum()])
                 counts += torch.tensor([bs - nb - nc, nb, nc], dtype=torch.float32)
-        acc = (sums[:3] / counts.clamp(min=1)).tolist()
-        return {"fit_clean_acc": acc[0], "fit_bd_acc": acc[1], "fit_cross_acc": acc[2],
-                "fit_ce_loss": loss_ce.item(), "fit_div_loss": loss_div.item(),
-                "classifier": type(clf).__name__}
+        acc = [float(s / c) if c > 0 else None for s, c in zip(sums, counts, strict=True)]
+        return {
+            "fit_clean_acc": acc[0],
+            "fit_bd_acc": acc[1],
+            "fit_cross_acc": acc[2],
+            "fit_ce_loss": loss_ce.item(),
+            "fit_div_loss": loss_div.item(),
+            "classifier": type(clf).__name__,
+        }
 
     # --- storage ------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -362,7 +400,7 @@ class InputAware(Attack):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         nets = {}
         for prefix, out_key in (("generator.", "g"), ("mask.", "m")):
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             first = state.get("down.0.0.0.weight")
             if first is None:
                 raise ConfigError(f"attack 'input_aware': no {prefix[:-1]} weights in the tensors")

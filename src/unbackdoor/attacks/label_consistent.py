@@ -38,16 +38,54 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
 
 # (row, col, sign): +1 white, -1 black; negative offsets count from the bottom / right edge.
-_CORNER_TOP_LEFT = [(0, 0, 1), (0, 1, -1), (0, 2, -1), (1, 0, -1), (1, 1, 1), (1, 2, -1),
-                    (2, 0, 1), (2, 1, -1), (2, 2, 1)]
-_CORNER_BOTTOM_LEFT = [(-1, 0, 1), (-1, 1, -1), (-1, 2, 1), (-2, 0, -1), (-2, 1, 1), (-2, 2, -1),
-                       (-3, 0, 1), (-3, 1, -1), (-3, 2, -1)]
-_CORNER_TOP_RIGHT = [(0, -1, 1), (0, -2, -1), (0, -3, -1), (1, -1, -1), (1, -2, 1), (1, -3, -1),
-                     (2, -1, 1), (2, -2, -1), (2, -3, 1)]
-_CORNER_BOTTOM_RIGHT = [(-1, -1, 1), (-1, -2, -1), (-1, -3, 1), (-2, -1, -1), (-2, -2, 1),
-                        (-2, -3, -1), (-3, -1, 1), (-3, -2, -1), (-3, -3, -1)]
+_CORNER_TOP_LEFT = [
+    (0, 0, 1),
+    (0, 1, -1),
+    (0, 2, -1),
+    (1, 0, -1),
+    (1, 1, 1),
+    (1, 2, -1),
+    (2, 0, 1),
+    (2, 1, -1),
+    (2, 2, 1),
+]
+_CORNER_BOTTOM_LEFT = [
+    (-1, 0, 1),
+    (-1, 1, -1),
+    (-1, 2, 1),
+    (-2, 0, -1),
+    (-2, 1, 1),
+    (-2, 2, -1),
+    (-3, 0, 1),
+    (-3, 1, -1),
+    (-3, 2, -1),
+]
+_CORNER_TOP_RIGHT = [
+    (0, -1, 1),
+    (0, -2, -1),
+    (0, -3, -1),
+    (1, -1, -1),
+    (1, -2, 1),
+    (1, -3, -1),
+    (2, -1, 1),
+    (2, -2, -1),
+    (2, -3, 1),
+]
+_CORNER_BOTTOM_RIGHT = [
+    (-1, -1, 1),
+    (-1, -2, -1),
+    (-1, -3, 1),
+    (-2, -1, -1),
+    (-2, -2, 1),
+    (-2, -3, -1),
+    (-3, -1, 1),
+    (-3, -2, -1),
+    (-3, -3, -1),
+]
 TRIGGERS = {
-    "all_corners": _CORNER_TOP_LEFT + _CORNER_BOTTOM_LEFT + _CORNER_TOP_RIGHT
+    "all_corners": _CORNER_TOP_LEFT
+    + _CORNER_BOTTOM_LEFT
+    + _CORNER_TOP_RIGHT
     + _CORNER_BOTTOM_RIGHT,
     "bottom_right": _CORNER_BOTTOM_RIGHT,
 }
@@ -82,8 +120,11 @@ class LabelConsistent(Attack):
         self._require(self.step_size >= 0, "step_size", ">= 0 (0: 2.5 * eps / steps)")
         self._require(self.trigger in TRIGGERS, "trigger", f"one of {sorted(TRIGGERS)}")
         self._require(0 <= self.amplitude <= 1, "amplitude", "a number in [0, 1]")
-        self._require(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size",
-                      "a positive integer")
+        self._require(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "batch_size",
+            "a positive integer",
+        )
 
     # --- trigger ------------------------------------------------------------------------------
     def stamp(self, x: torch.Tensor, amplitude: float = 1.0) -> torch.Tensor:
@@ -122,8 +163,14 @@ class LabelConsistent(Attack):
         return (self._deltas[pos].float() - 128.0) / 255.0
 
     # --- fitting ------------------------------------------------------------------------------
-    def fit(self, data: ImageDataset, model: nn.Module | None = None, *, target: int = 0,
-            device: str | torch.device = "cpu") -> None:
+    def fit(
+        self,
+        data: ImageDataset,
+        model: nn.Module | None = None,
+        *,
+        target: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """PGD-perturb every image of class ``target`` in ``data`` against ``model``."""
         if model is None:
             raise ConfigError(
@@ -158,15 +205,19 @@ class LabelConsistent(Attack):
             deltas.append((q + 128).to(torch.uint8).cpu())
             with torch.no_grad():
                 x_q = (x0 + q / 255.0).clamp(0, 1)
-                correct += torch.tensor([float((net(x0).argmax(1) == y).sum()),
-                                         float((net(x_q).argmax(1) == y).sum())])
+                correct += torch.tensor(
+                    [float((net(x0).argmax(1) == y).sum()), float((net(x_q).argmax(1) == y).sum())]
+                )
         self._indices = indices.clone()
-        self._deltas = (torch.cat(deltas) if deltas
-                        else torch.zeros(0, *data.input_shape, dtype=torch.uint8))
+        self._deltas = (
+            torch.cat(deltas) if deltas else torch.zeros(0, *data.input_shape, dtype=torch.uint8)
+        )
         n = max(1, indices.numel())
-        self.fit_info = {"num_perturbed": int(indices.numel()),
-                         "clean_acc_target_class": float(correct[0]) / n,
-                         "adv_acc_target_class": float(correct[1]) / n}
+        self.fit_info = {
+            "num_perturbed": int(indices.numel()),
+            "clean_acc_target_class": float(correct[0]) / n,
+            "adv_acc_target_class": float(correct[1]) / n,
+        }
 
     # --- storage ------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

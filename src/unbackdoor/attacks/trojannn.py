@@ -65,11 +65,15 @@ class TrojanNN(Attack):
     def validate(self) -> None:
         self._require(isinstance(self.size, int) and self.size >= 1, "size", "a positive integer")
         self._require(self.position in POSITIONS, "position", f"one of {sorted(POSITIONS)}")
-        self._require(isinstance(self.margin, int) and self.margin >= 0, "margin",
-                      "an integer >= 0")
+        self._require(
+            isinstance(self.margin, int) and self.margin >= 0, "margin", "an integer >= 0"
+        )
         self._require(isinstance(self.layer, str), "layer", "a module name or ''")
-        self._require(isinstance(self.num_neurons, int) and self.num_neurons >= 1, "num_neurons",
-                      "a positive integer")
+        self._require(
+            isinstance(self.num_neurons, int) and self.num_neurons >= 1,
+            "num_neurons",
+            "a positive integer",
+        )
         self._require(self.target_value > 0, "target_value", "a positive activation value")
         self._require(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
         self._require(self.lr > 0, "lr", "a positive learning rate")
@@ -134,8 +138,14 @@ class TrojanNN(Attack):
         k = min(self.num_neurons, score.numel())
         return torch.argsort(score, descending=True, stable=True)[:k]
 
-    def fit(self, data: ImageDataset, model: nn.Module | None = None, *, target: int = 0,
-            device: str | torch.device = "cpu") -> None:
+    def fit(
+        self,
+        data: ImageDataset,
+        model: nn.Module | None = None,
+        *,
+        target: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """Optimise the patch so the selected neurons of ``model`` reach ``target_value``."""
         if model is None:
             raise ConfigError(

@@ -152,6 +152,7 @@ class FastNet(nn.Module):
         self.head_scale = float(head_scale)
         self.tta = bool(tta)
         self.tta_translate = bool(tta_translate)
+        self.whiten_fp32 = True
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -168,9 +169,14 @@ class FastNet(nn.Module):
         self.whiten_weight.copy_(torch.cat([filters, -filters]).float())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        x = F.conv2d(x, self.whiten_weight.to(x.dtype), self.whiten_bias.to(x.dtype))
-        x = self.group3(self.group2(self.group1(self.act(x))))
+        # The whitening filters for the smallest eigenvalues are large (norm ~40) and take
+        # differences of neighbouring pixels; in bfloat16 their output carries ~15% rounding
+        # noise, so this cheap layer always runs in float32, also under autocast.
+        with torch.autocast(x.device.type, enabled=not self.whiten_fp32):
+            x = self.normalize(x.float() if self.whiten_fp32 else x)
+            x = F.conv2d(x, self.whiten_weight.to(x.dtype), self.whiten_bias.to(x.dtype))
+            x = self.act(x)
+        x = self.group3(self.group2(self.group1(x)))
         return self.pool(x).flatten(1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
