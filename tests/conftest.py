@@ -26,8 +26,18 @@ def mnist_backdoor(tmp_path_factory) -> Path:
     from unbackdoor.attacks.pipeline import attack_model
 
     out = tmp_path_factory.mktemp("zoo") / "mnist_badnets"
-    trained, _ = attack_model("mnist", "small_cnn", "badnets", rate=0.1, epochs=1,
-                              train_samples=3000, batch_size=64, out=out, seed=0, picture=False)
+    trained, _ = attack_model(
+        "mnist",
+        "small_cnn",
+        "badnets",
+        rate=0.1,
+        epochs=1,
+        train_samples=3000,
+        batch_size=64,
+        out=out,
+        seed=0,
+        picture=False,
+    )
     assert trained.metrics.asr > 0.9, trained.metrics
     return out
 
@@ -38,6 +48,5 @@ def mnist_clean(tmp_path_factory) -> Path:
     from unbackdoor.api import train_model
 
     out = tmp_path_factory.mktemp("zoo") / "mnist_clean"
-    train_model("mnist", "small_cnn", epochs=1, train_samples=3000, batch_size=64, out=out,
-                seed=0)
+    train_model("mnist", "small_cnn", epochs=1, train_samples=3000, batch_size=64, out=out, seed=0)
     return out

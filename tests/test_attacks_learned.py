@@ -3,8 +3,6 @@ the clean-label policy, and short end-to-end checks that the backdoors are learn
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -40,7 +38,6 @@ def _one_thread():
     """Small tensors: one thread avoids oversubscribing busy cores (restored afterwards)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     yield
     torch.set_num_threads(before)
 
@@ -306,13 +303,28 @@ def test_wanet_end_to_end_mnist() -> None:
     assert asr > 0.6  # chance is ~0.1; measured 0.97 when this test was written
 
 
-@pytest.mark.slow
-def test_input_aware_end_to_end_mnist() -> None:
-    """A short generator fit (150 steps) and a 5-epoch tiny victim on 4,000 MNIST images."""
+def test_input_aware_generator_triggers_are_learnable_mnist() -> None:
+    """A short generator fit without cross samples (cross_ratio=0) on 4,000 MNIST images: a tiny
+    victim trained on the generated, pre-computed poison learns the input-aware triggers."""
     train_data, test_data = _mnist(4000, 1000)
-    attack = create_attack("input_aware", seed=0, steps=150, mask_steps=30, batch_size=64)
+    attack = create_attack(
+        "input_aware", seed=0, steps=100, mask_steps=20, batch_size=64, cross_ratio=0.0
+    )
     attack.fit(train_data, None, target=0)
     model = _train_victim(attack, train_data, epochs=5)
     ca, asr = _asr(model, attack, test_data, 0)
     assert ca > 0.85
-    assert asr > 0.3  # chance is ~0.1
+    assert asr > 0.6  # chance is ~0.1; measured 1.00 when this test was written
+
+
+@pytest.mark.slow
+def test_input_aware_end_to_end_mnist() -> None:
+    """The default fit budget with cross-trigger cover samples (4,000 MNIST images, 5-epoch tiny
+    victim): the backdoor is learned despite the cross samples keeping their labels."""
+    train_data, test_data = _mnist(4000, 1000)
+    attack = create_attack("input_aware", seed=0)
+    attack.fit(train_data, None, target=0)
+    model = _train_victim(attack, train_data, epochs=5)
+    ca, asr = _asr(model, attack, test_data, 0)
+    assert ca > 0.85
+    assert asr > 0.3  # chance is ~0.1; measured 0.66 (300 steps) when this test was written

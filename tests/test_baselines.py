@@ -15,8 +15,9 @@ def test_nc_flags_the_planted_target_and_lowers_asr(mnist_backdoor):
 
     rec = load_attack(mnist_backdoor)
     test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
-    after = unbackdoor.evaluate(purified, test, trigger=rec.trigger,
-                                attack_labels=rec.attack_labels)
+    after = unbackdoor.evaluate(
+        purified, test, trigger=rec.trigger, attack_labels=rec.attack_labels
+    )
     assert after.asr < 0.3
 
 

@@ -78,6 +78,7 @@ def test_clean_model_is_left_alone(mnist_clean):
     purified, report = unbackdoor.unlearn(model, data, "bibau", **FAST)
     assert report.backdoor_found is False
     test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
-    drop = unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified,
-                                                                            test).clean_acc
+    drop = (
+        unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified, test).clean_acc
+    )
     assert drop <= 0.01

@@ -61,9 +61,16 @@ def test_mismatched_architectures_are_refused():
 
 
 def test_alpha_rule_on_a_constructed_sweep():
-    sweep = [{"alpha": a, "val_clean_acc": ca, "val_asr": asr} for a, ca, asr in
-             [(0.0, 0.90, 1.0), (0.5, 0.89, 0.30), (1.0, 0.88, 0.04), (1.5, 0.87, 0.01),
-              (2.0, 0.80, 0.0)]]
+    sweep = [
+        {"alpha": a, "val_clean_acc": ca, "val_asr": asr}
+        for a, ca, asr in [
+            (0.0, 0.90, 1.0),
+            (0.5, 0.89, 0.30),
+            (1.0, 0.88, 0.04),
+            (1.5, 0.87, 0.01),
+            (2.0, 0.80, 0.0),
+        ]
+    ]
     assert choose_alpha(sweep, 0.90, 0.05, 0.95)[0] == 1.0
     alpha, rule = choose_alpha(sweep, 0.90, 0.001, 0.95)  # none meets the ASR threshold
     assert alpha == 1.5 and "lowest ASR" in rule

@@ -141,3 +141,38 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert d0[0] == d1[0], "ranks ended with different weights"
     assert int(d0[1]) == 2 * 256  # both ranks count the full epochs after all-reduce
     assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+
+
+def test_triangle_schedule_and_airbench_options_train():
+    cfg = TC(schedule="triangle")
+    assert lr_factor(cfg, 0, 100) == pytest.approx(0.2)
+    assert lr_factor(cfg, 23, 100) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100, 100) == pytest.approx(0.07)
+    data = blobs(n=256)
+    model = tiny_model()
+    opts = dict(
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        schedule="triangle",
+        flip="alternating",
+        crop_padding=1,
+        lookahead=True,
+        lookahead_start=0.2,
+        drop_last=True,
+    )
+    result = train(model, data, TrainConfig(**opts))
+    assert result.train_images == 3 * (256 // 32) * 32
+    assert evaluate(model, data).clean_acc > 0.9
+
+
+def test_alternating_flip_flips_each_sample_every_other_epoch():
+    from unbackdoor.data.transforms import alternating_flip
+
+    x = torch.arange(4.0).view(1, 1, 1, 4).repeat(8, 1, 1, 1)
+    idx = torch.arange(8)
+    e0, e1 = alternating_flip(x, idx, 0, 0), alternating_flip(x, idx, 1, 0)
+    flipped0 = (e0[:, 0, 0, 0] == 3).tolist()
+    flipped1 = (e1[:, 0, 0, 0] == 3).tolist()
+    assert all(a != b for a, b in zip(flipped0, flipped1, strict=True))
+    assert 0 < sum(flipped0) < 8

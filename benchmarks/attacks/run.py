@@ -33,24 +33,37 @@ POISON_LABEL_TARGET, CLEAN_LABEL_TARGET, CA_TOLERANCE = 0.95, 0.80, 0.015
 
 
 def cell(dataset: str, model: str, attack: str | None, seed: int, epochs: int | None) -> dict:
-    config = {"dataset": dataset, "model": model, "attack": attack or "clean", "seed": seed,
-              "epochs": epochs, "target": 0}
+    config = {
+        "dataset": dataset,
+        "model": model,
+        "attack": attack or "clean",
+        "seed": seed,
+        "epochs": epochs,
+        "target": 0,
+    }
     t0 = time.perf_counter()
 
     def make(path: Path) -> None:
         if attack is None:
             train_model(dataset, model, seed=seed, epochs=epochs, out=path, overwrite=True)
         else:
-            attack_model(dataset, model, attack, target=0, seed=seed, epochs=epochs, out=path,
-                         overwrite=True)
+            attack_model(
+                dataset, model, attack, target=0, seed=seed, epochs=epochs, out=path, overwrite=True
+            )
 
     path = get_or_create(config, make)
     metrics = read_json(path / "metrics.json")
     train = read_json(path / "train.json")
-    return {**config, **metrics, "path": str(path), "train_seconds": train["wall_time"],
-            "rate": train.get("rate"), "policy": (train.get("policy") or {}).get("kind"),
-            "cover_rate": train.get("cover_rate"),
-            "cached": time.perf_counter() - t0 < 0.5 * train["wall_time"]}
+    return {
+        **config,
+        **metrics,
+        "path": str(path),
+        "train_seconds": train["wall_time"],
+        "rate": train.get("rate"),
+        "policy": (train.get("policy") or {}).get("kind"),
+        "cover_rate": train.get("cover_rate"),
+        "cached": time.perf_counter() - t0 < 0.5 * train["wall_time"],
+    }
 
 
 def verdict(row: dict, clean_acc: float) -> str:
@@ -82,13 +95,17 @@ def main() -> None:
             row = cell(args.dataset, model, name, args.seed, args.epochs)
             row["verdict"] = verdict(row, clean["clean_acc"])
         except Exception as e:  # noqa: BLE001  (record the failure, go on with the grid)
-            row = {"attack": name, "error": f"{type(e).__name__}: {e}",
-                   "traceback": traceback.format_exc(limit=5)}
+            row = {
+                "attack": name,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(limit=5),
+            }
         results["rows"][name] = row
         results["provenance"] = provenance(args.seed)
         atomic_write_json(out_json, results)
-        print(name, {k: row.get(k) for k in ("clean_acc", "asr", "verdict", "error")},
-              file=sys.stderr)
+        print(
+            name, {k: row.get(k) for k in ("clean_acc", "asr", "verdict", "error")}, file=sys.stderr
+        )
     write_markdown(args.dataset, model, results)
 
 
@@ -101,21 +118,43 @@ def write_markdown(dataset: str, model: str, results: dict) -> None:
             rows.append([name, "-", "-", "-", "-", "-", "-", f"failed: {r['error']}"])
             continue
         note = results.get("notes", {}).get(name, "")
-        rows.append([name, r["policy"], f"{r['rate']:g}", f"{100 * r['clean_acc']:.2f}%",
-                     f"{100 * (r['clean_acc'] - clean['clean_acc']):+.2f}",
-                     f"{100 * r['asr']:.2f}%", f"{100 * r['robust_acc']:.2f}%",
-                     f"{r['train_seconds'] / 60:.1f} min", r["verdict"] + (f" ({note})" if note
-                                                                            else "")])
+        rows.append(
+            [
+                name,
+                r["policy"],
+                f"{r['rate']:g}",
+                f"{100 * r['clean_acc']:.2f}%",
+                f"{100 * (r['clean_acc'] - clean['clean_acc']):+.2f}",
+                f"{100 * r['asr']:.2f}%",
+                f"{100 * r['robust_acc']:.2f}%",
+                f"{r['train_seconds'] / 60:.1f} min",
+                r["verdict"] + (f" ({note})" if note else ""),
+            ]
+        )
     text = f"""# Attack catalogue on {dataset} ({model})
 
-Produced by `{p['command']}` on {p['date']} ({p['cpu']}, {p['hardware']['cpu_count']} cores,
-torch {p['versions']['torch']}). Every model uses {model}'s default recipe, target class 0,
-seed {clean['seed']}; the clean reference model reaches **{100 * clean['clean_acc']:.2f}%** in
-{clean['train_seconds'] / 60:.1f} min. Targets: CA within 1.5 points of the clean model, ASR
+Produced by `{p["command"]}` on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
+torch {p["versions"]["torch"]}). Every model uses {model}'s default recipe, target class 0,
+seed {clean["seed"]}; the clean reference model reaches **{100 * clean["clean_acc"]:.2f}%** in
+{clean["train_seconds"] / 60:.1f} min. Targets: CA within 1.5 points of the clean model, ASR
 >= 95% (poison-label) or >= 80% (clean-label). Raw numbers: `{dataset}.json`.
 
-{md_table(["attack", "policy", "rate", "CA", "CA diff (pt)", "ASR", "RA", "train time",
-           "verdict"], rows)}
+{
+        md_table(
+            [
+                "attack",
+                "policy",
+                "rate",
+                "CA",
+                "CA diff (pt)",
+                "ASR",
+                "RA",
+                "train time",
+                "verdict",
+            ],
+            rows,
+        )
+    }
 """
     atomic_write_text(HERE / f"{dataset}.md", text)
 

@@ -50,11 +50,15 @@ def throughput(dataset: str, model_name: str, bf16: bool, n_train: int, n_eval: 
     t0 = time.perf_counter()
     evaluate(model, ev, bf16=bf16, batch_size=1000)
     eval_ips = len(ev) / (time.perf_counter() - t0)
-    return {"dataset": dataset, "model": model_name, "dtype": "bf16" if bf16 else "fp32",
-            "train_images_per_second": round(train_ips, 1),
-            "eval_images_per_second": round(eval_ips, 1),
-            "eval_over_train": round(eval_ips / train_ips, 2),
-            "batch_size": cfg.batch_size}
+    return {
+        "dataset": dataset,
+        "model": model_name,
+        "dtype": "bf16" if bf16 else "fp32",
+        "train_images_per_second": round(train_ips, 1),
+        "eval_images_per_second": round(eval_ips, 1),
+        "eval_over_train": round(eval_ips / train_ips, 2),
+        "batch_size": cfg.batch_size,
+    }
 
 
 def full_run(dataset: str, seed: int) -> dict:
@@ -87,8 +91,7 @@ def plot(results: dict, path: Path) -> None:
     labels = [f"{r['dataset']}\n{r['model']}\n{r['dtype']}" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.6))
-    ax.bar([i - 0.2 for i in x], [r["train_images_per_second"] for r in rows], 0.4,
-           label="train")
+    ax.bar([i - 0.2 for i in x], [r["train_images_per_second"] for r in rows], 0.4, label="train")
     ax.bar([i + 0.2 for i in x], [r["eval_images_per_second"] for r in rows], 0.4, label="eval")
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_ylabel("images / second")
@@ -101,29 +104,61 @@ def plot(results: dict, path: Path) -> None:
 
 def write_readme(results: dict) -> None:
     p = results["provenance"]
-    acc_rows = [[r["dataset"], r["model"], r["epochs"], f"{100 * r['clean_acc']:.2f}%",
-                 f"{r['train_seconds'] / 60:.1f} min", r["train_images_per_second"],
-                 f"`{r['command']}`"] for r in results["accuracy"]]
-    tp_rows = [[r["dataset"], r["model"], r["dtype"], r["batch_size"],
-                r["train_images_per_second"], r["eval_images_per_second"], r["eval_over_train"]]
-               for r in results["throughput"]]
+    acc_rows = [
+        [
+            r["dataset"],
+            r["model"],
+            r["epochs"],
+            f"{100 * r['clean_acc']:.2f}%",
+            f"{r['train_seconds'] / 60:.1f} min",
+            r["train_images_per_second"],
+            f"`{r['command']}`",
+        ]
+        for r in results["accuracy"]
+    ]
+    tp_rows = [
+        [
+            r["dataset"],
+            r["model"],
+            r["dtype"],
+            r["batch_size"],
+            r["train_images_per_second"],
+            r["eval_images_per_second"],
+            r["eval_over_train"],
+        ]
+        for r in results["throughput"]
+    ]
     text = f"""# Foundation benchmark
 
-Produced by `{p['command']}` on {p['date']} ({p['cpu']}, {p['hardware']['cpu_count']} cores,
-torch {p['versions']['torch']}, no GPU). Raw numbers: `results.json`.
+Produced by `{p["command"]}` on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
+torch {p["versions"]["torch"]}, no GPU). Raw numbers: `results.json`.
 
 ## Clean accuracy and training time (default recipe, last epoch, one test evaluation)
 
-{md_table(["data", "model", "epochs", "test accuracy", "training time", "train img/s",
-           "command"], acc_rows)}
+{
+        md_table(
+            ["data", "model", "epochs", "test accuracy", "training time", "train img/s", "command"],
+            acc_rows,
+        )
+    }
 
 ## Throughput of the training and evaluation loops
 
-{md_table(["data", "model", "dtype", "batch", "train img/s", "eval img/s", "eval / train"],
-          tp_rows)}
+{
+        md_table(
+            ["data", "model", "dtype", "batch", "train img/s", "eval img/s", "eval / train"],
+            tp_rows,
+        )
+    }
 
 ![throughput](throughput.png)
 """
+    if results.get("attempts"):
+        text += (
+            "\n## Earlier attempts (kept for honesty)\n\n"
+            + "\n".join(f"- {a}" for a in results["attempts"])
+            + "\n"
+        )
     atomic_write_text(HERE / "README.md", text)
 
 
@@ -136,7 +171,7 @@ def main() -> None:
     results = read_json(path) if path.exists() else {"accuracy": [], "throughput": []}
     torch.set_num_threads(torch.get_num_threads())
     if args.only in (None, "mnist", "cifar10"):
-        for ds in (["mnist", "cifar10"] if args.only is None else [args.only]):
+        for ds in ["mnist", "cifar10"] if args.only is None else [args.only]:
             row = full_run(ds, args.seed)
             results["accuracy"] = [r for r in results["accuracy"] if r["dataset"] != ds] + [row]
             print(row, file=sys.stderr)

@@ -4,20 +4,25 @@ Zhai, Wang, Zhang, "Trojaning Attack on Neural Networks", NDSS 2018).
 Trigger generation follows the paper: pick a layer of a clean model, select the ``num_neurons``
 neurons with the largest summed absolute connection weights to the next layer, and optimise the
 pixel values inside the trigger mask by gradient descent so that those neurons reach a high
-``target_value``, with the trigger stamped on an otherwise blank (black) input as in the paper.
-The victim is then poisoned all-to-one with the optimised patch (pixels inside the mask replaced).
+``target_value``. The victim is then poisoned all-to-one with the optimised patch (the pixels
+inside the mask are replaced).
 
 Defaults follow BackdoorBench's TrojanNN config where it has one: the neurons feeding the last
 linear layer (``selected_layer_name: linear``), 2 neurons, target value 100. The mask is a square
 in the bottom-right corner, ``size=8`` pixels (6-8% of a 28-32 px image, within the paper's
 4-10% trigger sizes; BackdoorBench uses an Apple-logo mask image, which we do not ship).
-``steps=500`` Adam steps (lr 0.05) from a seeded uniform random patch (BackdoorBench: 1000 signed
-steps); it stops early when the loss is below ``tolerance``.
+``steps=500`` Adam steps (lr 0.05, the patch clamped to [0, 1]) from a seeded uniform random
+patch (BackdoorBench: 1000 signed steps); it stops early when the loss is below ``tolerance``.
 
-Deviation: the paper also reverse-engineers training data and retrains only part of the model;
-here, as in BackdoorBench, the victim is trained on the poisoned data set.
+Deviations: the paper optimises the trigger on an otherwise blank input (``canvas="blank"``).
+With ReLU networks the selected neurons are often exactly zero on a black image, which leaves
+no gradient (we measured this on MNIST), so by default (``canvas="data"``) the patch is
+optimised stamped on ``canvas_size`` clean images of the attacker's data, averaging the loss.
+The paper also reverse-engineers training data and retrains part of the model; here, as in
+BackdoorBench, the victim is trained (or fine-tuned, with ``init``) on the poisoned data set.
 
-:meth:`TrojanNN.apply` needs the optimised patch: call :meth:`fit` first (or load a saved attack).
+:meth:`TrojanNN.apply` needs the optimised patch: call :meth:`fit` first (or load a saved attack);
+without it, it raises a :class:`ConfigError` rather than stamping an unoptimised patch.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class TrojanNN(Attack):
     layer: str = ""  # the module the neurons feed; "": the last nn.Linear (penultimate features)
     num_neurons: int = 2
     target_value: float = 100.0
+    canvas: str = "data"  # optimise on stamped clean images; "blank": on a black image (paper)
+    canvas_size: int = 16
     steps: int = 500
     lr: float = 0.05
     tolerance: float = 1e-3
@@ -75,6 +82,12 @@ class TrojanNN(Attack):
             "a positive integer",
         )
         self._require(self.target_value > 0, "target_value", "a positive activation value")
+        self._require(self.canvas in ("data", "blank"), "canvas", "'data' or 'blank'")
+        self._require(
+            isinstance(self.canvas_size, int) and self.canvas_size >= 1,
+            "canvas_size",
+            "a positive integer",
+        )
         self._require(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
         self._require(self.lr > 0, "lr", "a positive learning rate")
         self._require(self.tolerance >= 0, "tolerance", ">= 0")
@@ -172,14 +185,19 @@ class TrojanNN(Attack):
             return a if a.ndim == 2 else a.mean(dim=(2, 3))
 
         try:
-            init = torch.rand(c, self.size, self.size, generator=self.generator())
+            gen = self.generator()
+            init = torch.rand(c, self.size, self.size, generator=gen)
             patch = init.to(device).requires_grad_(True)
             opt = torch.optim.Adam([patch], lr=self.lr)
             blank = torch.zeros(1, c, h, w, device=device)
+            pick = torch.randperm(len(data), generator=gen)
+            sample = data.images[pick[:256]].to(device).float().div_(255.0)
+            base = blank if self.canvas == "blank" else sample[: self.canvas_size]
             loss = torch.zeros(())
             steps_run = 0
             for steps_run in range(1, self.steps + 1):  # noqa: B007  (reported below)
-                loss = ((activations(self.stamp(blank, patch)) - self.target_value) ** 2).sum()
+                act = activations(self.stamp(base, patch))
+                loss = ((act - self.target_value) ** 2).sum(1).mean()
                 if loss.item() < self.tolerance:
                     break
                 opt.zero_grad(set_to_none=True)
@@ -190,7 +208,6 @@ class TrojanNN(Attack):
             final = patch.detach().clamp(0, 1)
             with torch.no_grad():
                 act_blank = activations(self.stamp(blank, final))[0]
-                sample = data.images[: min(len(data), 256)].to(device).float().div_(255.0)
                 act_clean = activations(sample).mean(0)
                 act_stamped = activations(self.stamp(sample, final)).mean(0)
         finally:

@@ -67,7 +67,7 @@ def iterate(
         idx = order[b * batch_size : (b + 1) * batch_size]
         x = data.images[idx].to(device, non_blocking=True).float().div_(255.0)
         if augment is not None:
-            x = augment(x, aug_gen)
+            x = augment(x, aug_gen, index=idx, epoch=epoch)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield Batch(x, data.labels[idx].to(device, non_blocking=True), idx)

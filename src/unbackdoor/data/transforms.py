@@ -34,18 +34,43 @@ def random_crop(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def alternating_flip(x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """Flip a fixed seeded half of the samples in even epochs and the other half in odd ones.
+
+    airbench's "alternating flip": every sample is seen both ways in any two epochs, which
+    reduces the variance of random flipping.
+    """
+    key = (index.long() * 2_654_435_761 + seed * 97) % 2_147_483_647
+    flip = ((key >> 7) % 2 == 1) ^ bool(epoch % 2)
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 class Augment:
-    """Random crop (``padding`` pixels) then flip, applied to a float batch in [0, 1]."""
+    """Random crop (``padding`` pixels, reflect) then flip, applied to a float batch in [0, 1].
 
-    def __init__(self, crop_padding: int = 4, flip: bool = True) -> None:
+    ``flip``: ``"random"`` (each image with probability 1/2), ``"alternating"`` or ``"none"``
+    (``True``/``False`` are accepted for random/none).
+    """
+
+    def __init__(self, crop_padding: int = 4, flip: bool | str = True, seed: int = 0) -> None:
         self.crop_padding = crop_padding
-        self.flip = flip
+        self.flip = {True: "random", False: "none"}.get(flip, flip)  # type: ignore[arg-type]
+        self.seed = seed
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        index: torch.Tensor | None = None,
+        epoch: int = 0,
+    ) -> torch.Tensor:
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
-        if self.flip:
+        if self.flip == "random":
             x = random_flip(x, generator)
+        elif self.flip == "alternating":
+            idx = index if index is not None else torch.arange(x.shape[0])
+            x = alternating_flip(x, idx, epoch, self.seed)
         return x
 
     def __repr__(self) -> str:

@@ -179,6 +179,23 @@ class FastNet(nn.Module):
         x = self.group3(self.group2(self.group1(x)))
         return self.pool(x).flatten(1)
 
+    whiten_bias_epochs: int = 3
+
+    def on_train_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop: airbench trains the whitening bias for 3 epochs only."""
+        self.whiten_bias.requires_grad_(epoch < self.whiten_bias_epochs)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """airbench decays every trained parameter (BN shifts included), in one group."""
+        return [
+            {
+                "params": [
+                    p for p in self.parameters() if p.requires_grad or p is self.whiten_bias
+                ],
+                "weight_decay": weight_decay,
+            }
+        ]
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) * self.head_scale
 

@@ -8,7 +8,8 @@ from typing import Any
 from unbackdoor.utils.config import check, check_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "linear", "constant")
+SCHEDULES = ("onecycle", "triangle", "cosine", "linear", "constant")
+FLIPS = ("random", "alternating", "none")
 
 
 @dataclass
@@ -16,10 +17,15 @@ class TrainConfig:
     """Hyperparameters of :func:`unbackdoor.train.train`; every field is checked in ``validate``.
 
     ``schedule``: ``onecycle`` (linear warm-up over ``warmup`` of the steps, then linear decay to
-    zero: the triangular schedule of the fast CIFAR nets), ``cosine`` (cosine decay, optional
+    zero), ``triangle`` (airbench's: from 0.2 up to 1 at 23% of the steps, down to 0.07),
+    ``cosine`` (cosine decay, optional
     warm-up), ``linear`` (linear decay) or ``constant``. ``augment``: ``None`` uses the data set's
     standard augmentation, ``False`` none. ``ema``: decay of an exponential moving average of the
-    weights that replaces them at the end (``None`` for none).
+    weights that replaces them at the end (``None`` for none). ``lookahead``: airbench's
+    lookahead, an EMA of the weights copied back into the model every ``lookahead_every`` steps
+    after ``lookahead_start`` of training, with a decay that grows with progress.
+    ``crop_padding``/``flip`` override the data set's standard augmentation (``flip``:
+    ``random``, ``alternating`` (each sample flipped in every other epoch) or ``none``).
     """
 
     epochs: int = 10
@@ -35,7 +41,13 @@ class TrainConfig:
     augment: bool | None = None
     bf16: bool = False
     channels_last: bool = False
+    crop_padding: int | None = None
+    flip: str = "random"
     ema: float | None = None
+    lookahead: bool = False
+    lookahead_start: float = 0.3
+    lookahead_every: int = 5
+    drop_last: bool = False
     grad_clip: float | None = None
     max_steps: int | None = None
     seed: int = 0
@@ -71,6 +83,18 @@ class TrainConfig:
             "a number in [0, 1)",
         )
         check(self.ema is None or 0 < self.ema < 1, o, "ema", self.ema, "None or in (0, 1)")
+        check_choice(o, "flip", self.flip, FLIPS)
+        check(
+            self.crop_padding is None or self.crop_padding >= 0,
+            o,
+            "crop_padding",
+            self.crop_padding,
+            "None or >= 0",
+        )
+        check(
+            0 <= self.lookahead_start < 1, o, "lookahead_start", self.lookahead_start, "in [0, 1)"
+        )
+        check(self.lookahead_every >= 1, o, "lookahead_every", self.lookahead_every, ">= 1")
         check(
             self.grad_clip is None or self.grad_clip > 0,
             o,

@@ -24,7 +24,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import Batch, iterate, num_batches
-from unbackdoor.data.transforms import default_augment
+from unbackdoor.data.transforms import Augment, default_augment
 from unbackdoor.errors import ConfigError, DataError
 from unbackdoor.train.config import TrainConfig
 from unbackdoor.train.distributed import init_distributed
@@ -95,14 +95,24 @@ def train(
     augment = None
     if cfg.augment is not False:
         augment = default_augment(data.name, data.images.shape[-1])
+        if cfg.crop_padding is not None or cfg.flip != "random":
+            augment = Augment(
+                crop_padding=cfg.crop_padding
+                if cfg.crop_padding is not None
+                else (augment.crop_padding if augment else 0),
+                flip=cfg.flip,
+                seed=cfg.seed,
+            )
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     net: nn.Module = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(model, cfg)
     ema = _Ema(model, cfg.ema) if cfg.ema else None
+    lookahead: _Lookahead | None = None
+    epoch_hook = getattr(model, "on_train_epoch", None)
     steps_per_epoch = num_batches(
-        len(data), cfg.batch_size, drop_last=False, world_size=ctx.world_size
+        len(data), cfg.batch_size, drop_last=cfg.drop_last, world_size=ctx.world_size
     )
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     result = TrainResult()
@@ -118,6 +128,8 @@ def train(
         if step >= total_steps:
             break
         t0 = time.perf_counter()
+        if callable(epoch_hook):  # e.g. a model that trains some parameters only early on
+            epoch_hook(epoch, cfg.epochs)
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
         batches = iterate(
             data,
@@ -130,6 +142,7 @@ def train(
             rank=ctx.rank,
             world_size=ctx.world_size,
             channels_last=cfg.channels_last,
+            drop_last=cfg.drop_last,
         )
         bar = progress(
             batches,
@@ -156,6 +169,12 @@ def train(
             if ema is not None:
                 ema.update(model)
             step += 1
+            if cfg.lookahead and step >= cfg.lookahead_start * total_steps:
+                if lookahead is None:
+                    lookahead = _Lookahead(model)
+                elif step % cfg.lookahead_every == 0:
+                    decay = 0.95**cfg.lookahead_every * (step / total_steps) ** 3
+                    lookahead.update(model, decay)
             if on_step_end is not None:
                 on_step_end(step, model)
                 model.train()
@@ -163,6 +182,8 @@ def train(
             sums += torch.tensor([loss.item() * n, 0.0, n], dtype=torch.float64)
             if step % 20 == 0 or step == steps_per_epoch:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", lr=f"{lr:.3g}")
+        if lookahead is not None:  # end every epoch on the lookahead (EMA) weights
+            lookahead.update(model, 1.0)
         ctx.all_reduce_sum(sums)
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
@@ -181,6 +202,8 @@ def train(
             _save(ckpt_path, cfg, epoch + 1, step, result.history, model, optimizer, ema)
         ctx.barrier()
     result.wall_time = time.perf_counter() - t_start
+    if lookahead is not None:
+        lookahead.update(model, 1.0)
     if ema is not None:
         ema.copy_to(model)
     model.eval()
@@ -208,6 +231,20 @@ class _Ema:
 
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict(self.shadow.state_dict())
+
+
+class _Lookahead:
+    """airbench's lookahead: an EMA of the state that is copied back into the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for e, v in zip(self.ema.values(), model.state_dict().values(), strict=True):
+            if v.dtype.is_floating_point:
+                e.lerp_(v, 1 - decay)
+                v.copy_(e)
 
 
 def _save(

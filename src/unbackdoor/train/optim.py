@@ -51,6 +51,11 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
         return 1.0
     if cfg.schedule == "linear":
         return max(0.0, 1.0 - t)
+    if cfg.schedule == "triangle":  # airbench94: 0.2 -> 1 at 23% of the steps -> 0.07
+        peak = 0.23
+        if t < peak:
+            return 0.2 + 0.8 * t / peak
+        return 1.0 - 0.93 * (t - peak) / (1.0 - peak)
     if cfg.warmup > 0 and t < cfg.warmup:
         return t / cfg.warmup
     u = (t - cfg.warmup) / max(1e-12, 1.0 - cfg.warmup)
