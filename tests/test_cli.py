@@ -141,3 +141,29 @@ def test_attack_then_evaluate_and_zoo(tmp_path, capsys, monkeypatch):
         capsys,
     )
     assert code == 2 and "unknown key 'sise'" in err
+
+
+def test_unlearn_command_writes_purified_model_and_report(mnist_backdoor, tmp_path, capsys):
+    out_dir = tmp_path / "ft"
+    code, out, _ = run_cli(
+        [
+            "unlearn",
+            str(mnist_backdoor),
+            "--method",
+            "ft",
+            "--clean-samples",
+            "300",
+            "--option",
+            "epochs=1",
+            "--out",
+            str(out_dir),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["method"] == "ft" and summary["clean_samples_used"] == 300
+    assert (out_dir / "report.json").is_file() and (out_dir / "attack.json").is_file()
+    code, out, _ = run_cli(["list", "defenses"], capsys)
+    assert {"bibau", "tbar", "ft", "nc"} <= {line.split()[0] for line in out.splitlines()}

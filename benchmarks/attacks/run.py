@@ -20,11 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import md_table, provenance  # noqa: E402
 
+from unbackdoor.api import train_model  # noqa: E402
 from unbackdoor.attacks import list_attacks  # noqa: E402
 from unbackdoor.attacks.pipeline import attack_model  # noqa: E402
-from unbackdoor.attacks.registry import ATTACKS  # noqa: E402
 from unbackdoor.attacks.zoo import get_or_create  # noqa: E402
-from unbackdoor.api import train_model  # noqa: E402
 from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 

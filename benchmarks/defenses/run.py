@@ -138,7 +138,7 @@ def write_markdown(tag: str, model: str, results: dict) -> None:
     p = results["provenance"]
     rc = results["retune_config"]
     rows = []
-    for key, r in results["rows"].items():
+    for r in results["rows"].values():
         if "error" in r:
             rows.append(
                 [

@@ -23,7 +23,6 @@ from common import md_table, provenance  # noqa: E402
 
 import unbackdoor  # noqa: E402
 from unbackdoor.api import build_model  # noqa: E402
-from unbackdoor.data import iterate  # noqa: E402
 from unbackdoor.eval import evaluate  # noqa: E402
 from unbackdoor.train import TrainConfig, train  # noqa: E402
 from unbackdoor.train.recipes import recipe  # noqa: E402

@@ -187,6 +187,234 @@ def evaluate(
         _table(rows, title=str(directory))
 
 
+def _parse_options(options: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, lists, booleans)."""
+    out: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  unbackdoor attack --dataset mnist --attack badnets --epochs 1 --out runs/bd\n\n"
+    "  unbackdoor attack --dataset cifar10 --attack blended --poison-rate 0.1 "
+    "--option alpha=0.2 --out runs/blend\n\n"
+    "  unbackdoor attack --dataset cifar10 --attack wanet --init runs/clean --out runs/ft"
+)
+def attack(
+    out: Annotated[Path, typer.Option(help="Output model directory.")],
+    dataset: Annotated[str, typer.Option(help="Registered name or image-folder path.")] = "mnist",
+    model: Annotated[str | None, typer.Option(help="Model name (default per data set).")] = None,
+    attack_name: Annotated[
+        str, typer.Option("--attack", help="Attack (see `unbackdoor list attacks`).")
+    ] = "badnets",
+    poison_rate: Annotated[
+        float | None,
+        typer.Option(help="Share of the training set poisoned (default: the attack's)."),
+    ] = None,
+    target: Annotated[int, typer.Option(help="Target class (all-to-one, clean-label).")] = 0,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="all_to_one, all_to_all or clean_label (default: the attack's)."),
+    ] = None,
+    cover_rate: Annotated[
+        float | None, typer.Option(help="Share of cover samples (trigger, true label).")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Attack setting KEY=VALUE (repeatable).")
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Pretrained clean model directory to fine-tune on the poisoned data."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, recorded in the outputs.")] = 0,
+    train_samples: Annotated[int | None, typer.Option(help="Use a seeded subset.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train a backdoored model: writes the artifact, attack.json, metrics.json, trigger.png."""
+    from unbackdoor.attacks.pipeline import attack_model
+
+    if epochs is not None and epochs < 0:
+        raise typer.BadParameter(f"must be >= 0, got {epochs}", param_hint="--epochs")
+    t, record = attack_model(
+        dataset,
+        model,
+        attack_name,
+        rate=poison_rate,
+        target=target,
+        policy=policy,
+        cover_rate=cover_rate,
+        attack_options=_parse_options(option),
+        init=init,
+        epochs=epochs,
+        seed=seed,
+        out=out,
+        overwrite=force,
+        train_samples=train_samples,
+        lr=lr,
+        device=device,
+    )
+    m = t.metrics
+    if json_out:
+        _echo_json(
+            {
+                "out": str(out),
+                **m.to_dict(),
+                "wall_time": t.result.wall_time,
+                "poisoned": len(record.poison_indices),
+                "seed": seed,
+            }
+        )
+    else:
+        _table(
+            [
+                (
+                    "attack",
+                    f"{record.attack.name} ({record.policy.kind}, target "
+                    f"{record.policy.target}, rate {record.rate:g})",
+                ),
+                ("clean accuracy", _pct(m.clean_acc)),
+                ("attack success rate", _pct(m.asr)),
+                ("robust accuracy", _pct(m.robust_acc)),
+                ("training time", f"{t.result.wall_time:.1f} s"),
+                ("saved to", str(out)),
+            ],
+            title="backdoored",
+        )
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  unbackdoor unlearn runs/bd --method bibau --out runs/bd-clean\n\n"
+    "  unbackdoor unlearn runs/bd --method ft --clean-samples 500 --out runs/bd-ft\n\n"
+    "  unbackdoor unlearn runs/bd --method bibau --clean-data my_images/ --out runs/c"
+)
+def unlearn(
+    directory: Annotated[Path, typer.Argument(help="Suspect model directory.")],
+    out: Annotated[Path, typer.Option(help="Where to write the purified model.")],
+    method: Annotated[
+        str, typer.Option(help="Defense (see `unbackdoor list defenses`).")
+    ] = "bibau",
+    clean_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Defender's data: a registered name "
+            "or an image folder (default: a "
+            "subset of the model's training "
+            "distribution)."
+        ),
+    ] = None,
+    clean_samples: Annotated[
+        int | None, typer.Option(help="Number of clean samples (default: 5% of the training set).")
+    ] = None,
+    known_attack: Annotated[
+        bool, typer.Option(help="Read the trigger from attack.json (the known-attack setting).")
+    ] = False,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Method setting KEY=VALUE (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, recorded in the report.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Remove a backdoor: writes the purified model, report.json and trigger pictures."""
+    from unbackdoor.unlearn import unlearn_artifact
+
+    _, report = unlearn_artifact(
+        directory,
+        method,
+        out=out,
+        clean_data=clean_data,
+        clean_samples=clean_samples,
+        seed=seed,
+        known_attack=known_attack,
+        overwrite=force,
+        device=device,
+        **_parse_options(option),
+    )
+    summary = {k: v for k, v in report.to_dict().items() if k not in ("diagnostics", "run")}
+    if json_out:
+        _echo_json({"out": str(out), **summary})
+        return
+    rows = [
+        ("method", method + (" (known attack)" if known_attack else "")),
+        ("backdoor found", {True: "yes", False: "no", None: "-"}[report.backdoor_found]),
+        (
+            "suspected target",
+            "-" if report.suspected_target is None else str(report.suspected_target),
+        ),
+        ("clean samples used", str(report.clean_samples_used)),
+        ("wall time", f"{report.wall_time:.1f} s"),
+        ("saved to", str(out)),
+    ]
+    _table(rows, title="unlearned")
+    typer.echo(f"evaluate it with: unbackdoor evaluate {out}")
+
+
+zoo_app = typer.Typer(help="The cache of backdoored models (the zoo).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("show")
+def zoo_show(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List cached models with their config and metrics."""
+    from unbackdoor.attacks.zoo import list_zoo, zoo_root
+
+    entries = list_zoo()
+    if json_out:
+        _echo_json(
+            [
+                {
+                    "key": e.key,
+                    "path": str(e.path),
+                    "config": e.config,
+                    "created": e.created,
+                    "size_bytes": e.size_bytes,
+                    "metrics": e.metrics,
+                }
+                for e in entries
+            ]
+        )
+        return
+    typer.echo(f"zoo at {zoo_root()}: {len(entries)} models")
+    for e in entries:
+        c = e.config
+        typer.echo(
+            f"  {e.key}  {c.get('dataset', '?')}/{c.get('model', '?')}/"
+            f"{c.get('attack', 'clean')}  seed {c.get('seed', '?')}  "
+            f"CA {_pct(e.metrics.get('clean_acc'))}  ASR {_pct(e.metrics.get('asr'))}  "
+            f"{e.size_bytes / 1e6:.1f} MB"
+        )
+
+
+@zoo_app.command("prune")
+def zoo_prune(
+    key: Annotated[list[str] | None, typer.Option(help="Remove this entry (repeatable).")] = None,
+    older_than_days: Annotated[float | None, typer.Option(help="Remove older entries.")] = None,
+    unfinished: Annotated[bool, typer.Option(help="Remove interrupted entries.")] = False,
+    all_entries: Annotated[bool, typer.Option("--all", help="Remove everything.")] = False,
+) -> None:
+    """Delete cached models."""
+    from unbackdoor.attacks.zoo import prune_zoo
+
+    removed = prune_zoo(
+        keys=key, older_than_days=older_than_days, unfinished=unfinished, everything=all_entries
+    )
+    typer.echo(f"removed {len(removed)} entries" + (": " + ", ".join(removed) if removed else ""))
+
+
 class ListWhat(str, Enum):
     models = "models"
     datasets = "datasets"

@@ -25,8 +25,8 @@ Cost: one forward and backward pass of that model per PGD step per target-class 
 about 1 CPU-minute for CIFAR-10's 5,000 target images with the narrow ResNet and 13 with a
 PreAct-ResNet-18 (single thread). On MNIST, 16/255 barely moves a small CNN (target-class
 accuracy 0.98 -> 0.89) and the backdoor is hardly learned (ASR 0.07 at rate 0.08, 5-epoch tiny
-victim; 0.21 with eps 76 = 0.3); MNIST classes hold fewer than 10% of the images, so rate 0.1
-is refused there (use at most 0.09).
+victim; 0.21 with eps 76 = 0.3); some MNIST classes hold under 10% of the images (digit 0:
+5,923 of 60,000), so rate 0.1 with such a target is refused there.
 """
 
 from __future__ import annotations
