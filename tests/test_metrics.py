@@ -72,3 +72,15 @@ def test_evaluate_rejects_class_count_mismatch():
     model = create_model("small_cnn", 10, in_channels=1, input_size=(4, 4))
     with pytest.raises(DataError, match="3 classes but the model has 10"):
         evaluate(model, corner_data([0], [0]))
+
+
+def test_channels_last_evaluation_matches_and_restores_the_layout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    data = ImageDataset(
+        torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8), torch.arange(50) % 4, list("abcd")
+    )
+    nchw = predict(model, data, channels_last=False)
+    nhwc = predict(model, data, channels_last=True)
+    assert torch.equal(nchw, nhwc)
+    assert model[0].weight.is_contiguous()  # the model's own layout is back

@@ -2,6 +2,7 @@
 
     python benchmarks/foundation/run.py            # everything (about 20 minutes on 2 cores)
     python benchmarks/foundation/run.py --only mnist
+    python benchmarks/foundation/run.py --only tta   # mirror-TTA accuracy of the saved models
 
 Writes ``results.json``, ``README.md`` and ``throughput.png`` beside this file. The CIFAR-10 run
 trains the fast net with its default recipe (``unbackdoor train --dataset cifar10``) and
@@ -12,6 +13,7 @@ training and evaluation in fp32 and bf16 on the same model.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,8 @@ def throughput(dataset: str, model_name: str, bf16: bool, n_train: int, n_eval: 
     data = unbackdoor.load_dataset(dataset, "train")
     test = unbackdoor.load_dataset(dataset, "test", class_names=data.class_names)
     model = build_model(model_name, data)
-    cfg = recipe(model_name, bf16=bf16, channels_last=bf16, epochs=1, seed=0)
+    # Both loops run channels-last (the eval loop's CPU default; faster for training too).
+    cfg = recipe(model_name, bf16=bf16, channels_last=True, epochs=1, seed=0)
     sub = data.sample(n_train, 0)
     cfg_steps = TrainConfig(**{**cfg.to_dict(), "max_steps": n_train // cfg.batch_size})
     warm = TrainConfig(**{**cfg.to_dict(), "max_steps": 3})
@@ -47,7 +50,7 @@ def throughput(dataset: str, model_name: str, bf16: bool, n_train: int, n_eval: 
     ev = test.sample(n_eval, 0)
     evaluate(model, ev.sample(500, 0), bf16=bf16)  # warm-up
     t0 = time.perf_counter()
-    evaluate(model, ev, bf16=bf16, batch_size=1000)
+    evaluate(model, ev, bf16=bf16)  # the default evaluation batch size
     eval_ips = len(ev) / (time.perf_counter() - t0)
     return {
         "dataset": dataset,
@@ -57,6 +60,29 @@ def throughput(dataset: str, model_name: str, bf16: bool, n_train: int, n_eval: 
         "eval_images_per_second": round(eval_ips, 1),
         "eval_over_train": round(eval_ips / train_ips, 2),
         "batch_size": cfg.batch_size,
+        "eval_batch_size": inspect.signature(evaluate).parameters["batch_size"].default,
+        "channels_last": True,
+    }
+
+
+def tta_accuracy(run_dir: Path) -> dict:
+    """Test accuracy of a trained fast net with mirror TTA (``tta=True, tta_translate=False``).
+
+    Test-time augmentation is an evaluation option of the model (airbench's convention for its
+    published figures); it doubles the cost of every forward pass, so the toolkit's default
+    model does not use it. Reported beside the plain figure, never instead of it.
+    """
+    model, manifest = unbackdoor.load_model(run_dir)
+    if not hasattr(model, "tta"):
+        return {}
+    test = unbackdoor.load_dataset(manifest.dataset, "test", class_names=manifest.class_names)
+    model.tta, model.tta_translate = True, False
+    t0 = time.perf_counter()
+    acc = evaluate(model, test).clean_acc
+    return {
+        "clean_acc_tta_flip": acc,
+        "eval_seconds_tta_flip": round(time.perf_counter() - t0, 1),
+        "tta_command": "model.tta = True; model.tta_translate = False; unbackdoor.evaluate(...)",
     }
 
 
@@ -76,6 +102,7 @@ def full_run(dataset: str, seed: int) -> dict:
         "epochs": trained.config.epochs,
         "train_images_per_second": round(trained.result.images_per_second, 1),
         "config": trained.config.to_dict(),
+        **tta_accuracy(out),
         "command": f"unbackdoor train --dataset {dataset} --seed {seed} --out RUN",
     }
 
@@ -109,6 +136,7 @@ def write_readme(results: dict) -> None:
             r["model"],
             r["epochs"],
             f"{100 * r['clean_acc']:.2f}%",
+            f"{100 * r['clean_acc_tta_flip']:.2f}%" if "clean_acc_tta_flip" in r else "-",
             f"{r['train_seconds'] / 60:.1f} min",
             r["train_images_per_second"],
             f"`{r['command']}`",
@@ -120,7 +148,7 @@ def write_readme(results: dict) -> None:
             r["dataset"],
             r["model"],
             r["dtype"],
-            r["batch_size"],
+            f"{r['batch_size']} / {r.get('eval_batch_size', '-')}",
             r["train_images_per_second"],
             r["eval_images_per_second"],
             r["eval_over_train"],
@@ -136,16 +164,44 @@ torch {p["versions"]["torch"]}, no GPU). Raw numbers: `results.json`.
 
 {
         md_table(
-            ["data", "model", "epochs", "test accuracy", "training time", "train img/s", "command"],
+            [
+                "data",
+                "model",
+                "epochs",
+                "test accuracy",
+                "with mirror TTA",
+                "training time",
+                "train img/s",
+                "command",
+            ],
             acc_rows,
         )
     }
 
+Every figure comes from one of
+`python benchmarks/foundation/run.py --only cifar10|mnist|tta|throughput` (the header names the
+last one run). The CIFAR-10 target (90% in at most 15 minutes) is met with mirror test-time
+augmentation, an evaluation option of the fast net (`tta=True, tta_translate=False`, logits
+averaged over the image and its mirror, as airbench reports its figures); without it the same
+model scores the plain figure, short of 90%. The toolkit's default fast net evaluates
+without TTA (it doubles every forward pass, attacks and defenses included), so attack and
+defense tables use the plain model.
+
 ## Throughput of the training and evaluation loops
+
+Both loops run channels-last on CPU (the evaluation loop's default), batch sizes as listed.
 
 {
         md_table(
-            ["data", "model", "dtype", "batch", "train img/s", "eval img/s", "eval / train"],
+            [
+                "data",
+                "model",
+                "dtype",
+                "batch train / eval",
+                "train img/s",
+                "eval img/s",
+                "eval / train",
+            ],
             tp_rows,
         )
     }
@@ -163,7 +219,7 @@ torch {p["versions"]["torch"]}, no GPU). Raw numbers: `results.json`.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", choices=["mnist", "cifar10", "throughput"], default=None)
+    ap.add_argument("--only", choices=["mnist", "cifar10", "throughput", "tta"], default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     path = HERE / "results.json"
@@ -174,6 +230,9 @@ def main() -> None:
             row = full_run(ds, args.seed)
             results["accuracy"] = [r for r in results["accuracy"] if r["dataset"] != ds] + [row]
             print(row, file=sys.stderr)
+    if args.only == "tta":  # add the TTA figure to existing rows from the models they saved
+        for row in results["accuracy"]:
+            row.update(tta_accuracy(HERE / "runs" / row["dataset"]))
     if args.only in (None, "throughput"):
         results["throughput"] = [
             throughput("cifar10", "fastnet", bf16, 4096, 5000) for bf16 in (False, True)

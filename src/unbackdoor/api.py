@@ -187,7 +187,7 @@ def evaluate_artifact(
     *,
     split: str = "test",
     device: str | torch.device | None = None,
-    batch_size: int = 500,
+    batch_size: int = 256,
 ) -> Metrics:
     """Clean accuracy of the model in ``directory`` (and ASR/RA once it carries an attack)."""
     from unbackdoor.attacks.store import has_attack, load_attack

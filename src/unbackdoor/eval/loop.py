@@ -26,30 +26,51 @@ def batched_logits(
     data: ImageDataset,
     transforms: dict[str, Transform | None],
     *,
-    batch_size: int = 500,
+    batch_size: int = 256,
     device: str | torch.device | None = None,
     bf16: bool = False,
+    channels_last: bool | None = None,
     desc: str = "eval",
 ) -> Iterator[tuple[Batch, dict[str, torch.Tensor]]]:
     """For each batch, the model's logits under each named input transform (``None``: identity).
 
     The model is put in eval mode; logits are returned in float32 on the CPU.
+    ``channels_last`` (default: on for CPU) runs convolutions in NHWC layout, which oneDNN
+    executes several times faster on CPU; the model's own layout is restored afterwards.
     """
     dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     total = -(-len(data) // batch_size)
+    nhwc = dev.type == "cpu" if channels_last is None else channels_last
+    restore = nhwc and not _is_channels_last(model)
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
     try:
         with torch.no_grad(), autocast:
             for batch in progress(iterate(data, batch_size, device=dev), desc=desc, total=total):
                 out = {}
                 for name, fn in transforms.items():
                     x = batch.x if fn is None else fn(batch.x, batch.index)
+                    if nhwc and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     out[name] = model(x).float().cpu()
                 yield batch, out
     finally:
+        if restore:
+            model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-D weights are stored channels-last (ambiguous ones are skipped)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            nhwc, nchw = p.is_contiguous(memory_format=torch.channels_last), p.is_contiguous()
+            if nhwc != nchw:
+                return nhwc
+    return True  # nothing to convert
 
 
 def predict(
@@ -57,9 +78,10 @@ def predict(
     data: ImageDataset,
     *,
     transform: Transform | None = None,
-    batch_size: int = 500,
+    batch_size: int = 256,
     device: str | torch.device | None = None,
     bf16: bool = False,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Predicted classes for every sample of ``data`` (after ``transform`` if given)."""
     preds = [
@@ -71,6 +93,7 @@ def predict(
             batch_size=batch_size,
             device=device,
             bf16=bf16,
+            channels_last=channels_last,
             desc="predict",
         )
     ]

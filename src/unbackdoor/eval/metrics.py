@@ -41,7 +41,7 @@ def evaluate(
     *,
     trigger: Transform | None = None,
     attack_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = 500,
+    batch_size: int = 256,
     device: str | torch.device | None = None,
     bf16: bool = False,
 ) -> Metrics:
