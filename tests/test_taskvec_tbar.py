@@ -75,3 +75,200 @@ def test_alpha_rule_on_a_constructed_sweep():
     alpha, rule = choose_alpha(sweep, 0.90, 0.001, 0.95)  # none meets the ASR threshold
     assert alpha == 1.5 and "lowest ASR" in rule
     assert choose_alpha(sweep, 0.99, 0.05, 0.99)[0] == 0.0
+
+
+# --- TBAR: unknown-attack detection, linearized fine-tuning, the alpha sweep -------------------
+
+
+def _fake_inversion(sizes):
+    """An inversion result with the given per-class trigger sizes (no optimisation run)."""
+    from unbackdoor.inversion import InversionResult, MaskPattern
+
+    k = len(sizes)
+    fam = MaskPattern(k, (1, 16, 16), generator=torch.Generator().manual_seed(0))
+    return InversionResult(fam, list(range(k)), torch.tensor(sizes), torch.ones(k), torch.ones(k))
+
+
+@pytest.mark.parametrize(
+    "sizes, found", [([10.0, 11.0, 9.5, 10.5], False), ([1.0, 11.0, 9.5, 10.5], True)]
+)
+def test_unknown_attack_honours_the_anomaly_threshold(monkeypatch, sizes, found):
+    import synth
+    import unbackdoor.defenses.tbar as tbar_mod
+    from unbackdoor.inversion import mad_anomaly
+
+    monkeypatch.setattr(tbar_mod, "invert", lambda *a, **k: _fake_inversion(sizes))
+    data = synth.blobs(200, classes=4)
+    model = net(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    defense = tbar_mod.TBAR(epochs=1, alphas=(0.0, 0.5), alpha_max=None, plot=False)
+    train_part, val_part = data.split(0.8, 0)
+    out = defense.run(model, train_part, val_part)
+    top = float(mad_anomaly(torch.tensor(sizes)).max())
+    assert out.backdoor_found is found and out.anomaly_score == pytest.approx(top)
+    if not found:  # the model comes back untouched and no target is named
+        assert out.suspected_target is None and "no backdoor" in out.diagnostics["result"]
+        assert all(torch.equal(before[k], v) for k, v in out.model.state_dict().items())
+    else:
+        assert out.suspected_target == 0 and "alpha_sweep" in out.diagnostics
+
+
+def test_tbar_does_not_flag_a_clean_model(mnist_clean):
+    import unbackdoor
+
+    model, _ = unbackdoor.load_model(mnist_clean)
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 2)
+    purified, report = unbackdoor.unlearn(model, data, "tbar", inversion_steps=100)
+    assert report.backdoor_found is False and report.suspected_target is None
+    assert report.anomaly_score < 2.0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in purified.state_dict().items())
+
+
+def test_linearized_model_is_the_first_order_expansion():
+    from unbackdoor.taskvec import LinearizedModel
+
+    base = net(0).eval()
+    lin = LinearizedModel(base, keys=lambda k: not k.startswith("head.3"))
+    x = torch.rand(8, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), base(x), atol=1e-6)  # d = 0
+        for d in lin.deltas:
+            d.normal_(0, 1e-4)
+    tau = lin.task_vector()
+    assert set(tau.deltas) == {n for n, _ in base.named_parameters() if not n.startswith("head.3")}
+    with torch.no_grad():  # the same first-order change as the weights moved by d
+        moved = tau.apply_to(net(0), 1.0).eval()
+        lin_out, moved_out, base_out = lin(x), moved(x), base(x)
+    assert (lin_out - moved_out).abs().max() < 0.1 * (moved_out - base_out).abs().max()
+    lin.train()  # training mode must not reach the frozen base's batch norm
+    assert not lin._base.training
+    loss = torch.nn.functional.cross_entropy(lin(x), torch.zeros(8, dtype=torch.long))
+    loss.backward()
+    assert all(d.grad is not None for d in lin.deltas)
+    assert all(p.grad is None for p in lin._base.parameters())
+
+
+def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
+    import synth
+    import unbackdoor.defenses.tbar as tbar_mod
+    from unbackdoor.eval.metrics import Metrics
+
+    data = synth.blobs(40, classes=4)
+
+    def fake_eval(model, val, trigger=None, attack_labels=None):  # ASR falls with alpha
+        a = float(model.head[3].bias[0])  # the bias is alpha, see tau below
+        return Metrics(clean_acc=0.9, asr=max(0.0, 1.0 - a / 2.7))
+
+    monkeypatch.setattr(tbar_mod, "evaluate", fake_eval)
+    model = net(0)
+    with torch.no_grad():
+        model.head[3].bias.zero_()
+    tau = TaskVector({"head.3.bias": -torch.ones(4)})  # theta_b - alpha tau: bias = alpha
+    spec = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "test", 0)
+    defense = tbar_mod.TBAR(alphas=(0.0, 1.0, 2.0), alpha_max=3.0, alpha_step=0.25)
+    sweep, base_ca = defense.sweep(model, tau, data, spec)
+    assert [s["alpha"] for s in sweep] == [0.0, 1.0, 2.0, 2.25, 2.5, 2.75]
+    assert choose_alpha(sweep, base_ca, 0.05, 0.95)[0] == 2.75
+    img = tbar_mod.sweep_image(sweep, 2.75, 0.855, 0.05, "test")
+    assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
+
+
+# --- the fine-tuning regime: TBAR end to end, and the disentanglement analysis -----------------
+
+
+@pytest.fixture(scope="module")
+def mnist_ft_backdoor(mnist_clean, tmp_path_factory):
+    """BadNets implanted by fine-tuning the clean ``mnist_clean`` (the task-arithmetic regime).
+
+    ASR about 94%: at the recipe's learning rate the backdoor saturates (loss ~1e-4 on stamped
+    images) and SGD fine-tuning yields an almost empty trigger vector.
+    """
+    from unbackdoor.attacks.pipeline import attack_model
+
+    out = tmp_path_factory.mktemp("zoo") / "mnist_badnets_ft"
+    trained, _ = attack_model(
+        "mnist",
+        None,
+        "badnets",
+        rate=0.1,
+        init=mnist_clean,
+        epochs=1,
+        train_samples=3000,
+        batch_size=64,
+        lr=0.01,  # a fine-tuning step (the recipe's 0.05 retrains and saturates the backdoor)
+        out=out,
+        seed=1,
+        picture=False,
+    )
+    assert trained.metrics.asr > 0.85, trained.metrics
+    return out
+
+
+@pytest.mark.parametrize("linearized", [False, True])
+def test_known_attack_tbar_removes_a_finetuned_backdoor(mnist_ft_backdoor, tmp_path, linearized):
+    import unbackdoor
+    from unbackdoor.attacks import load_attack
+    from unbackdoor.unlearn import unlearn_artifact
+
+    out = tmp_path / "tbar"
+    _, report = unlearn_artifact(
+        mnist_ft_backdoor,
+        "tbar",
+        out=out,
+        clean_samples=500,
+        known_attack=True,
+        linearized=linearized,
+    )
+    assert report.known_attack and report.backdoor_found
+    assert report.diagnostics["trigger_source"] == "known attack (attack.json)"
+    assert (out / "alpha_sweep.png").is_file()
+    rec = load_attack(mnist_ft_backdoor)
+    test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
+    before, after = (
+        unbackdoor.evaluate(
+            unbackdoor.load_model(d)[0], test, trigger=rec.trigger, attack_labels=rec.attack_labels
+        )
+        for d in (mnist_ft_backdoor, out)
+    )
+    assert before.asr > 0.85
+    assert after.asr < 0.1, (report.diagnostics["alpha"], after)
+    assert after.clean_acc > 0.9 * before.clean_acc
+
+
+def test_disentanglement_error_definition():
+    import synth
+    from unbackdoor.analyze import weight_disentanglement_error
+
+    data = synth.blobs(64, classes=4)
+    base = net(0).eval()
+    tau_c = TaskVector.between(base, net(1))
+    zero = tau_c * 0.0
+    trig = data.subset(range(32))
+    r = weight_disentanglement_error(base, tau_c, zero, data, trig, [-1.0, 0.0, 1.0], [0.0, 2.0])
+    # with a zero trigger vector, the joint model is the clean-edited one: no clean-input
+    # disagreement, and on triggered inputs only the clean vector's own effect (none at a_c 0)
+    assert r.clean_term == [[0.0, 0.0]] * 3 and r.trigger_term[1] == [0.0, 0.0]
+    assert r.trigger_term[0][0] == r.trigger_term[0][1] and len(r.clean_acc) == 3
+    r = weight_disentanglement_error(base, tau_c, tau_c, data, trig, [0.0, 1.0], [0.0, 1.0])
+    assert r.xi[0][0] == 0.0  # theta_0 alone agrees with itself
+    assert r.xi[1][1] == pytest.approx(r.clean_term[1][1] + r.trigger_term[1][1])
+
+
+def test_analyze_disentanglement_command(mnist_ft_backdoor, tmp_path, capsys):
+    import json
+
+    from unbackdoor.cli import main
+
+    out = tmp_path / "xi"
+    args = ["analyze", "disentanglement", str(mnist_ft_backdoor), "--known-attack"]
+    args += ["--clean-samples", "300", "--alphas=-1,0,1", "--option", "epochs=1"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trigger_source"].startswith("known attack")
+    assert set(summary["xi_tbar_row"]) == {"-1.0", "0.0", "1.0"}
+    saved = json.loads((out / "disentanglement.json").read_text())
+    assert len(saved["xi"]) == 3 and len(saved["xi"][0]) == 3
+    assert saved["xi"][1][1] == 0.0  # alpha_c = alpha_t = 0 is the model itself
+    assert (out / "disentanglement.png").is_file()
+    assert main([*args[:3], "--alphas", "a,b", "--out", str(out)]) == 2
+    assert "--alphas" in capsys.readouterr().err

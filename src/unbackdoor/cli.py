@@ -363,6 +363,99 @@ def unlearn(
     typer.echo(f"evaluate it with: unbackdoor evaluate {out}")
 
 
+analyze_app = typer.Typer(help="Analyses of a model's weight space.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+def _parse_alphas(text: str, hint: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected numbers separated by commas, got {text!r}", param_hint=hint
+        ) from None
+    if not values:
+        raise typer.BadParameter("no alpha given", param_hint=hint)
+    return values
+
+
+@analyze_app.command(
+    "disentanglement",
+    epilog="Examples:\n\n"
+    "  unbackdoor analyze disentanglement runs/bd --known-attack --out runs/bd-xi\n\n"
+    "  unbackdoor analyze disentanglement runs/bd --clean-data mnist --clean-samples 1000 "
+    "--alphas=-2,-1,0,1,2 --out runs/bd-xi",
+)
+def analyze_disentanglement(
+    directory: Annotated[Path, typer.Argument(help="Suspect model directory.")],
+    out: Annotated[Path, typer.Option(help="Folder for disentanglement.json and .png.")],
+    clean_data: Annotated[
+        str | None,
+        typer.Option(help="Defender's data: a registered name or an image folder."),
+    ] = None,
+    clean_samples: Annotated[
+        int | None, typer.Option(help="Number of clean samples (default: 5% of the training set).")
+    ] = None,
+    known_attack: Annotated[
+        bool, typer.Option(help="Read the trigger from attack.json instead of inverting it.")
+    ] = False,
+    alphas: Annotated[
+        str, typer.Option(help="Comma-separated grid for both alphas (use --alphas=-2,...).")
+    ] = "-2,-1.5,-1,-0.5,0,0.5,1,1.5,2",
+    alphas_trigger: Annotated[
+        str | None, typer.Option(help="A different grid for the trigger vector's alpha.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="TBAR setting KEY=VALUE (repeatable), e.g. epochs=3.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Weight-disentanglement error xi(alpha_c, alpha_t) of the clean and trigger vectors."""
+    from unbackdoor.analyze import disentanglement_artifact
+
+    ac = _parse_alphas(alphas, "--alphas")
+    at = ac if alphas_trigger is None else _parse_alphas(alphas_trigger, "--alphas-trigger")
+    r = disentanglement_artifact(
+        directory,
+        out=out,
+        clean_data=clean_data,
+        clean_samples=clean_samples,
+        known_attack=known_attack,
+        alphas_clean=ac,
+        alphas_trigger=at,
+        seed=seed,
+        device=device,
+        **_parse_options(option),
+    )
+    i0 = ac.index(0.0) if 0.0 in ac else None
+    summary = {
+        "out": str(out),
+        "mean_xi": r.mean_xi,
+        **{k: r.info[k] for k in ("trigger_source", "suspected_target", "backdoor_found")},
+        "cosine_clean_trigger": r.info["cosine_clean_trigger"],
+        "xi_tbar_row": None if i0 is None else dict(zip(at, r.xi[i0], strict=True)),
+    }
+    if json_out:
+        _echo_json(summary)
+        return
+    rows = [
+        ("trigger", f"{r.info['trigger_source']}, target {r.info['suspected_target']}"),
+        ("cos(clean, trigger)", f"{r.info['cosine_clean_trigger']:.3f}"),
+        ("mean xi", f"{r.mean_xi:.3f}"),
+    ]
+    if i0 is not None:
+        rows.append(
+            (
+                "xi at alpha_c=0",
+                ", ".join(f"{a:g}: {v:.3f}" for a, v in zip(at, r.xi[i0], strict=True)),
+            )
+        )
+    rows.append(("saved to", f"{out / 'disentanglement.json'}, {out / 'disentanglement.png'}"))
+    _table(rows, title="weight disentanglement")
+
+
 zoo_app = typer.Typer(help="The cache of backdoored models (the zoo).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 

@@ -5,10 +5,16 @@ vector ``tau = theta_ft - theta_pre`` can be added to or subtracted from a model
 TBAR uses the negation of a *trigger* vector to remove a backdoor. Integer buffers (BatchNorm's
 ``num_batches_tracked``) are not part of a task vector; float buffers (running statistics) are
 kept, since they move with fine-tuning. Works on any ``nn.Module`` and on saved artifacts.
+
+:class:`LinearizedModel` fine-tunes in the tangent space of a model instead (Ortiz-Jimenez et
+al., "Task Arithmetic in the Tangent Space", NeurIPS 2023, arXiv 2305.12827): its parameters are
+the task vector itself, and it computes the first-order Taylor expansion
+``f(x; theta_0) + J_theta f(x; theta_0) d`` with one Jacobian-vector product.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call, jvp
 
 from unbackdoor.errors import ArtifactError
 
@@ -132,3 +139,54 @@ class TaskVector:
                 if k.endswith("running_var"):  # a variance must stay positive
                     t.clamp_(min=1e-5)
         return model
+
+
+class LinearizedModel(nn.Module):
+    """``f_lin(x; theta_0 + d) = f(x; theta_0) + J_theta f(x; theta_0) d``, trainable in ``d``.
+
+    Ortiz-Jimenez et al., "Task Arithmetic in the Tangent Space: Improved Editing of Pre-Trained
+    Models" (NeurIPS 2023, arXiv 2305.12827): fine-tuning this first-order expansion instead of
+    the network makes the learned task vectors far more *weight-disentangled*, so adding or
+    negating one leaves the other tasks alone. The only trainable parameters are the deltas
+    ``d`` (zeros at the start), one per parameter of ``model`` selected by ``keys``; the others
+    stay at theta_0. The base model is a frozen private copy kept in eval mode (normalisation
+    layers use their running statistics, so ``f_lin`` is a fixed function of ``d``), and
+    :meth:`task_vector` returns ``d`` as a :class:`TaskVector` over parameters only (buffers do
+    not move in the tangent space).
+    """
+
+    def __init__(self, model: nn.Module, keys: Callable[[str], bool] | None = None) -> None:
+        super().__init__()
+        base = copy.deepcopy(model).eval()
+        for p in base.parameters():
+            p.requires_grad_(False)
+        # Not registered as a submodule, so that ``train()`` never switches it to training mode.
+        object.__setattr__(self, "_base", base)
+        self._names = [n for n, _ in base.named_parameters() if keys is None or keys(n)]
+        if not self._names:
+            raise ArtifactError("linearized model: no parameter selected")
+        params = dict(base.named_parameters())
+        self.deltas = nn.ParameterList(
+            [nn.Parameter(torch.zeros_like(params[n])) for n in self._names]
+        )
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (keep the frozen base on the same device)
+        super()._apply(fn, recurse)
+        self._base._apply(fn, recurse)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self._base
+        params = dict(base.named_parameters())
+        primals = tuple(params[n] for n in self._names)
+
+        def f(*ps: torch.Tensor) -> torch.Tensor:
+            return functional_call(base, dict(zip(self._names, ps, strict=True)), (x,))
+
+        out, dout = jvp(f, primals, tuple(self.deltas))
+        return out + dout
+
+    def task_vector(self) -> TaskVector:
+        """The learned ``d`` as a task vector relative to theta_0."""
+        pairs = zip(self._names, self.deltas, strict=True)
+        return TaskVector({n: d.detach().float().cpu().clone() for n, d in pairs})

@@ -9,21 +9,38 @@ can be estimated and negated (task arithmetic, Ilharco et al., ICLR 2023):
 2. fine-tune the backdoored model theta_b briefly on them: theta_b+; tau = theta_b+ - theta_b;
 3. theta_u = theta_b - alpha * tau, with alpha chosen on the defender's *held-out* data: the
    smallest alpha whose estimated ASR is under ``asr_threshold`` while clean accuracy stays at
-   least ``ca_retention`` of theta_b's. The sweep is returned and plotted.
+   least ``ca_retention`` of theta_b's. The sweep is returned and plotted (``alpha_sweep.png``
+   beside the purified model); when no alpha of the grid meets the rule the grid is extended
+   in steps of ``alpha_step`` up to ``alpha_max``.
 
-Options beyond the paper (each measured against plain TBAR in ``benchmarks/``):
+In the unknown-attack setting the inversion's anomaly index (Neural Cleanse's MAD score) must
+reach ``anomaly_threshold``; otherwise no backdoor is reported and the model is returned
+unchanged, as Neural Cleanse does.
+
+Options beyond the paper (each measured against plain TBAR in ``benchmarks/tbar``):
 ``clean_projection`` removes, per layer, the trigger vector's component along a clean-task
 vector fine-tuned on the defender's clean data with the same budget; ``top_layers`` keeps only
-the layers that hold that share of the vector's squared norm.
+the layers that hold that share of the vector's squared norm; ``linearized`` fine-tunes the
+trigger vector in the tangent space of theta_b (Ortiz-Jimenez et al., "Task Arithmetic in the
+Tangent Space", NeurIPS 2023, arXiv 2305.12827), which they found makes task vectors more
+weight-disentangled, so negating one disturbs the other tasks less.
+
+The trigger fine-tuning uses SGD by default. When the backdoor is saturated (the backdoored
+model already sends stamped images to the target with loss ~1e-4, as after a full training run)
+SGD barely moves and the vector is near zero, so no alpha helps; ``optimizer="adam"`` (lr 1e-3),
+whose steps do not scale with the gradient, still yields a usable vector. The report records
+``stamped_loss_before`` so this case can be recognised.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
@@ -31,19 +48,25 @@ from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import InversionConfig, invert
-from unbackdoor.taskvec import TaskVector
+from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
+from unbackdoor.train.config import OPTIMIZERS
+from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
 PARAM_SETS = ("all", "no_head")
 
 
 @dataclass
-class _TriggerSpec:
+class TriggerSpec:
+    """How to stamp an input and label it, where the trigger came from, and the detection."""
+
     stamp: Any  # (x, index) -> x'
     labels: Any  # y -> attack labels
     source: str
     target: int | None
+    found: bool | None = None  # unknown attack: did the anomaly index reach the threshold
+    anomaly: float | None = None  # unknown attack: the largest anomaly index
 
 
 @register_defense
@@ -55,25 +78,33 @@ class TBAR(Defense):
     known_attack_capable: ClassVar[bool] = True
 
     epochs: int = 5
+    optimizer: str = "sgd"
     lr: float = 0.01
     batch_size: int = 128
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
+    alpha_max: float | None = 3.0
+    alpha_step: float = 0.25
     asr_threshold: float = 0.05
     ca_retention: float = 0.95
     params: str | list[str] = "all"
     clean_projection: bool = False
     top_layers: float | None = None
+    linearized: bool = False
     inversion_steps: int = 300
     anomaly_threshold: float = 2.0
+    plot: bool = True
 
     def validate(self) -> None:
         self._require(self.epochs >= 1, "epochs", ">= 1")
+        self._require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
         self._require(self.lr > 0, "lr", "> 0")
         self._require(
             len(self.alphas) >= 1 and min(self.alphas) >= 0,
             "alphas",
             "a non-empty list of alphas >= 0",
         )
+        self._require(self.alpha_max is None or self.alpha_max >= 0, "alpha_max", "None or >= 0")
+        self._require(self.alpha_step > 0, "alpha_step", "> 0")
         self._require(0 <= self.asr_threshold <= 1, "asr_threshold", "in [0, 1]")
         self._require(0 < self.ca_retention <= 1, "ca_retention", "in (0, 1]")
         self._require(
@@ -86,9 +117,11 @@ class TBAR(Defense):
             "top_layers",
             "None or a share in (0, 1]",
         )
+        self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
 
     # ----------------------------------------------------------------------------------------
-    def _key_filter(self, model: nn.Module):
+    def key_filter(self, model: nn.Module) -> Callable[[str], bool] | None:
+        """Which state-dict entries form the vector (``params``); ``None`` means all."""
         if self.params == "all":
             return None
         if self.params == "no_head":
@@ -97,19 +130,25 @@ class TBAR(Defense):
         prefixes = tuple(self.params)
         return lambda k: k.startswith(prefixes)
 
-    def _trigger(
+    def trigger(
         self, model: nn.Module, clean: ImageDataset, known_attack: Any, device: torch.device
-    ) -> tuple[_TriggerSpec, dict[str, Any], dict]:
+    ) -> tuple[TriggerSpec, dict[str, Any], dict[str, torch.Tensor]]:
+        """The trigger and target: from ``known_attack`` (an AttackRecord) or by inversion.
+
+        Inversion runs per class on ``clean``; the class with the largest anomaly index is the
+        suspected target, and ``found`` says whether that index reaches ``anomaly_threshold``.
+        """
         if known_attack is not None:
             target = (
                 None if known_attack.policy.kind == "all_to_all" else known_attack.policy.target
             )
             return (
-                _TriggerSpec(
+                TriggerSpec(
                     known_attack.trigger,
                     known_attack.attack_labels,
                     "known attack (attack.json)",
                     target,
+                    found=True,
                 ),
                 {},
                 {},
@@ -127,7 +166,7 @@ class TBAR(Defense):
         target = res.classes[k]
         fam = res.family
 
-        def stamp(x, index=None, fam=fam, k=k):
+        def stamp(x: torch.Tensor, index: Any = None, fam: Any = fam, k: int = k) -> torch.Tensor:
             return fam.stamp(x, k).detach()
 
         diag = {
@@ -139,18 +178,20 @@ class TBAR(Defense):
         }
         images = {"inverted_trigger": fam.images()["trigger"][k]}
         return (
-            _TriggerSpec(
+            TriggerSpec(
                 stamp,
                 lambda y, t=target: torch.full_like(y, t),
                 "inverted (unknown attack)",
                 target,
+                found=bool(anomaly[k] >= self.anomaly_threshold),
+                anomaly=float(anomaly[k]),
             ),
             diag,
             images,
         )
 
-    def _stamped(self, data: ImageDataset, spec: _TriggerSpec) -> ImageDataset:
-        """The defender's clean images with the trigger and the attack label."""
+    def stamped(self, data: ImageDataset, spec: TriggerSpec) -> ImageDataset:
+        """The defender's images with the trigger and the attack label (label changes only)."""
         with torch.no_grad():
             x = spec.stamp(data.float_images(), torch.arange(len(data)))
         labels = spec.labels(data.labels)
@@ -164,11 +205,22 @@ class TBAR(Defense):
             dict(data.meta),
         )
 
-    def _finetune(self, model: nn.Module, data: ImageDataset, desc: str) -> nn.Module:
-        tuned = copy.deepcopy(model)
+    def task_vector(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        keys: Callable[[str], bool] | None = None,
+        desc: str = "tbar: fine-tune",
+    ) -> TaskVector:
+        """Fine-tune a copy of ``model`` on ``data`` with TBAR's budget; return the difference.
+
+        With ``linearized`` the fine-tuning happens in the tangent space of ``model``
+        (:class:`~unbackdoor.taskvec.LinearizedModel`) and the vector covers parameters only.
+        """
         cfg = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
+            optimizer=self.optimizer,
             lr=self.lr,
             momentum=0.9,
             weight_decay=0.0,
@@ -177,42 +229,90 @@ class TBAR(Defense):
             seed=self.seed,
             device=self.device,
         )
+        if self.linearized:
+            lin = LinearizedModel(model, keys)
+            train(lin, data, cfg, desc=desc + " (linearized)")
+            return lin.task_vector()
+        tuned = copy.deepcopy(model)
         train(tuned, data, cfg, desc=desc)
-        return tuned
+        return TaskVector.between(model, tuned, keys)
+
+    def sweep(
+        self, theta_b: nn.Module, tau: TaskVector, val: ImageDataset, spec: TriggerSpec
+    ) -> tuple[list[dict[str, float]], float]:
+        """Held-out CA and estimated ASR of ``theta_b - alpha tau`` over the alpha grid.
+
+        The grid is ``alphas``, extended by ``alpha_step`` up to ``alpha_max`` while no alpha
+        meets both the ASR threshold and the accuracy floor. Returns the sweep and theta_b's CA.
+        """
+        base = evaluate(theta_b, val, trigger=spec.stamp, attack_labels=spec.labels)
+        floor = self.ca_retention * base.clean_acc
+
+        def point(a: float) -> dict[str, float]:
+            cand = tau.apply_to(copy.deepcopy(theta_b), -a)
+            m = evaluate(cand, val, trigger=spec.stamp, attack_labels=spec.labels)
+            return {"alpha": a, "val_clean_acc": m.clean_acc, "val_asr": float(m.asr or 0.0)}
+
+        def met(s: dict[str, float]) -> bool:
+            return s["val_clean_acc"] >= floor and s["val_asr"] <= self.asr_threshold
+
+        grid = sorted(set(float(a) for a in self.alphas))
+        sweep = [point(a) for a in progress(grid, desc="tbar: alpha sweep")]
+        a = grid[-1]
+        while (
+            self.alpha_max is not None
+            and not any(met(s) for s in sweep)
+            and a + self.alpha_step <= self.alpha_max + 1e-9
+        ):
+            a = round(a + self.alpha_step, 6)
+            sweep.append(point(a) | {"extended": True})
+        return sweep, base.clean_acc
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None
     ) -> DefenseOutput:
         device = resolve_device(self.device)
         model.to(device).eval()
-        spec, diag, images = self._trigger(model, clean, known_attack, device)
-        theta_b = copy.deepcopy(model)
-        keys = self._key_filter(model)
-        tuned = self._finetune(model, self._stamped(clean, spec), "tbar: trigger fine-tune")
-        tau = TaskVector.between(theta_b, tuned, keys)
-        diag.update({"trigger_source": spec.source, "trigger_vector_norm": tau.norm()})
-        if self.clean_projection:
-            tau_c = TaskVector.between(
-                theta_b, self._finetune(model, clean, "tbar: clean fine-tune"), keys
+        spec, diag, images = self.trigger(model, clean, known_attack, device)
+        diag["trigger_source"] = spec.source
+        if spec.found is False:
+            diag["result"] = (
+                f"no backdoor: the largest anomaly index ({spec.anomaly:.2f}, class "
+                f"{spec.target}) is under the threshold {self.anomaly_threshold}; model unchanged"
             )
+            return DefenseOutput(model, diag, images, None, False, spec.anomaly)
+        theta_b = copy.deepcopy(model)
+        keys = self.key_filter(model)
+        stamped = self.stamped(clean, spec)
+        # near 0 when the backdoor is saturated: SGD then barely moves (adam does not care)
+        diag["stamped_loss_before"] = _mean_loss(model, stamped)
+        tau = self.task_vector(model, stamped, keys, "tbar: trigger fine-tune")
+        diag["trigger_vector_norm"] = tau.norm()
+        if self.clean_projection:
+            tau_c = self.task_vector(model, clean, keys, "tbar: clean fine-tune")
+            diag["clean_vector_cosine_before"] = tau.cosine(tau_c.restrict(tau.deltas))
             tau = _remove_clean_component(tau, tau_c)
-            diag["clean_vector_cosine"] = tau.cosine(tau_c)
         if self.top_layers is not None:
-            tau = _top_layers(tau, self.top_layers)
+            tau = _top_layers(tau, self.top_layers, {n for n, _ in model.named_parameters()})
             diag["kept_layers"] = sorted(tau.deltas)
         diag["layer_stats"] = tau.layer_stats()
-        base = evaluate(theta_b, val, trigger=spec.stamp, attack_labels=spec.labels)
-        sweep = []
-        for a in sorted(self.alphas):
-            cand = tau.apply_to(copy.deepcopy(theta_b), -a)
-            m = evaluate(cand, val, trigger=spec.stamp, attack_labels=spec.labels)
-            sweep.append({"alpha": a, "val_clean_acc": m.clean_acc, "val_asr": m.asr})
-        alpha, rule = choose_alpha(sweep, base.clean_acc, self.asr_threshold, self.ca_retention)
+        sweep, base_ca = self.sweep(theta_b, tau, val, spec)
+        alpha, rule = choose_alpha(sweep, base_ca, self.asr_threshold, self.ca_retention)
         tau.apply_to(model, -alpha)
         diag.update(
-            {"alpha": alpha, "alpha_rule": rule, "alpha_sweep": sweep, "val_before": base.to_dict()}
+            {
+                "alpha": alpha,
+                "alpha_rule": rule,
+                "alpha_sweep": sweep,
+                "val_clean_acc_before": base_ca,
+                "result": f"backdoor removed along the trigger vector, alpha {alpha:g}",
+            }
         )
-        return DefenseOutput(model, diag, images, suspected_target=spec.target, backdoor_found=True)
+        if self.plot:
+            images["alpha_sweep"] = sweep_image(
+                sweep, alpha, self.ca_retention * base_ca, self.asr_threshold, spec.source
+            )
+        return DefenseOutput(model, diag, images, spec.target, True, spec.anomaly)
 
 
 def choose_alpha(
@@ -234,6 +334,45 @@ def choose_alpha(
     return min(s["alpha"] for s in sweep), "no alpha kept the accuracy: smallest alpha"
 
 
+def sweep_image(
+    sweep: list[dict[str, float]],
+    chosen: float,
+    ca_floor: float,
+    asr_threshold: float,
+    title: str = "",
+) -> torch.Tensor:
+    """The alpha sweep as a picture (3 x H x W): held-out CA and estimated ASR against alpha."""
+    from unbackdoor.utils.figures import figure_to_tensor, pyplot
+
+    plt = pyplot()
+    pts = sorted(sweep, key=lambda s: s["alpha"])
+    a = [s["alpha"] for s in pts]
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    ax.plot(a, [100 * s["val_clean_acc"] for s in pts], "o-", color="tab:blue", label="CA (val)")
+    ax.plot(a, [100 * s["val_asr"] for s in pts], "s-", color="tab:red", label="ASR (val, est.)")
+    ax.axhline(100 * ca_floor, color="tab:blue", ls=":", lw=1, label="CA floor")
+    ax.axhline(100 * asr_threshold, color="tab:red", ls=":", lw=1, label="ASR threshold")
+    ax.axvline(chosen, color="black", ls="--", lw=1, label=f"chosen alpha {chosen:g}")
+    ax.set_xlabel("alpha (theta_b - alpha tau)")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"TBAR alpha sweep: {title}", fontsize=9)
+    ax.legend(fontsize=7, loc="center right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_to_tensor(fig)
+
+
+def _mean_loss(model: nn.Module, data: ImageDataset) -> float:
+    """Mean cross-entropy of ``model`` on ``data`` (0.0 for an empty set)."""
+    from unbackdoor.eval.loop import batched_logits
+
+    total = 0.0
+    for batch, out in batched_logits(model, data, {"x": None}, desc="tbar: loss"):
+        total += float(F.cross_entropy(out["x"], batch.y.cpu(), reduction="sum"))
+    return total / max(1, len(data))
+
+
 def _remove_clean_component(tau: TaskVector, clean: TaskVector) -> TaskVector:
     out = {}
     for k, v in tau.deltas.items():
@@ -243,10 +382,16 @@ def _remove_clean_component(tau: TaskVector, clean: TaskVector) -> TaskVector:
     return TaskVector(out)
 
 
-def _top_layers(tau: TaskVector, share: float) -> TaskVector:
-    stats = sorted(tau.layer_stats(), key=lambda r: -float(r["share"]))
+def _top_layers(tau: TaskVector, share: float, params: set[str]) -> TaskVector:
+    """The parameter tensors holding ``share`` of the parameters' squared norm, largest first.
+
+    Buffers are left out of the ranking and of the result: BatchNorm running statistics can
+    hold most of the vector's norm (on MNIST's small CNN, 90% in one running variance) while
+    negating them changes neither CA nor ASR.
+    """
+    stats = tau.restrict(k for k in tau.deltas if k in params).layer_stats()
     keep, acc = [], 0.0
-    for r in stats:
+    for r in sorted(stats, key=lambda r: -float(r["share"])):
         keep.append(str(r["name"]))
         acc += float(r["share"])
         if acc >= share:
