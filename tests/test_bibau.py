@@ -44,6 +44,8 @@ def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     assert saved["clean_samples_used"] == 600 and saved["wall_time"] > 0
     assert saved["peak_memory_mb"] > 0
     assert len(saved["diagnostics"]["fooling_per_round"]) >= 1
+    # a patch is found by the mask-and-pattern family: the additive one is not tried
+    assert saved["diagnostics"]["families_tried"] == ["mask_pattern"]
     assert (out / "inverted_trigger.png").is_file()
     assert (out / "attack.json").read_bytes() == (mnist_backdoor / "attack.json").read_bytes()
 
@@ -77,6 +79,7 @@ def test_clean_model_is_left_alone(mnist_clean):
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
     purified, report = unbackdoor.unlearn(model, data, "bibau", **FAST)
     assert report.backdoor_found is False
+    assert report.diagnostics["families_tried"] == ["mask_pattern", "additive"]
     test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
     drop = (
         unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified, test).clean_acc

@@ -6,12 +6,28 @@ import torch
 import unbackdoor
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion import InversionConfig, MaskPattern, invert, mad_anomaly
+from unbackdoor.inversion.families import Additive
+from unbackdoor.inversion.invert import InversionResult
 
 
 def test_mad_anomaly_flags_the_small_one():
     sizes = torch.tensor([40.0, 35.0, 5.0, 50.0, 45.0, 38.0])
     a = mad_anomaly(sizes)
     assert int(a.argmax()) == 2 and a[2] > 2 and (a[[0, 1, 3, 4, 5]] < 2).all()
+
+
+def test_additive_anomaly_reads_the_fooling_rate():
+    # fixed-budget additive triggers all have the same size; the reachable class stands out
+    # by how many images the budget moves (numbers from a WaNet MNIST model and a clean one)
+    fam = Additive(10, (1, 4, 4))
+    sizes = torch.full((10,), 2.6)
+    wanet = torch.tensor([0.62, 0.01, 0.01, 0.03, 0.07, 0.0, 0.0, 0.02, 0.04, 0.02])
+    clean = torch.tensor([0.014, 0.018, 0.024, 0.028, 0.024, 0.021, 0.010, 0.035, 0.014, 0.028])
+    res = InversionResult(fam, list(range(10)), sizes, wanet, torch.ones(10))
+    a = res.anomaly_index()
+    assert int(a.argmax()) == 0 and a[0] > 2
+    res = InversionResult(fam, list(range(10)), sizes, clean, torch.ones(10))
+    assert res.anomaly_index().max() < 2
 
 
 def test_mask_pattern_family_batches_candidates():

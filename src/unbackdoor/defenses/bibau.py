@@ -48,11 +48,13 @@ from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import InversionConfig, fooling_rate, invert
 from unbackdoor.inversion.families import TriggerFamily
+from unbackdoor.inversion.invert import autocast
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
 MODES = ("auto", "targeted", "untargeted")
+FAMILY_CHOICES = ("auto", "mask_pattern", "additive")
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -101,7 +103,8 @@ class BIBAU(Defense):
     stop_fooling: float = 0.05
     memory: float = 0.7
     temperature: float = 1.0
-    family: str = "mask_pattern"
+    family: str = "auto"
+    bf16: bool = False
     checkpoint_dir: str | None = None
 
     def validate(self) -> None:
@@ -120,9 +123,7 @@ class BIBAU(Defense):
         self._require(self.budget_scale >= 1, "budget_scale", ">= 1")
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
-        self._require(
-            self.family in ("mask_pattern", "additive"), "family", "'mask_pattern' or 'additive'"
-        )
+        self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
 
     # --------------------------------------------------------------------------- E-step
     def posterior(self, anomaly: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -141,19 +142,40 @@ class BIBAU(Defense):
         model.to(device)
         t0 = time.perf_counter()
         targeted = self.mode != "untargeted"
-        inv_cfg = InversionConfig(family=self.family, steps=self.inversion_steps, targeted=targeted)
-        first = invert(
-            model, clean, inv_cfg, seed=self.seed, device=device, desc="bibau: blind inversion"
-        )
-        anomaly = first.anomaly_index() if targeted else torch.zeros(1)
+        # "auto": patches and blends first (mask and pattern); if no class is anomalously cheap
+        # to reach that way, a bounded additive perturbation (warps, invisible triggers).
+        tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
+        for family in tried:
+            inv_cfg = InversionConfig(
+                family=family, steps=self.inversion_steps, targeted=targeted, bf16=self.bf16
+            )
+            first = invert(
+                model,
+                clean,
+                inv_cfg,
+                seed=self.seed,
+                device=device,
+                desc=f"bibau: blind inversion ({family})",
+            )
+            anomaly = first.anomaly_index() if targeted else torch.zeros(1)
+            # a class is only "cheap to reach" if its trigger actually reaches it
+            k_max = int(anomaly.argmax())
+            found = (
+                bool(anomaly[k_max] >= self.anomaly_threshold and first.fooling[k_max] >= 0.5)
+                if targeted
+                else True
+            )
+            if found or self.target is not None:
+                break
         q = self.posterior(anomaly, None) if targeted else torch.ones(1)
-        found = bool(anomaly.max() >= self.anomaly_threshold) if targeted else True
         if self.target is not None:
             z, found = self.target, True
         else:
             z = int(first.classes[int(q.argmax())]) if targeted else -1
         diag: dict[str, Any] = {
             "mode": "targeted" if targeted else "untargeted",
+            "family": family,
+            "families_tried": tried[: tried.index(family) + 1],
             "first_inversion": {
                 "classes": first.classes,
                 "sizes": first.sizes.tolist(),
@@ -190,7 +212,11 @@ class BIBAU(Defense):
         start_round = self._resume(model, opt, bank, diag)
         augment = default_augment(clean.name, clean.images.shape[-1])
         inner = InversionConfig(
-            family=self.family, steps=max(1, self.inner_steps), targeted=targeted, lr=0.05
+            family=family,
+            steps=max(1, self.inner_steps),
+            targeted=targeted,
+            lr=0.05,
+            bf16=self.bf16,
         )
         cls = [z] if targeted else None
         for rnd in range(start_round, self.rounds):
@@ -212,7 +238,9 @@ class BIBAU(Defense):
                 bank.append(copy.deepcopy(trigger))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             fool = float(
-                fooling_rate(model, trigger, val, [z] if targeted else [-1], targeted, device)[0]
+                fooling_rate(
+                    model, trigger, val, [z] if targeted else [-1], targeted, device, bf16=self.bf16
+                )[0]
             )
             diag["fooling_per_round"].append(fool)
             diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
@@ -279,9 +307,11 @@ class BIBAU(Defense):
                     for w in which.unique().tolist():
                         sel = (which == w).to(device)
                         xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
-                    t_logits = teacher(x)
-                logits = model(torch.cat([x, xs]))
-                f_all = feats.value
+                    with autocast(device, self.bf16):
+                        t_logits = teacher(x).float()
+                with autocast(device, self.bf16):
+                    logits = model(torch.cat([x, xs])).float()
+                f_all = None if feats.value is None else feats.value.float()
                 clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
                 loss = F.cross_entropy(clean_logits, y) + F.cross_entropy(stamped_logits, y[:n_s])
                 if self.kl_weight:
