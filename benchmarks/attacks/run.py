@@ -20,11 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import md_table, provenance  # noqa: E402
 
-from unbackdoor.api import train_model  # noqa: E402
 from unbackdoor.attacks import list_attacks  # noqa: E402
-from unbackdoor.attacks.pipeline import attack_model  # noqa: E402
-from unbackdoor.attacks.registry import ATTACKS  # noqa: E402
-from unbackdoor.attacks.zoo import get_or_create  # noqa: E402
+from unbackdoor.bench.cells import zoo_model  # noqa: E402
 from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
@@ -33,43 +30,9 @@ POISON_LABEL_TARGET, CLEAN_LABEL_TARGET, CA_TOLERANCE = 0.95, 0.80, 0.015
 
 
 def cell(dataset: str, model: str, attack: str | None, seed: int, epochs: int | None) -> dict:
-    rate = None
-    if attack is not None:  # 10% for poison-label attacks, the usual rate for clean-label ones
-        cls = ATTACKS.get(attack)
-        rate = 0.1
-        if cls.policy == "clean_label":  # at most 95% of the target class (MNIST's is 9.9%)
-            from unbackdoor.data.registry import load_dataset
-
-            share = float((load_dataset(dataset, "train").labels == 0).float().mean())
-            rate = min(cls.default_rate, round(0.95 * share, 3))
-    config = {
-        "rate": rate,
-        "dataset": dataset,
-        "model": model,
-        "attack": attack or "clean",
-        "seed": seed,
-        "epochs": epochs,
-        "target": 0,
-    }
+    """One zoo model (10% poisoning, target 0; clean-label attacks capped by the target class)."""
     t0 = time.perf_counter()
-
-    def make(path: Path) -> None:
-        if attack is None:
-            train_model(dataset, model, seed=seed, epochs=epochs, out=path, overwrite=True)
-        else:
-            attack_model(
-                dataset,
-                model,
-                attack,
-                rate=rate,
-                target=0,
-                seed=seed,
-                epochs=epochs,
-                out=path,
-                overwrite=True,
-            )
-
-    path = get_or_create(config, make)
+    path, config = zoo_model(dataset, model, attack, seed, epochs=epochs)
     metrics = read_json(path / "metrics.json")
     train = read_json(path / "train.json")
     return {

@@ -23,6 +23,7 @@ from common import md_table, provenance  # noqa: E402
 from run import cell as zoo_cell  # noqa: E402  (benchmarks/attacks/run.py)
 
 from unbackdoor.api import evaluate_artifact, retune_artifact  # noqa: E402
+from unbackdoor.bench.cells import retune_with_trigger  # noqa: E402
 from unbackdoor.eval.metrics import defense_effectiveness_rate  # noqa: E402
 from unbackdoor.eval.retune import RetuneConfig  # noqa: E402
 from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
         bd_path = Path(bd["path"])
         key = f"{attack}/backdoored"
         if key not in results["rows"]:
-            floor = retune_artifact_with(clean["path"], bd_path, retune_cfg)
+            floor = retune_with_trigger(clean["path"], bd_path, retune_cfg).after.asr
             ceil = retune_artifact(bd_path, config=retune_cfg).after.asr
             results["rows"][key] = {
                 "attack": attack,
@@ -114,20 +115,6 @@ def main() -> None:
                 file=sys.stderr,
             )
     write_markdown(tag, model, results)
-
-
-def retune_artifact_with(clean_dir: str, attack_dir: Path, cfg: RetuneConfig) -> float:
-    """The floor: the re-tuning attack with ``attack_dir``'s trigger on a never-backdoored model."""
-    import tempfile
-
-    from unbackdoor.attacks.store import copy_attack
-    from unbackdoor.models import load_model, save_model
-
-    model, manifest = load_model(clean_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, tmp, class_names=manifest.class_names, dataset=manifest.dataset)
-        copy_attack(attack_dir, tmp)
-        return retune_artifact(tmp, config=cfg).after.asr
 
 
 def pct(v: float | None) -> str:

@@ -456,6 +456,49 @@ def analyze_disentanglement(
     _table(rows, title="weight disentanglement")
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  unbackdoor bench benchmarks/configs/quick.yaml --out benchmarks/quick\n\n"
+    "  unbackdoor bench benchmarks/configs/cpu.yaml --out runs/cpu --workers 2"
+)
+def bench(
+    config: Annotated[Path, typer.Argument(help="Grid config (YAML).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.jsonl, cells/ and grid.json.")],
+    workers: Annotated[
+        int | None, typer.Option(help="Parallel processes (default: the config's).", min=1)
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-cell log lines.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a benchmark grid; rerun the same command to resume an interrupted one."""
+    from unbackdoor.bench import run_grid
+
+    r = run_grid(config, out, workers=workers, quiet=quiet)
+    summary = {k: getattr(r, k) for k in ("cells", "computed", "skipped", "failed", "wall_time")}
+    if json_out:
+        _echo_json({"results": str(r.results), **summary})
+        return
+    rows = [(k, str(v)) for k, v in summary.items() if k != "wall_time"]
+    rows += [("wall time", f"{r.wall_time:.1f} s"), ("results", str(r.results))]
+    _table(rows, "grid")
+    typer.echo(f"report it with: unbackdoor report {r.results} --out {out / 'report'}")
+
+
+@app.command(
+    epilog="Example:\n\n"
+    "  unbackdoor report benchmarks/quick/results.jsonl --out benchmarks/quick/report"
+)
+def report(
+    results: Annotated[Path, typer.Argument(help="results.jsonl written by `unbackdoor bench`.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and figures.")],
+) -> None:
+    """Render the Markdown/HTML report and its plots from a results file."""
+    from unbackdoor.bench import render_report
+
+    files = render_report(results, out)
+    typer.echo(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figures")
+
+
 zoo_app = typer.Typer(help="The cache of backdoored models (the zoo).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 

@@ -85,14 +85,20 @@ def retune_attack(
         seed=cfg.seed,
     )
 
+    last: dict[int, Metrics] = {}
+
     def point(step: int, net: nn.Module) -> None:
         if cfg.eval_every and step % cfg.eval_every == 0:
             m = evaluate(net, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
             curve.append({"step": step, "asr": m.asr, "clean_acc": m.clean_acc})
+            last.clear()
+            last[step] = m
 
     train(victim, poisoned.data, tc, on_step_end=point if cfg.eval_every else None, desc="re-tune")
-    after = evaluate(victim, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
     steps = cfg.epochs * -(-len(poisoned) // cfg.batch_size)
+    after = last.get(steps)  # the curve's last point is the final model (no EMA here)
+    if after is None:
+        after = evaluate(victim, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
     if curve[-1]["step"] != steps:
         curve.append({"step": steps, "asr": after.asr, "clean_acc": after.clean_acc})
     return RetuneResult(

@@ -1,0 +1,177 @@
+"""Where grid cells run: in this process, in local worker processes, or on a cluster scheduler.
+
+Every executor has one method, ``run(fn, jobs)``, that yields ``(index, result)`` as jobs finish,
+where ``result`` is ``fn(job)`` or the exception that escaped it. ``fn`` and the jobs must be
+picklable (module-level functions, dataclasses). The grid never changes with the executor:
+``executor: local`` with ``workers: N`` uses a spawn-context process pool, ``executor: submitit``
+hands each job to a cluster through `submitit <https://github.com/facebookincubator/submitit>`_
+(Slurm, or its ``local``/``debug`` modes), configured by ``executor_options``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.errors import ConfigError
+
+Result = tuple[int, Any]
+
+
+class Executor:
+    """Runs ``fn`` over jobs and yields ``(index, result or exception)`` in completion order."""
+
+    name = "executor"
+
+    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class SerialExecutor(Executor):
+    """One job after another in this process (``workers: 1``); Ctrl-C stops at once."""
+
+    name = "serial"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        for i, job in enumerate(jobs):
+            try:
+                result: Any = fn(job)
+            except Exception as e:  # noqa: BLE001  (reported as the job's result)
+                result = e
+            yield i, result
+
+
+def _init_worker(threads: int, quiet: bool) -> None:
+    """Process-pool initializer: one share of the cores per worker, no nested progress bars."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if quiet:
+        os.environ["UNBACKDOOR_NO_PROGRESS"] = "1"
+
+
+class ProcessExecutor(Executor):
+    """``workers`` spawned processes, each with ``threads`` torch threads."""
+
+    name = "processes"
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        self.workers = workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+
+    def describe(self) -> str:
+        return f"{self.workers} processes x {self.threads} threads"
+
+    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, max(1, len(jobs))),
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads, True),
+        )
+        try:
+            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+            for fut in as_completed(futures):
+                try:
+                    result: Any = fut.result()
+                except Exception as e:  # noqa: BLE001  (a worker died, or pickling failed)
+                    result = e
+                yield futures[fut], result
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+class SubmititExecutor(Executor):
+    """Jobs handed to a scheduler through submitit; ``options`` go to ``update_parameters``.
+
+    ``options`` may hold ``cluster`` (``slurm``, ``local``, ``debug``; default: auto-detected),
+    ``folder`` (job logs; default ``<out>/submitit``) and ``poll_seconds`` (default 10), and
+    otherwise submitit's own parameters (``timeout_min``, ``slurm_partition``, ``gpus_per_node``,
+    ``cpus_per_task``, ...).
+    """
+
+    name = "submitit"
+
+    def __init__(self, options: dict[str, Any], folder: Path) -> None:
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError(
+                "executor 'submitit' needs the submitit package: "
+                "pip install 'unbackdoor[cluster]' (or pip install submitit)"
+            ) from None
+        opts = dict(options)
+        self.cluster = opts.pop("cluster", None)
+        self.poll = float(opts.pop("poll_seconds", 10))
+        folder = Path(opts.pop("folder", folder))
+        self.executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        try:
+            self.executor.update_parameters(**opts)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"executor_options: {e}") from None
+
+    def describe(self) -> str:
+        return f"submitit ({self.executor.cluster})"
+
+    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+        submitted = [self.executor.submit(fn, job) for job in jobs]
+        if self.executor.cluster == "debug":  # debug jobs run in this process when asked
+            order: Iterator[int] = iter(range(len(submitted)))
+        else:
+            order = self._as_completed(submitted)
+        try:
+            for i in order:
+                try:
+                    result: Any = submitted[i].result()
+                except Exception as e:  # noqa: BLE001  (the job failed on the cluster)
+                    result = e
+                yield i, result
+        except BaseException:
+            for job in submitted:
+                if not job.done():
+                    job.cancel(check=False)
+            raise
+
+    def _as_completed(self, submitted: list[Any]) -> Iterator[int]:
+        pending = set(range(len(submitted)))
+        while pending:
+            for i in sorted(pending):
+                if submitted[i].done():
+                    pending.discard(i)
+                    yield i
+            if pending:
+                time.sleep(self.poll)
+
+
+def make_executor(
+    kind: str, workers: int, threads: int | None, options: dict[str, Any], folder: Path
+) -> Executor:
+    """The executor a config asks for (``local`` with 1 worker runs in this process)."""
+    if kind == "submitit":
+        return SubmititExecutor(options, folder)
+    if kind != "local":
+        raise ConfigError(f"executor {kind!r} is unknown; expected 'local' or 'submitit'")
+    if options:
+        raise ConfigError(
+            f"executor_options {sorted(options)} are only for executor 'submitit'; "
+            "the local executor takes workers and threads"
+        )
+    return SerialExecutor(threads) if workers == 1 else ProcessExecutor(workers, threads)

@@ -1,0 +1,351 @@
+"""The benchmark grid: config checks, resuming, failed cells, the results store and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from unbackdoor.bench import ResultStore, load_config, read_results, render_report, run_grid
+from unbackdoor.bench import cells as cells_mod
+from unbackdoor.bench.executors import ProcessExecutor, make_executor
+from unbackdoor.cli import main
+from unbackdoor.errors import ConfigError
+
+TINY = {
+    "name": "tiny",
+    "datasets": ["mnist"],
+    "models": ["small_cnn"],
+    "attacks": ["badnets"],
+    "defenses": ["none", {"name": "ft", "options": {"epochs": 1}}],
+    "budgets": [100, 200],
+    "seeds": [0],
+    "train": {"epochs": 1, "train_samples": 1000, "options": {"batch_size": 64}},
+    "retune": {"samples": 100, "epochs": 1, "eval_every": 1},
+    "test_samples": 300,
+}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> str:
+    """One zoo for the module, so its two tiny models are trained once."""
+    return str(tmp_path_factory.mktemp("bench_zoo"))
+
+
+def tiny(zoo: str, **changes) -> dict:
+    return {**TINY, "zoo": zoo, **changes}
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"defences": ["ft"]}, "unknown key 'defences' (did you mean 'defenses'?)"),
+        ({"attacks": [{"name": "badnets", "rat": 0.1}]}, "unknown key 'rat'"),
+        ({"retune": {"sample": 10}}, "retune: unknown key 'sample'"),
+        ({"train": {"epoch": 1}}, "train: unknown key 'epoch'"),
+        ({"budgets": [5]}, "budgets=5"),
+        ({"workers": 0}, "workers=0"),
+        ({"executor": "slurm"}, "executor='slurm'"),
+        ({"defenses": ["ft", "ft"]}, "lists 'ft' twice"),
+    ],
+)
+def test_config_rejects_bad_keys_and_values(changes, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config({**TINY, **changes})
+    assert needle in str(e.value)
+
+
+def test_config_from_yaml_names_file_and_defers_registry_checks(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("datasets: [mnist]\nattacks: badnets\ndefenses: [nosuch]\nbogus: 1\n")
+    with pytest.raises(ConfigError, match=r"grid\.yaml: unknown key 'bogus'"):
+        load_config(path)
+    path.write_text("datasets: [mnist]\nattacks: badnets\ndefenses: [nosuch, none]\n")
+    cfg = load_config(path)  # an unknown defense name parses: it may be installed later
+    assert [d.name for d in cfg.defenses] == ["nosuch", "none"] and cfg.budgets == [0.05]
+    with pytest.raises(ConfigError, match="unknown defense 'nosuch'"):
+        run_grid(path, out=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_committed_configs_parse():
+    configs = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    for name in ("quick", "cpu", "gpu"):
+        cfg = load_config(configs / f"{name}.yaml")
+        assert cfg.name == name
+
+
+# ----------------------------------------------------------------------------- grid
+def _counting(monkeypatch, fail_after: int | None = None) -> list[str]:
+    """Wrap every role so that calls are counted (and Ctrl-C is simulated after some)."""
+    calls: list[str] = []
+    for role, fn in list(cells_mod.ROLES.items()):
+
+        def wrapped(cell, fn=fn):
+            if fail_after is not None and len(calls) >= fail_after:
+                raise KeyboardInterrupt
+            calls.append(cell.key)
+            return fn(cell)
+
+        monkeypatch.setitem(cells_mod.ROLES, role, wrapped)
+    return calls
+
+
+def test_interrupted_grid_resumes_without_recomputing(tmp_path, zoo, monkeypatch):
+    out = tmp_path / "grid"
+    with monkeypatch.context() as m:
+        first = _counting(m, fail_after=1)
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(tiny(zoo), out=out, quiet=True)
+    assert len(first) == 1
+    rows = read_results(out / "results.jsonl")
+    assert [r["key"] for r in rows] == first and rows[0]["status"] == "ok"
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["runs"][-1]["status"] == "interrupted"
+
+    second = _counting(monkeypatch)
+    result = run_grid(tiny(zoo), out=out, quiet=True)
+    assert result.cells == 4 and result.skipped == 1 and result.computed == 3
+    assert first[0] not in second and len(second) == 3
+    rows = ResultStore(out / "results.jsonl").read()
+    assert len(rows) == 4 and len({r["key"] for r in rows}) == 4
+    assert all(r["status"] == "ok" for r in rows)
+    by_role = {r["role"]: r for r in rows}
+    assert set(by_role) == {"ceiling", "floor", "defense"}
+    bd = by_role["ceiling"]
+    assert bd["asr"] > 0.5 and bd["retune_asr"] is not None and len(bd["retune_curve"]) >= 2
+    assert (out / bd["true_trigger"]).is_file() and "torch" in bd["versions"]
+    ft = next(r for r in rows if r["defense"] == "ft" and r["budget"] == 200)
+    assert ft["clean_samples_used"] == 200 and ft["der"] is not None
+    assert ft["before"]["asr"] == pytest.approx(bd["asr"])
+    assert ft["defense_time"] > 0 and "peak_memory_mb" in ft
+
+    third = _counting(monkeypatch)
+    again = run_grid(tiny(zoo), out=out, quiet=True)
+    assert third == [] and again.skipped == 4 and again.computed == 0
+
+
+def test_failed_cell_is_recorded_and_grid_goes_on(tmp_path, zoo, monkeypatch):
+    real = cells_mod.purify
+
+    def purify(cell, path, manifest):
+        if cell.defense.id == "broken":
+            raise RuntimeError("boom in the defense")
+        return real(cell, path, manifest)
+
+    monkeypatch.setattr(cells_mod, "purify", purify)
+    cfg = tiny(
+        zoo,
+        defenses=[
+            {"name": "ft", "options": {"epochs": 1}, "label": "broken"},
+            {"name": "ft", "options": {"epochs": 1}},
+        ],
+        budgets=[100],
+        floor=False,
+    )
+    out = tmp_path / "grid"
+    result = run_grid(cfg, out=out, quiet=True)
+    assert result.computed == 3 and result.failed == 1
+    rows = {r["defense"]: r for r in read_results(out / "results.jsonl")}
+    assert rows["broken"]["status"] == "error"
+    assert "RuntimeError: boom in the defense" in rows["broken"]["error"]
+    assert "boom in the defense" in rows["broken"]["traceback"]
+    assert rows["ft"]["status"] == "ok" and rows["none"]["status"] == "ok"
+    # the report lists the failure; a rerun retries only the failed cell
+    files = render_report(out / "results.jsonl", out / "report")
+    assert "Failed cells (1)" in files.markdown.read_text()
+    calls = _counting(monkeypatch)
+    again = run_grid(cfg, out=out, quiet=True)
+    assert again.computed == 1 and len(calls) == 1 and "/broken/" in calls[0]
+
+
+def test_cli_bench_and_report(tmp_path, zoo, capsys):
+    import yaml
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(tiny(zoo, defenses=["none"], floor=False)))
+    out = tmp_path / "grid"
+    assert main(["bench", str(path), "--out", str(out), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cells"] == 1 and summary["failed"] == 0
+    code = main(["report", str(out / "results.jsonl"), "--out", str(out / "report")])
+    assert code == 0 and (out / "report" / "report.md").is_file()
+    path.write_text("datasets: [mnist]\nattacks: [badnets]\ndefenses: [ft]\nseed: [1]\n")
+    assert main(["bench", str(path), "--out", str(out)]) == 2
+    assert "unknown key 'seed' (did you mean 'seeds'?)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- executors
+def test_process_executor_runs_jobs_and_returns_errors():
+    ex = ProcessExecutor(workers=2, threads=1)
+    results = dict(ex.run(math.sqrt, [4.0, -1.0, 9.0]))
+    assert results[0] == 2.0 and results[2] == 3.0
+    assert isinstance(results[1], ValueError)
+
+
+def test_submitit_executor(tmp_path, zoo, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "submitit", None)
+    with pytest.raises(ConfigError, match=r"pip install 'unbackdoor\[cluster\]'"):
+        make_executor("submitit", 1, None, {}, tmp_path)
+    monkeypatch.undo()
+    pytest.importorskip("submitit")
+    local = {"cluster": "local", "poll_seconds": 0.2, "timeout_min": 5}
+    results = dict(
+        make_executor("submitit", 1, None, local, tmp_path / "jobs").run(math.sqrt, [4.0, -1.0])
+    )
+    assert results[0] == 2.0 and "math domain error" in str(results[1])
+    # the same grid, its cells handed to submitit's in-process debug scheduler
+    cfg = tiny(
+        zoo,
+        defenses=["none"],
+        floor=False,
+        executor="submitit",
+        executor_options={"cluster": "debug"},
+    )
+    result = run_grid(cfg, out=tmp_path / "grid", quiet=True)
+    assert result.computed == 1 and result.failed == 0
+    assert (tmp_path / "grid" / "submitit").is_dir()
+
+
+def test_local_executor_rejects_cluster_options(tmp_path):
+    with pytest.raises(ConfigError, match="only for executor 'submitit'"):
+        make_executor("local", 1, None, {"timeout_min": 5}, tmp_path)
+
+
+# ----------------------------------------------------------------------------- store
+def _row(key: str, status: str = "ok", **kw) -> dict:
+    return {"key": key, "status": status, **kw}
+
+
+def test_truncated_last_line_is_ignored_then_cut(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append(_row("a"))
+    store.append(_row("b", "error", error="x"))
+    with open(store.path, "ab") as f:
+        f.write(b'{"key": "c", "status": "o')  # a crash in the middle of a write
+    with pytest.warns(RuntimeWarning, match="truncated last line"):
+        rows = store.read()
+    assert [r["key"] for r in rows] == ["a", "b"]
+    with pytest.warns(RuntimeWarning):
+        assert store.done_keys() == {"a"}  # error rows are not done
+    with pytest.warns(RuntimeWarning, match="dropping a truncated last line"):
+        store.append(_row("b"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r["key"] for r in store.read()] == ["a", "b", "b"]
+        assert store.done_keys() == {"a", "b"}
+        assert store.path.read_bytes().endswith(b"\n")
+
+
+def test_corrupt_middle_line_is_skipped(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a", "status": "ok"}\nnot json\n{"key": "b", "status": "ok"}\n')
+    with pytest.warns(RuntimeWarning, match="corrupt line 2"):
+        assert [r["key"] for r in ResultStore(path).read()] == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- report
+def _png(path: Path) -> str:
+    from unbackdoor.unlearn import _save_image
+
+    _save_image(torch.rand(1, 8, 8), path)
+    return path.name
+
+
+def _synthetic_rows(base: Path) -> list[dict]:
+    rows = []
+    true = _png(base / "true.png")
+    inv = _png(base / "inverted.png")
+    curve = [{"step": 0, "asr": 0.01, "clean_acc": 0.9}, {"step": 8, "asr": 0.5, "clean_acc": 0.9}]
+    for seed in (0, 1):
+        common = {"dataset": "mnist", "model": "small_cnn", "attack": "badnets", "seed": seed}
+        rows.append(
+            _row(
+                f"ceil{seed}",
+                role="ceiling",
+                defense="none",
+                budget=None,
+                clean_acc=0.99,
+                asr=1.0,
+                robust_acc=0.0,
+                retune_asr=1.0,
+                retune_curve=curve,
+                true_trigger=true,
+                **common,
+            )
+        )
+        rows.append(
+            _row(
+                f"floor{seed}",
+                role="floor",
+                defense="floor",
+                budget=None,
+                clean_acc=0.98,
+                asr=0.01,
+                retune_asr=0.02 + 0.01 * seed,
+                retune_curve=curve,
+                **common,
+            )
+        )
+        for defense, budget, asr in (("bibau", 500, 0.01), ("bibau", 100, 0.2), ("tbar", 500, 0.5)):
+            rows.append(
+                _row(
+                    f"{defense}{budget}{seed}",
+                    role="defense",
+                    defense=defense,
+                    budget=budget,
+                    clean_acc=0.97 - 0.01 * seed,
+                    asr=asr,
+                    robust_acc=0.9,
+                    der=0.98,
+                    retune_asr=0.05,
+                    retune_curve=curve,
+                    defense_time=30.0 + seed,
+                    clean_samples_used=budget,
+                    inverted_trigger=inv,
+                    true_trigger=true,
+                    alpha_sweep=[
+                        {"alpha": a, "val_asr": 1 - a, "val_clean_acc": 0.9} for a in (0, 0.5, 1)
+                    ]
+                    if defense == "tbar"
+                    else None,
+                    alpha=0.5 if defense == "tbar" else None,
+                    **common,
+                )
+            )
+    rows.append(_row("broken", "error", error="RuntimeError: boom\nmore", **common))
+    return rows
+
+
+def test_report_renders_from_stored_results(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.extend(_synthetic_rows(tmp_path))
+    with open(store.path, "ab") as f:
+        f.write(b'{"key": "half')
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        files = render_report(store.path, tmp_path / "report")
+    md = files.markdown.read_text()
+    for needle in (
+        "bibau",
+        "tbar",
+        "never backdoored (floor)",
+        "| badnets | none |",
+        "Failed cells",
+    ):
+        assert needle in md
+    assert "96.50 ± 0.71%" in md  # CA mean ± std over the two seeds
+    assert "2.50 ± 0.71%" in md  # the floor's RA-ASR
+    names = {p.name for p in files.figures}
+    assert names == {
+        f"{kind}_mnist_small_cnn.png"
+        for kind in ("tradeoff", "budget", "retune", "alpha", "triggers")
+    }
+    for p in files.figures:
+        assert p.is_file() and p.stat().st_size > 1000 and p.name in md
+    html = files.html.read_text()
+    assert "<table>" in html and "bibau" in html and "<img" in html
