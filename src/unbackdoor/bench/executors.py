@@ -94,6 +94,10 @@ class ProcessExecutor(Executor):
                     result = e
                 yield futures[fut], result
         except BaseException:
+            # stop at once: running cells are lost anyway (their rows are never half-written),
+            # and a worker left running would keep the interpreter from exiting
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

@@ -434,6 +434,12 @@ def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
             f" Of the {needed} models the grid needed, {trained} were trained in these runs and "
             f"{max(0, needed - trained)} taken from the zoo cache."
         )
+        total = int(runs[-1].get("cells") or 0)
+        if runs[-1].get("status") != "finished":
+            text += (
+                f" **The last run was {runs[-1].get('status')}: {len(rows)} of {total} cells are "
+                "recorded; rerun the same command to finish the rest.**"
+            )
         blocks.append(("p", text))
     elif rows:  # no grid.json (a run that was killed hard): what the rows themselves say
         r0 = rows[0]
