@@ -156,7 +156,7 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     data = synth.blobs(40, classes=4)
 
     def fake_eval(model, val, trigger=None, attack_labels=None):  # ASR falls with alpha
-        a = float(model.head[3].bias[0])  # the bias is alpha, see tau below
+        a = float(model.head[3].bias[0].detach())  # the bias is alpha, see tau below
         return Metrics(clean_acc=0.9, asr=max(0.0, 1.0 - a / 2.7))
 
     monkeypatch.setattr(tbar_mod, "evaluate", fake_eval)
@@ -165,10 +165,12 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
         model.head[3].bias.zero_()
     tau = TaskVector({"head.3.bias": -torch.ones(4)})  # theta_b - alpha tau: bias = alpha
     spec = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "test", 0)
-    defense = tbar_mod.TBAR(alphas=(0.0, 1.0, 2.0), alpha_max=3.0, alpha_step=0.25)
-    sweep, base_ca = defense.sweep(model, tau, data, spec)
+    grid = dict(alphas=(0.0, 1.0, 2.0), alpha_max=3.0, alpha_step=0.25)
+    sweep, base_ca = tbar_mod.TBAR(**grid, alpha_growth=1.0).sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 1.0, 2.0, 2.25, 2.5, 2.75]
     assert choose_alpha(sweep, base_ca, 0.05, 0.95)[0] == 2.75
+    sweep, _ = tbar_mod.TBAR(**grid, alpha_growth=1.25).sweep(model, tau, data, spec)
+    assert [s["alpha"] for s in sweep] == [0.0, 1.0, 2.0, 2.5]  # 3.125 is past alpha_max
     img = tbar_mod.sweep_image(sweep, 2.75, 0.855, 0.05, "test")
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
 

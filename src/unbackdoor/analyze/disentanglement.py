@@ -115,8 +115,9 @@ def heatmap_figure(result: DisentanglementResult, title: str = "") -> Any:
     from unbackdoor.utils.figures import pyplot
 
     plt = pyplot()
+    top = max(0.05, max(map(max, result.xi)))  # xi lies in [0, 2]; scale to what is there
     panels = [
-        ("xi (disagreement, 0-2)", result.xi, 0.0, 2.0, "magma_r"),
+        ("xi (prediction disagreement)", result.xi, 0.0, top, "magma_r"),
         ("clean accuracy", result.clean_acc, 0.0, 1.0, "viridis"),
         ("ASR (triggered -> target)", result.asr, 0.0, 1.0, "viridis"),
     ]
@@ -133,9 +134,8 @@ def heatmap_figure(result: DisentanglementResult, title: str = "") -> Any:
             for i in range(n_c):
                 for j in range(n_t):
                     v = grid[i][j]
-                    dark = (v - lo) / (hi - lo) > 0.5
-                    if cmap == "magma_r":
-                        dark = not dark
+                    frac = (v - lo) / (hi - lo)  # magma_r is dark at the top, viridis at 0
+                    dark = frac > 0.5 if cmap == "magma_r" else frac < 0.5
                     ax.text(
                         j,
                         i,
