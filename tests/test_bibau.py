@@ -1,5 +1,6 @@
 """BI-BAU (issue 4): lowers ASR on a small MNIST BadNets model, E-step, config, resume."""
 
+import copy
 import json
 
 import pytest
@@ -85,3 +86,24 @@ def test_clean_model_is_left_alone(mnist_clean):
         unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified, test).clean_acc
     )
     assert drop <= 0.01
+
+
+def test_freeze_bn_stats_keeps_running_statistics(mnist_backdoor):
+    """With ``freeze_bn_stats`` the stamped images of the unlearning batches leave BN alone."""
+    from unbackdoor.data.transforms import default_augment
+    from unbackdoor.inversion import MaskPattern
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 5)
+    trigger = MaskPattern(1, tuple(data.images.shape[1:]))
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert buffers, "the test model must have BatchNorm layers"
+    for freeze in (True, False):
+        work = copy.deepcopy(model)
+        d = BIBAU(freeze_bn_stats=freeze, outer_steps=2, batch_size=64)
+        opt = torch.optim.SGD(work.parameters(), lr=0.01)
+        augment = default_augment(data.name, data.images.shape[-1])
+        d._unlearn(work, model, data, [trigger], opt, augment, torch.device("cpu"), 0)
+        after = work.state_dict()
+        same = all(torch.equal(after[k], v) for k, v in buffers.items())
+        assert same is freeze

@@ -105,6 +105,7 @@ class BIBAU(Defense):
     temperature: float = 1.0
     family: str = "auto"
     bf16: bool = False
+    freeze_bn_stats: bool = False
     checkpoint_dir: str | None = None
 
     def validate(self) -> None:
@@ -277,6 +278,10 @@ class BIBAU(Defense):
     ) -> None:
         feats = _Features(model)
         model.train()
+        if self.freeze_bn_stats:  # stamped images would otherwise shift the running statistics
+            for m in model.modules():
+                if getattr(m, "running_mean", None) is not None:
+                    m.eval()
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
         steps, epoch = 0, 0
         bar = progress(range(self.outer_steps), desc=f"bibau: unlearn {rnd + 1}/{self.rounds}")
