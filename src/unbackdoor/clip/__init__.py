@@ -17,6 +17,7 @@ classification compares an image with the embeddings of class prompts.
   CleanCLIP baseline (Bansal et al., ICCV 2023), registered with the other defenses.
 """
 
+from unbackdoor.clip import attacks as _attacks  # noqa: F401  (registers "badclip")
 from unbackdoor.clip.model import (
     ClipModel,
     HashTokenizer,

@@ -23,3 +23,6 @@ __all__ = [
     "list_defenses",
     "register_defense",
 ]
+
+# CLIP defenses (clip-bibau, clip-tbar, cleanclip) register themselves in the same registry
+from unbackdoor.clip import defenses as _clip_defenses  # noqa: E402,F401  isort: skip
