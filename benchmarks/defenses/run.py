@@ -13,6 +13,7 @@ the JSON is updated after every cell, so an interrupted run keeps what it finish
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -95,6 +96,9 @@ def main() -> None:
                     "clean_samples_used": report.clean_samples_used,
                     "backdoor_found": report.backdoor_found,
                     "suspected_target": report.suspected_target,
+                    "command": provenance(args.seed)["command"],
+                    "date": provenance(args.seed)["date"],
+                    "load_average": os.getloadavg(),
                 }
             except Exception as e:  # noqa: BLE001  (record and go on)
                 results["rows"][key] = {
@@ -157,12 +161,15 @@ def write_markdown(tag: str, model: str, results: dict) -> None:
                     f"floor (never backdoored): {pct(r['clean_floor_retune_asr'])}"
                     if "clean_floor_retune_asr" in r
                     else f"found={r.get('backdoor_found')}, target={r.get('suspected_target')}"
-                ),
+                )
+                + (f"; {r['note']}" if r.get("note") else ""),
             ]
         )
     text = f"""# Defenses on {tag} ({model})
 
-Produced by `{p["command"]}` on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
+Last run: `{p["command"]}` on {p["date"]}; each row's own command and date are in `{tag}.json` ({
+        p["cpu"]
+    }, {p["hardware"]["cpu_count"]} cores,
 torch {p["versions"]["torch"]}). RA-ASR: ASR after the re-tuning attack ({rc["samples"]} training
 samples, {100 * rc["poison_rate"]:g}% poisoned with the attack's trigger, {rc["epochs"]} epochs,
 Adam lr {rc["lr"]}, batch {rc["batch_size"]}). Raw numbers and re-tuning curves: `{tag}.json`.
