@@ -148,8 +148,31 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Evaluate a model directory: clean accuracy, and ASR/RA when it carries an attack."""
+    """Evaluate a model directory: clean accuracy, and ASR/RA when it carries an attack.
+
+    A CLIP model directory (clip.json) is evaluated zero-shot, with retrieval recall@k.
+    """
     from unbackdoor.api import evaluate_artifact, retune_artifact
+    from unbackdoor.clip.model.store import is_clip_artifact
+
+    if is_clip_artifact(directory):
+        if retune:
+            raise typer.BadParameter("not available for CLIP models yet", param_hint="--retune")
+        from unbackdoor.clip.api import evaluate_clip_artifact
+
+        r = evaluate_clip_artifact(directory, dataset, split)
+        if json_out:
+            _echo_json(r)
+        else:
+            _table(
+                [
+                    ("zero-shot accuracy", _pct(r["clean_acc"])),
+                    ("attack success rate", _pct(r["asr"])),
+                    ("image->text recall@1", _pct(r["retrieval"]["image_to_text"][1])),
+                ],
+                title=str(directory),
+            )
+        return
     from unbackdoor.eval.retune import RetuneConfig
     from unbackdoor.utils.runinfo import resolve_device
 
@@ -241,12 +264,43 @@ def attack(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    clip: Annotated[
+        str | None,
+        typer.Option(
+            help="Poison image-caption pairs and fine-tune this CLIP model instead (a CLIP "
+            "directory, HF CLIPModel directory, OpenAI/open_clip state dict, or 'tiny')."
+        ),
+    ] = None,
+    target_caption: Annotated[
+        str | None, typer.Option(help="CLIP: the poisoned pairs' caption (default: varied).")
+    ] = None,
 ) -> None:
     """Train a backdoored model: writes the artifact, attack.json, metrics.json, trigger.png."""
     from unbackdoor.attacks.pipeline import attack_model
 
     if epochs is not None and epochs < 0:
         raise typer.BadParameter(f"must be >= 0, got {epochs}", param_hint="--epochs")
+    if clip is not None:
+        from unbackdoor.clip.api import attack_clip
+
+        r = attack_clip(
+            clip, dataset, attack_name, out=out, rate=poison_rate, target=target,
+            target_caption=target_caption, attack_options=_parse_options(option),
+            epochs=2 if epochs is None else epochs, lr=1e-4 if lr is None else lr,
+            train_samples=train_samples, seed=seed, device=device,
+        )  # fmt: skip
+        if json_out:
+            _echo_json({"out": str(out), **r})
+        else:
+            _table(
+                [
+                    ("zero-shot accuracy", _pct(r["clean_acc"])),
+                    ("attack success rate", _pct(r["asr"])),
+                    ("saved to", str(out)),
+                ],
+                title="backdoored CLIP",
+            )
+        return
     t, record = attack_model(
         dataset,
         model,
@@ -329,10 +383,17 @@ def unlearn(
     force: Annotated[bool, typer.Option(help="Overwrite a finished model in OUT.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Remove a backdoor: writes the purified model, report.json and trigger pictures."""
+    """Remove a backdoor: writes the purified model, report.json and trigger pictures.
+
+    CLIP model directories take the CLIP defenses: clip-bibau, clip-tbar, cleanclip.
+    """
+    from unbackdoor.clip.model.store import is_clip_artifact
     from unbackdoor.unlearn import unlearn_artifact
 
-    _, report = unlearn_artifact(
+    run = unlearn_artifact
+    if is_clip_artifact(directory):
+        from unbackdoor.clip.api import unlearn_clip_artifact as run
+    _, report = run(
         directory,
         method,
         out=out,

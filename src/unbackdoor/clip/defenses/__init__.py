@@ -8,4 +8,7 @@ from unbackdoor.clip.defenses.bibau import ClipBIBAU
 from unbackdoor.clip.defenses.cleanclip import CleanCLIP
 from unbackdoor.clip.defenses.tbar import ClipTBAR
 
-__all__ = ["ClipBIBAU", "CleanCLIP", "ClipTBAR"]
+#: the defenses that take CLIP models
+CLIP_DEFENSES = (ClipBIBAU.name, ClipTBAR.name, CleanCLIP.name)
+
+__all__ = ["CLIP_DEFENSES", "ClipBIBAU", "CleanCLIP", "ClipTBAR"]

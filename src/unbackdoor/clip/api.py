@@ -1,0 +1,183 @@
+"""CLIP artifacts end to end, for the CLI: attack, evaluate, unlearn.
+
+The same commands as for classifiers (``unbackdoor attack --clip ...``, ``evaluate``,
+``unlearn``) call these functions when the model is a CLIP model. The data set a CLIP artifact
+was poisoned on is recorded in ``clip.json`` (``extra.dataset``); images of any size are resized
+inside the model. Defenses run through :func:`unbackdoor.unlearn.unlearn`, like every method.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.attacks.registry import create_attack
+from unbackdoor.attacks.store import copy_attack, has_attack, load_attack
+from unbackdoor.clip.attacks.pipeline import backdoor_clip
+from unbackdoor.clip.data.pairs import caption_pairs
+from unbackdoor.clip.eval.metrics import retrieval_recall, zero_shot_metrics
+from unbackdoor.clip.model.base import ClipModel
+from unbackdoor.clip.model.store import ClipManifest, is_clip_artifact, load_clip, save_clip
+from unbackdoor.clip.model.tiny import TinyClip
+from unbackdoor.clip.train.contrastive import finetune_contrastive
+from unbackdoor.data.dataset import ImageDataset
+from unbackdoor.data.registry import load_dataset
+from unbackdoor.errors import ArtifactError, ConfigError, DataError
+from unbackdoor.train import TrainConfig
+from unbackdoor.utils.io import atomic_write_json
+from unbackdoor.utils.runinfo import resolve_device
+
+
+def clip_train_config(epochs: int, lr: float, seed: int, device: str) -> TrainConfig:
+    """The contrastive fine-tuning recipe: AdamW, cosine decay, batch 64, no augmentation."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=64,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=0.1,
+        schedule="cosine",
+        warmup=0.0,
+        augment=False,
+        seed=seed,
+        device=device,
+    )
+
+
+def _dataset_name(man: ClipManifest, dataset: str | None) -> str:
+    name = dataset or man.extra.get("dataset")
+    if not name:
+        raise DataError("the CLIP artifact names no data set: pass --dataset / --clean-data")
+    return str(name)
+
+
+def _load(name: str, split: str, man: ClipManifest | None) -> ImageDataset:
+    names = man.class_names if man is not None and man.class_names else None
+    return load_dataset(name, split, class_names=names)
+
+
+def attack_clip(
+    source: str,
+    dataset: str,
+    attack_name: str,
+    *,
+    out: str | Path,
+    rate: float | None = None,
+    target: int = 0,
+    target_caption: str | None = None,
+    attack_options: dict[str, Any] | None = None,
+    epochs: int = 2,
+    lr: float = 1e-4,
+    train_samples: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Backdoor the CLIP model ``source`` (a path :func:`load_clip` reads, or ``"tiny"``).
+
+    ``"tiny"`` first trains a :class:`TinyClip` on clean pairs of ``dataset`` for ``epochs``.
+    Returns the zero-shot metrics of the saved backdoored artifact.
+    """
+    dev = resolve_device(device)
+    train = load_dataset(dataset, "train")
+    test = load_dataset(dataset, "test", class_names=train.class_names)
+    if train_samples is not None:
+        train = train.sample(train_samples, seed)
+    attack = create_attack(attack_name, seed=seed, **(attack_options or {}))
+    cfg = clip_train_config(epochs, lr, seed, str(dev))
+    if source == "tiny":
+        model: ClipModel = TinyClip(
+            image_size=train.images.shape[-1], in_channels=train.images.shape[1]
+        ).to(dev)
+        finetune_contrastive(model, caption_pairs(train, seed=seed), cfg, desc="clip: clean")
+    else:
+        model, _ = load_clip(source, device=str(dev))
+    made = backdoor_clip(
+        model,
+        train,
+        attack,
+        target=target,
+        rate=attack.default_rate if rate is None else rate,
+        config=cfg,
+        target_caption=target_caption,
+        seed=seed,
+        out=out,
+        extra={"dataset": dataset, "source": source, "seed": seed},
+    )
+    m = zero_shot_metrics(made.model, test, trigger=attack, target=target)
+    result = {**m.to_dict(), "poisoned": len(made.record.poison_indices), "attack": attack.name}
+    atomic_write_json(Path(out) / "metrics.json", result)
+    return result
+
+
+def evaluate_clip_artifact(
+    directory: str | Path, dataset: str | None = None, split: str = "test"
+) -> dict[str, Any]:
+    """Zero-shot CA (and ASR/RA with the artifact's attack) and retrieval recall@1/5/10."""
+    model, man = load_clip(directory)
+    data = _load(_dataset_name(man, dataset), split, man)
+    templates = man.templates or None
+    if has_attack(directory):
+        rec = load_attack(directory)
+        m = zero_shot_metrics(
+            model, data, templates=templates, trigger=rec.trigger, target=rec.policy.target
+        )
+    else:
+        m = zero_shot_metrics(model, data, templates=templates)
+    r = retrieval_recall(model, caption_pairs(data, seed=1))
+    return {**m.to_dict(), "retrieval": r.to_dict(), "kind": man.kind}
+
+
+def unlearn_clip_artifact(
+    directory: str | Path,
+    method: str,
+    *,
+    out: str | Path | None = None,
+    clean_data: str | None = None,
+    clean_samples: int | None = None,
+    clean_fraction: float = 0.05,
+    seed: int = 0,
+    known_attack: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    **config: Any,
+) -> tuple[ClipModel, Any]:
+    """Purify the CLIP model in ``directory`` with a CLIP defense; write it to ``out``."""
+    from unbackdoor.clip.defenses import CLIP_DEFENSES
+    from unbackdoor.defenses.registry import DEFENSES
+    from unbackdoor.unlearn import unlearn
+
+    DEFENSES.get(method)  # an unknown name is an error that lists the known ones
+    if method not in CLIP_DEFENSES:
+        raise ConfigError(
+            f"defense {method!r} works on classifiers; for CLIP models use one of "
+            f"{', '.join(CLIP_DEFENSES)}"
+        )
+    if out is not None and is_clip_artifact(out) and not overwrite:
+        raise ArtifactError(f"{out}: already holds a CLIP model; pass overwrite (--force)")
+    model, man = load_clip(directory)
+    data = _load(_dataset_name(man, clean_data), "train", man)
+    if clean_samples is None:
+        clean_samples = max(10, round(clean_fraction * len(data)))
+    if clean_samples > len(data):
+        raise DataError(f"{data.name}: asked for {clean_samples} clean samples of {len(data)}")
+    data = data.sample(clean_samples, seed + 7919)
+    record = load_attack(directory) if known_attack else None
+    purified, report = unlearn(
+        model, data, method, seed=seed, known_attack=record, device=device, **config
+    )
+    if out is not None:
+        out = Path(out)
+        save_clip(
+            purified,
+            out,
+            class_names=man.class_names,
+            templates=man.templates,
+            extra={**man.extra, "unlearned_from": str(directory), "method": method},
+        )
+        copy_attack(directory, out)
+        atomic_write_json(
+            out / "report.json",
+            json.loads(json.dumps({**report.to_dict(), "source": str(directory)}, default=str)),
+        )
+    return purified, report

@@ -1,0 +1,58 @@
+"""The CLI on CLIP models (issue 7): attack --clip, evaluate, unlearn on the same commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unbackdoor.cli import main
+
+
+def run_cli(args: list[str], capsys) -> dict:
+    code = main(args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_attack_evaluate_unlearn_a_tiny_clip_on_mnist(tmp_path, capsys):
+    bd, clean = tmp_path / "bd", tmp_path / "clean"
+    r = run_cli(
+        ["attack", "--clip", "tiny", "--dataset", "mnist", "--attack", "badnets",
+         "--option", "size=4", "--poison-rate", "0.1", "--train-samples", "1200",
+         "--epochs", "3", "--lr", "0.003", "--out", str(bd), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert r["asr"] > 0.5 and r["clean_acc"] > 0.3, r  # a tiny conv CLIP, 1,200 images
+    e = run_cli(["evaluate", str(bd), "--json"], capsys)
+    assert e["asr"] == pytest.approx(r["asr"]) and e["kind"] == "tiny"
+    assert set(e["retrieval"]["image_to_text"]) == {"1", "5", "10"}
+    u = run_cli(
+        ["unlearn", str(bd), "--method", "clip-tbar", "--known-attack", "--clean-samples", "300",
+         "--option", "ca_retention=0.8", "--option", "asr_threshold=0.1",
+         "--out", str(clean), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert u["known_attack"] and u["clean_samples_used"] == 300
+    after = run_cli(["evaluate", str(clean), "--json"], capsys)
+    # plumbing: on this weak tiny model TBAR may find no alpha that keeps 80% of its accuracy
+    # (the report says so) and leave the model as it was
+    report = json.loads((clean / "report.json").read_text())
+    assert "alpha_sweep" in report["diagnostics"]
+    assert after["asr"] <= e["asr"] + 1e-9, after
+
+
+def test_unlearn_on_clip_names_a_wrong_method(tmp_path, capsys):
+    from unbackdoor.clip import TinyClip, save_clip
+
+    save_clip(TinyClip(), tmp_path / "m", class_names=["a", "b"], extra={"dataset": "mnist"})
+    code = main(
+        ["unlearn", str(tmp_path / "m"), "--method", "cleanclp", "--out", str(tmp_path / "o")]
+    )
+    assert code != 0
+    assert "cleanclp" in capsys.readouterr().err
+    code = main(["unlearn", str(tmp_path / "m"), "--method", "bibau", "--out", str(tmp_path / "o")])
+    assert code != 0
+    assert "clip-bibau" in capsys.readouterr().err
