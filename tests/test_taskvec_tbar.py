@@ -175,6 +175,96 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
 
 
+# --- improvements: relative-norm layer ranking, target projection, recalibration -------------
+
+
+def _params_tau(base, changes):
+    """A vector over ``base``'s parameters: ``factor * weight`` for the layers in ``changes``."""
+    params = dict(base.named_parameters())
+    deltas = {k: torch.zeros_like(v.detach()) for k, v in params.items()}
+    for layer, factor in changes.items():
+        for k in (f"{layer}.weight", f"{layer}.bias"):
+            deltas[k] = factor * params[k].detach()
+    return TaskVector(deltas)
+
+
+def test_top_layers_ranks_layers_by_relative_norm():
+    from unbackdoor.defenses.tbar import _top_layers
+
+    base = net(0)
+    small = _params_tau(base, {"features.0": 0.5}).norm()
+    factor = 1.5 * small / _params_tau(base, {"head.1": 1.0}).norm()
+    assert factor < 0.5  # the wide layer moves less relative to its weights ...
+    tau = _params_tau(base, {"features.0": 0.5, "head.1": factor})
+    rows = tau.layer_norms(base)
+    assert [r["layer"] for r in rows[:2]] == ["features.0", "head.1"]
+    assert rows[0]["keys"] == "features.0.weight,features.0.bias"  # a layer is weight + bias
+    assert rows[0]["relative"] == pytest.approx(0.5, rel=1e-5)
+    assert rows[1]["share"] == pytest.approx(2.25 / 3.25, rel=1e-4)  # ... but holds 69% of it
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    kept = _top_layers(tau, 0.25, base)  # ranked by share, head.1 alone would be kept
+    assert set(kept.deltas) == {"features.0.weight", "features.0.bias"}
+    kept = _top_layers(tau, 0.4, base)
+    assert {k.rpartition(".")[0] for k in kept.deltas} == {"features.0", "head.1"}
+    with pytest.raises(ArtifactError, match="does not fit"):
+        TaskVector({"nope.weight": torch.zeros(1)}).layer_norms(base)
+
+
+def test_target_projection_data_and_the_projection():
+    import synth
+    from unbackdoor.defenses.tbar import TBAR, TriggerSpec, _remove_clean_component
+
+    data = synth.blobs(40, classes=4)
+    spec = TriggerSpec(lambda x, i: x.clamp(min=0.5), lambda y: torch.zeros_like(y), "test", 0)
+    defense = TBAR()
+    stamped, relabelled = defense.stamped(data, spec), defense.stamped(data, spec, stamp=False)
+    assert len(stamped) == len(relabelled) == 30 and (relabelled.labels == 0).all()
+    assert torch.equal(relabelled.images, data.images[data.labels != 0])  # not stamped
+    assert not torch.equal(stamped.images, relabelled.images)
+    a, b = TaskVector.between(net(0), net(1)), TaskVector.between(net(0), net(2))
+    p = _remove_clean_component(a, b)
+    for k, v in p.deltas.items():  # orthogonal to the projected-out vector, layer by layer
+        assert float((v * b.deltas[k]).sum()) == pytest.approx(0.0, abs=1e-4)
+    assert TBAR(clean_projection=True).clean_projection == "task"  # the first form
+    assert TBAR(clean_projection=False).clean_projection == "none"
+    from unbackdoor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="recalibrate"):
+        TBAR(recalibrate="all")
+    with pytest.raises(ConfigError, match="clean_projection"):
+        TBAR(clean_projection="clean")
+
+
+def test_recalibrate_batchnorm_and_refit_output_bias():
+    import torch.nn.functional as F
+
+    import synth
+    from unbackdoor.defenses.tbar import recalibrate_batchnorm, refit_output_bias
+    from unbackdoor.eval.loop import predict
+
+    data = synth.blobs(256, classes=4)
+    model = net(0).eval()
+    assert recalibrate_batchnorm(model, data, 64) == 2 and not model.training
+    bn = model.features[1]
+    with torch.no_grad():  # 4 equal batches: the running mean is the data's mean
+        act = model.features[0](model.normalize(data.float_images()))
+    assert torch.allclose(bn.running_mean, act.mean((0, 2, 3)), atol=1e-4)
+    assert bn.momentum == 0.1
+    with torch.no_grad():
+        model.head[3].bias[0] -= 30.0  # class 0 is never predicted any more
+    assert not (predict(model, data) == 0).any()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = data.float_images()
+    with torch.no_grad():
+        loss_before = F.cross_entropy(model(x), data.labels)
+    delta = refit_output_bias(model, data)
+    assert delta.shape == (4,) and float(delta[0]) > 10
+    with torch.no_grad():
+        assert F.cross_entropy(model(x), data.labels) < loss_before
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.3.bias"}  # only the output biases move
+
+
 # --- the fine-tuning regime: TBAR end to end, and the disentanglement analysis -----------------
 
 

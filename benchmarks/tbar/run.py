@@ -11,26 +11,28 @@ two stratified halves A and B;
 - *from scratch*: the same architecture trained on the poisoned B from a random init.
 
 Each backdoored model is purified by TBAR, known attack (the trigger from ``attack.json``) and
-unknown attack (inverted trigger), in its plain form and with each improvement: (a)
-``clean_projection``, (b) ``top_layers``, (c) ``linearized`` (tangent-space fine-tuning), all
-with the defender data ``unlearn`` uses (5% of the training set unless ``--clean-samples``) and
-the same seed. Reported: test CA, ASR, CA retention (CA after / CA before), the chosen alpha,
-the re-tuning attack's ASR on the purified model (``evaluate --retune``'s defaults; the clean
-floor is the pretrained clean model's), wall time, and fine-tuning on the same data (``ft``) for
-the cost comparison. ``d_adam`` fine-tunes the trigger vector with Adam instead of SGD: a
-saturated backdoor (loss ~1e-4 on stamped images) gives SGD almost no gradient, while Adam's
-steps do not depend on the gradient's scale. ``--curve`` adds the test-set trade-off curves (CA
-and ASR of ``theta_b - alpha tau`` over alpha, known attack, ``plain`` and ``d_adam``) for both
-regimes, plotted in ``<dataset>_curve.png``; ``--sample-sizes`` the known-attack sweep over the
-defender's data size. Writes ``<dataset>.json`` (after every cell, so an interrupted run
-resumes) and ``<dataset>.md`` (with ``<dataset>.notes.md`` appended, the reading of the numbers)
-beside this file; models and purified models go to ``runs/`` (not committed).
+unknown attack (inverted trigger), as published (``plain``: no projection, no recalibration)
+and with each improvement alone: (a) ``a_projection`` (projection off a clean-task vector) and
+``a_target`` (off the target-class vector: the same images unstamped, labelled with the target),
+(b) ``b_top_layers`` (layers ranked by relative norm), (c) ``c_linearized`` (tangent-space
+fine-tuning), ``d_adam`` (Adam instead of SGD for the trigger fine-tune), ``e_recalibrate``
+(BatchNorm statistics and output biases recalibrated on clean data after negation), and the
+``default`` (``a_target`` + ``e_recalibrate``). All use the defender data ``unlearn`` uses (5% of
+the training set unless ``--clean-samples``), the same seed and the same alpha rule. Reported:
+test CA, ASR, CA retention (CA after / CA before), the chosen alpha, the re-tuning attack's ASR
+on the purified model (``evaluate --retune``'s defaults; the clean floor is the pretrained clean
+model's), wall time, and fine-tuning on the same data (``ft``) for the cost comparison.
+``--curve`` adds the test-set trade-off curves (CA and ASR of the defense's output over alpha,
+known attack, ``plain`` and ``default``) for both regimes, plotted in ``<dataset>_curve.png``;
+``--sample-sizes`` the known-attack sweep over the defender's data size. Writes
+``<dataset>.json`` (after every cell, so an interrupted run resumes) and ``<dataset>.md`` (with
+``<dataset>.notes.md`` appended, the reading of the numbers) beside this file; models and
+purified models go to ``runs/`` (not committed).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 import traceback
@@ -58,15 +60,19 @@ from unbackdoor.unlearn import defender_data, split_defender_data, unlearn_artif
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+PLAIN = {"clean_projection": "none", "recalibrate": "none"}  # TBAR as published
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "a_projection": {"clean_projection": True},
-    "b_top_layers": {"top_layers": 0.8},
-    "c_linearized": {"linearized": True},
-    "d_adam": {"optimizer": "adam", "lr": 1e-3},
+    "plain": PLAIN,
+    "a_projection": {**PLAIN, "clean_projection": "task"},
+    "a_target": {**PLAIN, "clean_projection": "target"},
+    "b_top_layers": {**PLAIN, "top_layers": 0.8},
+    "c_linearized": {**PLAIN, "linearized": True},
+    "d_adam": {**PLAIN, "optimizer": "adam", "lr": 1e-3},
+    "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
+    "default": {},  # clean_projection="target", recalibrate="bn+bias"
 }
-CURVE_VARIANTS = ("plain", "d_adam")
-CURVE_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]
+CURVE_VARIANTS = ("plain", "default")
+CURVE_ALPHAS = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0]
 
 
 def halves(dataset: str, seed: int):
@@ -113,9 +119,10 @@ def models(args: argparse.Namespace, attack: str) -> dict[str, Path]:
 
 
 def tradeoff_curve(model_dir: Path, args: argparse.Namespace, **tbar: Any) -> list[dict]:
-    """Test-set CA and ASR of theta_b - alpha tau (known attack) over ``CURVE_ALPHAS``.
+    """Test-set CA and ASR of the defense's output over ``CURVE_ALPHAS`` (known attack).
 
-    tau is built exactly as ``unlearn`` builds it (same defender data, split and seed).
+    tau (projected and restricted as the options say) and the recalibration of each
+    ``theta_b - alpha tau`` are exactly those of ``unlearn`` (same defender data, split, seed).
     """
     from unbackdoor.defenses.tbar import TBAR
     from unbackdoor.utils.runinfo import resolve_device, seed_everything
@@ -128,14 +135,12 @@ def tradeoff_curve(model_dir: Path, args: argparse.Namespace, **tbar: Any) -> li
     defense = TBAR(seed=args.seed, device=args.device, **tbar)
     seed_everything(args.seed)
     spec, _, _ = defense.trigger(model, train_part, record, dev)
-    tau = defense.task_vector(
-        model, defense.stamped(train_part, spec), defense.key_filter(model), "curve"
-    )
+    tau = defense.trigger_vector(model, train_part, spec)
     test = load_test_data(manifest, None, "test")
     out = []
     for a in CURVE_ALPHAS:
         m = evaluate(
-            tau.apply_to(copy.deepcopy(model), -a),
+            defense.repaired(model, tau, a, train_part),
             test,
             trigger=record.trigger,
             attack_labels=record.attack_labels,
@@ -213,6 +218,11 @@ def main() -> None:
     ap.add_argument("--ft-baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--bibau", action="store_true", help="BI-BAU on the same models too")
     ap.add_argument(
+        "--models-only",
+        action="store_true",
+        help="only build (or find) the clean, fine-tuned and from-scratch models, then stop",
+    )
+    ap.add_argument(
         "--ft-lr-scale",
         type=float,
         default=0.2,
@@ -228,6 +238,9 @@ def main() -> None:
     runs = HERE / "runs" / tag
     for attack in args.attacks.split(","):
         paths = models(args, attack)
+        if args.models_only:
+            print(attack, {k: str(v) for k, v in paths.items()}, flush=True)
+            continue
         if f"{attack}/floor" not in results["rows"]:
             clean, _ = load_model(paths["clean"])
             manifest_model, manifest = load_model(paths["finetune"])
@@ -275,6 +288,8 @@ def main() -> None:
                     partial(defend, paths["finetune"], out, "tbar", True, sub, **VARIANTS[v]),
                     out_json=out_json,
                 )
+    if args.models_only:
+        return
     results["provenance"] = provenance(args.seed)
     results["variants"] = VARIANTS
     atomic_write_json(out_json, results)
@@ -404,7 +419,7 @@ curves: `{tag}.json`; curves plotted in `{tag}_curve.png`.
 
 {md_table(header, rows)}
 
-## Test-set trade-off curves (known attack; plain SGD and `d_adam` trigger vectors)
+## Test-set trade-off curves (known attack; `plain` and `default`, each as the defense builds it)
 
 {md_table(["model", "alpha", "CA", "ASR"], curve_rows)}
 """

@@ -122,6 +122,38 @@ class TaskVector:
             rows.append(row)
         return rows
 
+    def layer_norms(self, base: StateLike) -> list[dict[str, float | str]]:
+        """Per layer (entries grouped by their module: weight and bias together), the vector's
+        norm, the base weights' norm, the relative norm ``|tau_l| / |theta_l|`` and the share of
+        the vector's squared norm; largest relative norm first.
+
+        The relative norm says where the vector concentrates *for the layer's scale*: the raw
+        norm favours wide layers (the flattened conv-to-linear matrix) whatever they do.
+        """
+        state = _state(base)
+        missing = sorted(set(self.deltas) - set(state))
+        if missing:
+            raise ArtifactError(f"task vector does not fit this model: no {missing[:4]}")
+        total = sum(float(v.pow(2).sum()) for v in self.deltas.values()) or 1.0
+        groups: dict[str, list[str]] = {}
+        for k in self.deltas:
+            groups.setdefault(k.rpartition(".")[0] or k, []).append(k)
+        rows: list[dict[str, float | str]] = []
+        for layer, keys in groups.items():
+            sq = sum(float(self.deltas[k].pow(2).sum()) for k in keys)
+            base_sq = sum(float(state[k].float().pow(2).sum()) for k in keys)
+            rows.append(
+                {
+                    "layer": layer,
+                    "keys": ",".join(keys),
+                    "norm": math.sqrt(sq),
+                    "base_norm": math.sqrt(base_sq),
+                    "relative": math.sqrt(sq / base_sq) if base_sq > 0 else math.inf,
+                    "share": sq / total,
+                }
+            )
+        return sorted(rows, key=lambda r: -float(r["relative"]))
+
     def apply_to(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
         """``model.weights += alpha * tau`` in place (entries not in the vector untouched)."""
         state = model.state_dict()
