@@ -171,6 +171,21 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     assert choose_alpha(sweep, base_ca, 0.05, 0.95)[0] == 2.75
     sweep, _ = tbar_mod.TBAR(**grid, alpha_growth=1.25).sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 1.0, 2.0, 2.5]  # 3.125 is past alpha_max
+    # a long vector: ASR 100% -> 0% and CA under the floor between two grid points: bisect
+    monkeypatch.setattr(
+        tbar_mod,
+        "evaluate",
+        lambda model, val, trigger=None, attack_labels=None: Metrics(
+            clean_acc=0.9 if float(model.head[3].bias[0].detach()) < 0.2 else 0.5,
+            asr=max(0.0, 1.0 - float(model.head[3].bias[0].detach()) / 0.15),
+        ),
+    )
+    coarse = dict(alphas=(0.0, 0.25), alpha_max=None)
+    sweep, base_ca = tbar_mod.TBAR(**coarse).sweep(model, tau, data, spec)
+    assert [s["alpha"] for s in sweep] == [0.0, 0.25, 0.125, 0.1875]
+    assert choose_alpha(sweep, base_ca, 0.01, 0.95)[0] == 0.1875
+    sweep, _ = tbar_mod.TBAR(**coarse, alpha_refine=1).sweep(model, tau, data, spec)
+    assert choose_alpha(sweep, base_ca, 0.01, 0.95)[1].startswith("no alpha met")
     img = tbar_mod.sweep_image(sweep, 2.75, 0.855, 0.05, "test")
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
 

@@ -107,6 +107,7 @@ class TBAR(Defense):
     alpha_max: float | None = 64.0
     alpha_step: float = 0.25
     alpha_growth: float = 1.25
+    alpha_refine: int = 4
     asr_threshold: float = 0.01
     ca_retention: float = 0.95
     params: str | list[str] = "all"
@@ -137,6 +138,7 @@ class TBAR(Defense):
         self._require(self.alpha_max is None or self.alpha_max >= 0, "alpha_max", "None or >= 0")
         self._require(self.alpha_step > 0, "alpha_step", "> 0")
         self._require(self.alpha_growth >= 1, "alpha_growth", ">= 1")
+        self._require(self.alpha_refine >= 0, "alpha_refine", ">= 0")
         self._require(0 <= self.asr_threshold <= 1, "asr_threshold", "in [0, 1]")
         self._require(0 < self.ca_retention <= 1, "ca_retention", "in (0, 1]")
         self._require(
@@ -347,7 +349,11 @@ class TBAR(Defense):
 
         The grid is ``alphas``, extended to ``max(a + alpha_step, a * alpha_growth)`` up to
         ``alpha_max`` while no alpha meets both the ASR threshold and the accuracy floor and the
-        last two points have not both fallen under the floor. Returns the sweep and theta_b's CA.
+        last two points have not both fallen under the floor. If still no alpha meets both, the
+        gap between the last alpha keeping the accuracy and the next one is bisected up to
+        ``alpha_refine`` times (a long vector, e.g. from an inverted trigger that fools only
+        part of the time, can jump from ASR 80% to 0% and CA 99% to 92% between two grid
+        points). Returns the sweep (in evaluation order) and theta_b's CA.
         """
         base = evaluate(theta_b, val, trigger=spec.stamp, attack_labels=spec.labels)
         floor = self.ca_retention * base.clean_acc
@@ -371,6 +377,21 @@ class TBAR(Defense):
             if a > self.alpha_max + 1e-9 or all(s["val_clean_acc"] < floor for s in sweep[-2:]):
                 break
             sweep.append(point(a) | {"extended": True})
+        for _ in range(self.alpha_refine):
+            if any(met(s) for s in sweep):
+                break
+            pts = sorted(sweep, key=lambda s: s["alpha"])
+            gap = next(
+                (
+                    (lo["alpha"], hi["alpha"])
+                    for lo, hi in zip(pts, pts[1:], strict=False)
+                    if lo["val_clean_acc"] >= floor and hi["val_clean_acc"] < floor
+                ),
+                None,
+            )
+            if gap is None:
+                break
+            sweep.append(point(round((gap[0] + gap[1]) / 2, 6)) | {"refined": True})
         return sweep, base.clean_acc
 
     def run(
