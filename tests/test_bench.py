@@ -349,3 +349,27 @@ def test_report_renders_from_stored_results(tmp_path):
         assert p.is_file() and p.stat().st_size > 1000 and p.name in md
     html = files.html.read_text()
     assert "<table>" in html and "bibau" in html and "<img" in html
+
+
+def test_a_rerun_with_another_config_supersedes_the_old_row(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rows = [
+        {"key": "mnist/small_cnn/badnets/bibau/f0.05/s0#aaaa", "status": "ok", "asr": 0.5},
+        {"key": "mnist/small_cnn/badnets/ft/f0.05/s0#bbbb", "status": "ok", "asr": 0.9},
+        {"key": "mnist/small_cnn/badnets/bibau/f0.05/s0#cccc", "status": "ok", "asr": 0.1},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_results(path)
+    assert [r["key"][-4:] for r in got] == ["bbbb", "cccc"]
+
+
+def test_a_changed_defense_default_changes_the_cell_key(monkeypatch):
+    from unbackdoor.bench.config import DefenseSpec
+    from unbackdoor.defenses.ft import FineTuning
+
+    spec = DefenseSpec("ft")
+    before = cells_mod._resolved_defense_config(spec)
+    real = FineTuning.config
+    monkeypatch.setattr(FineTuning, "config", lambda self: {**real(self), "lr": 0.123})
+    assert cells_mod._resolved_defense_config(spec) != before
+    assert cells_mod._resolved_defense_config(DefenseSpec("none")) is None

@@ -31,6 +31,40 @@ def test_config_rejects_unknown_keys_and_bad_values():
         create_defense("bibau", mode="sideways")
     with pytest.raises(ConfigError, match="stamp_fraction=1.5"):
         create_defense("bibau", stamp_fraction=1.5)
+    with pytest.raises(ConfigError, match="stamped_target='soft'"):
+        create_defense("bibau", stamped_target="soft")
+    with pytest.raises(ConfigError, match="norm_lr_scale=-1"):
+        create_defense("bibau", norm_lr_scale=-1)
+
+
+def test_param_groups_scale_only_normalisation_layers():
+    from unbackdoor.defenses.bibau import _param_groups
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(2),
+    )
+    model(torch.zeros(1, 1, 5, 5))
+    rest, norm = _param_groups(model, 0.1, 0.5)
+    assert norm["lr"] == pytest.approx(0.05) and rest["lr"] == pytest.approx(0.1)
+    assert {id(p) for p in norm["params"]} == {id(p) for p in model[1].parameters()}
+    assert len(rest["params"]) == 4
+
+
+def test_non_finite_unlearning_loss_is_a_clear_error(mnist_backdoor):
+    from unbackdoor.inversion import MaskPattern
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    data = unbackdoor.load_dataset("mnist", "train").sample(128, 5)
+    d = BIBAU(outer_steps=1, batch_size=64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trigger = MaskPattern(1, tuple(data.images.shape[1:]))
+    with pytest.raises(FloatingPointError, match="unlearning loss became nan at round 1"):
+        d._unlearn(model, copy.deepcopy(model), data, [trigger], opt, None, torch.device("cpu"), 0)
 
 
 def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):

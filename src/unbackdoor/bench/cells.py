@@ -173,6 +173,15 @@ class ModelJob:
             )
 
 
+def _resolved_defense_config(spec: DefenseSpec | None) -> dict[str, Any] | None:
+    if spec is None or spec.name == NONE:
+        return None
+    from unbackdoor.defenses import create_defense
+
+    cfg = create_defense(spec.name, **spec.options).config()
+    return {k: v for k, v in cfg.items() if k not in ("seed", "device")}
+
+
 def zoo_model(
     dataset: str,
     model: str,
@@ -267,6 +276,8 @@ class Cell:
             "role": self.role,
             "attack": dataclasses.asdict(self.attack),
             "defense": dataclasses.asdict(self.defense) if self.defense else None,
+            # the method's resolved defaults too: a changed default is a new cell, not a "done" one
+            "defense_config": _resolved_defense_config(self.defense),
             "model_config": self.backdoored.zoo_config(),
             "retune": self.retune,
             "test_samples": self.test_samples,
@@ -296,6 +307,8 @@ class Cell:
             "config": {
                 "attack": dataclasses.asdict(self.attack),
                 "defense": dataclasses.asdict(self.defense) if self.defense else None,
+            # the method's resolved defaults too: a changed default is a new cell, not a "done" one
+            "defense_config": _resolved_defense_config(self.defense),
                 "rate": self.backdoored.rate,
                 "target": self.backdoored.target,
                 "train": dataclasses.asdict(self.backdoored.train),

@@ -55,6 +55,9 @@ from unbackdoor.utils.runinfo import resolve_device
 
 MODES = ("auto", "targeted", "untargeted")
 FAMILY_CHOICES = ("auto", "mask_pattern", "additive")
+# what a stamped image is taught: its true label, or the backdoored model's output on the clean
+# version of the same image (its dark knowledge; the label where that model is right)
+STAMPED_TARGETS = ("label", "teacher")
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -106,6 +109,9 @@ class BIBAU(Defense):
     family: str = "auto"
     bf16: bool = False
     freeze_bn_stats: bool = False
+    clean_ce_weight: float = 1.0
+    stamped_target: str = "label"
+    norm_lr_scale: float = 1.0
     checkpoint_dir: str | None = None
 
     def validate(self) -> None:
@@ -125,6 +131,11 @@ class BIBAU(Defense):
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
+        self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
+        self._require(self.norm_lr_scale >= 0, "norm_lr_scale", ">= 0")
+        self._require(
+            self.stamped_target in STAMPED_TARGETS, "stamped_target", f"one of {STAMPED_TARGETS}"
+        )
 
     # --------------------------------------------------------------------------- E-step
     def posterior(self, anomaly: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -209,7 +220,12 @@ class BIBAU(Defense):
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            _param_groups(model, self.lr, self.norm_lr_scale),
+            lr=self.lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+        )
         start_round = self._resume(model, opt, bank, diag)
         augment = default_augment(clean.name, clean.images.shape[-1])
         inner = InversionConfig(
@@ -318,20 +334,26 @@ class BIBAU(Defense):
                     logits = model(torch.cat([x, xs])).float()
                 f_all = None if feats.value is None else feats.value.float()
                 clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
-                loss = F.cross_entropy(clean_logits, y) + F.cross_entropy(stamped_logits, y[:n_s])
+                if self.stamped_target == "teacher":
+                    loss = _distill(stamped_logits, t_logits[:n_s])
+                else:
+                    loss = F.cross_entropy(stamped_logits, y[:n_s])
+                if self.clean_ce_weight:
+                    loss = loss + self.clean_ce_weight * F.cross_entropy(clean_logits, y)
                 if self.kl_weight:
-                    loss = loss + self.kl_weight * F.kl_div(
-                        clean_logits.log_softmax(1),
-                        t_logits.log_softmax(1),
-                        log_target=True,
-                        reduction="batchmean",
-                    )
+                    loss = loss + self.kl_weight * _distill(clean_logits, t_logits)
                 if self.feature_weight and f_all is not None:
                     f_clean = f_all[:n_s].detach()
                     f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
                     num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
                     den = f_clean.pow(2).flatten(1).sum(1).clamp_min(1e-6)
                     loss = loss + self.feature_weight * (num / den).mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"bibau: the unlearning loss became {loss.item()} at round {rnd + 1}, "
+                        f"step {steps + 1}; lower lr (now {self.lr})"
+                        + (" or leave freeze_bn_stats off" if self.freeze_bn_stats else "")
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -390,6 +412,32 @@ class BIBAU(Defense):
             bank.append(b)
         diag.update(json.loads(state["diag_json"]))
         return int(state["round"])
+
+
+def _param_groups(model: nn.Module, lr: float, norm_scale: float) -> list[dict[str, Any]]:
+    """Two SGD groups: normalisation layers' parameters (lr * ``norm_scale``) and the rest."""
+    norm = {
+        id(p)
+        for m in model.modules()
+        if getattr(m, "running_mean", None) is not None
+        for p in m.parameters(recurse=False)
+    }
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) not in norm], "lr": lr},
+        {"params": [p for p in params if id(p) in norm], "lr": lr * norm_scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _distill(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per sample, averaged: the consistency term."""
+    return F.kl_div(
+        student_logits.log_softmax(1),
+        teacher_logits.log_softmax(1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def _single(family: TriggerFamily, k: int) -> TriggerFamily:
