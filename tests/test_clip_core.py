@@ -133,3 +133,34 @@ def test_save_and_load_tiny_clip_roundtrip(tmp_path):
     assert torch.allclose(back.encode_image(x), m.encode_image(x))
     assert torch.allclose(back.encode_texts(["a b"]), m.encode_texts(["a b"]))
     assert man.class_names == ["a", "b"] and man.kind == "tiny"
+
+
+def test_feature_cache_memoises_rows_and_notices_changed_weights():
+    import copy
+
+    from unbackdoor.clip.pretrained import FeatureCache
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).eval()
+    calls: list[int] = []
+
+    def frozen(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return conv(x)
+
+    cache = FeatureCache(max_items=100)
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        first = cache(frozen, x[:4], [conv])
+        both = cache(frozen, x, [conv])  # rows 0-3 are known: only 2 new rows go through
+        assert calls == [4, 2] and (cache.hits, cache.misses) == (4, 6)
+        assert torch.allclose(both, conv(x), atol=1e-6) and torch.equal(both[:4], first)
+        conv.weight.add_(1.0)  # other weights: nothing stale is read
+        assert torch.allclose(cache(frozen, x[:2], [conv]), conv(x[:2]), atol=1e-6)
+        assert calls[-1] == 2
+    xg = x[:3].clone().requires_grad_(True)  # inversion: never cached, gradients flow
+    cache(frozen, xg, [conv]).sum().backward()
+    assert xg.grad is not None and calls[-1] == 3
+    assert copy.deepcopy({"c": cache})["c"] is cache  # model copies share it
+    with pytest.raises(ConfigError, match="max_items"):
+        FeatureCache(max_items=0)
