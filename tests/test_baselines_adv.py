@@ -1,12 +1,13 @@
 """Adversarial baselines on the small MNIST BadNets model: I-BAU, ANP, SAU (issue 6).
 
-Small round/iteration counts keep these quick; the full defaults are measured in
-``benchmarks/defenses``. ANP is checked for what it does (masks, a pruning chosen on the
-held-out split only, a loadable model) but not for a lower ASR: on this 2-conv net the backdoor
-lives in the hidden units of the linear head, not in BatchNorm channels (zeroing even the 20
-BatchNorm channels that react most to the trigger leaves the ASR at 100%), and ANP's adversarial
-neuron perturbations send clean images to classes 4 and 5, not to the target, so the paper's
-premise does not hold here.
+The ASR tests are slow (marked): I-BAU needs its official defaults on 2,000 images to find the
+backdoor (see ``SETUPS``), and SAU does not remove this backdoor at all (the measured reason is on
+its xfail marker). ANP is checked for what it does (masks, a pruning chosen on the held-out split
+only, a loadable model, the fast net's fixed-scale BatchNorms) but not for a lower ASR: on this
+2-conv net the backdoor lives in the hidden units of the linear head, not in BatchNorm channels
+(zeroing even the 20 BatchNorm channels that react most to the trigger leaves the ASR at 100%),
+and ANP's adversarial neuron perturbations send clean images to classes 4 and 5, not to the
+target, so the paper's premise does not hold here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from unbackdoor.data.registry import DATASETS
 from unbackdoor.defenses import create_defense, list_defenses
 from unbackdoor.errors import ConfigError
 
-FAST = {
-    "ibau": dict(rounds=3, outer_portion=0.1, clamp=True, norm_bound=5.0),
-    "sau": dict(rounds=3, batch_size=64, lr=1e-3),
+# The defender's data for the ASR tests. I-BAU runs its official defaults on 2,000 images (1,600
+# to train on: 16 batches of 100 a round); with 600 images (5 batches) its inner maximisation,
+# one step per batch, never reaches the backdoor (see ``ibau.py``) and the ASR stays at 97%.
+SETUPS: dict[str, tuple[int, dict]] = {
+    "ibau": (2000, {}),
+    "sau": (1000, dict(rounds=4, batch_size=64)),
 }
 
 
@@ -49,19 +53,24 @@ def check_purified(path, model, purified, report, data):
     assert report.clean_samples_used == len(data)
 
 
-OPEN = pytest.mark.xfail(
-    reason="open (issue 6): does not yet lower this small MNIST BadNets model's ASR enough "
-    "with these settings (I-BAU removes CIFAR-10 BadNets: benchmarks/cpu_badnets)",
+SAU_OPEN = pytest.mark.xfail(
+    reason="SAU leaves this model's backdoor alone: its shared adversarial examples live in an "
+    "L_inf ball of 0.2 (BackdoorBench's), while the MNIST BadNets trigger is a 3x3 patch of value "
+    "1 on black (L_inf 1), and on MNIST the ball's adversarial examples mostly go to other "
+    "classes (18% of them to the target at the first step). Measured with the defaults on "
+    "1,000 images, 20 rounds (260 steps of 64): ASR 100% -> 100%, CA 91.0% -> 94.1%, the model "
+    "made robust inside the ball (shared adversarial examples 31% -> 3%); eps 0.3: ASR 100%",
     strict=False,
 )
 
 
-@pytest.mark.parametrize(
-    "method", [pytest.param("ibau", marks=OPEN), pytest.param("sau", marks=OPEN)]
-)
+@pytest.mark.slow  # I-BAU: 5 rounds over 1,600 images, 1-5 min on this project's 2-core CPU
+@pytest.mark.parametrize("method", ["ibau", pytest.param("sau", marks=SAU_OPEN)])
 def test_lowers_asr_and_keeps_clean_accuracy(bench, method):
-    path, model, data, metrics, before = bench
-    purified, report = unbackdoor.unlearn(model, data, method, **FAST[method])
+    path, model, _, metrics, before = bench
+    n, options = SETUPS[method]
+    data = unbackdoor.load_dataset("mnist", "train").sample(n, 2)
+    purified, report = unbackdoor.unlearn(model, data, method, **options)
     after = metrics(purified)
     assert before.asr > 0.9
     assert after.asr < 0.6 * before.asr, (method, after)
@@ -114,7 +123,7 @@ def test_anp_prunes_on_val_only_and_never_reads_test_data(bench, monkeypatch):
     assert d["layers"] == ["features.1", "features.5"]  # BatchNorm channels: 96 neurons
     bn = dict(out.model.named_modules())
     for name, i, mask in d["pruned"]:
-        assert mask <= d["chosen"] + 1e-9 and float(bn[name].weight[i]) == 0.0
+        assert mask <= d["chosen"] + 1e-9 and float(bn[name].weight[i].detach()) == 0.0
     assert metrics(out.model).clean_acc > before.clean_acc - 0.05
     fresh, _ = unbackdoor.load_model(path)  # a plain model of the same architecture
     fresh.load_state_dict(out.model.state_dict())
@@ -162,3 +171,41 @@ def test_listed_with_one_line_descriptions():
     names = list_defenses()
     for method in ("ibau", "anp", "sau"):
         assert names[method] and "\n" not in names[method]
+
+
+def test_anp_runs_on_a_tiny_fastnet_and_prunes_its_fixed_scale_batchnorms():
+    """The fast net's BatchNorms have a fixed scale (no ``weight``) and its whitening conv is a
+    functional call with a frozen filter: ANP masks the BatchNorm channels, and a pruned channel
+    outputs its shift alone, in eval and in train mode; the state dict loads into a fresh net."""
+    import torch
+
+    from unbackdoor.data.dataset import ImageDataset
+
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(100, 3, 32, 32, generator=gen) * 255).to(torch.uint8)
+    data = ImageDataset(images, torch.arange(100) % 10, [str(i) for i in range(10)], "synthetic")
+    model = unbackdoor.create_model("fastnet", 10, widths=(8, 16, 16))
+    model.init_from_data(images[:50].float() / 255)
+    clean, val = data.split(0.8, 0)
+    anp = create_defense(
+        "anp", iterations=4, batch_size=32, pruning_by="number", pruning_max=6, select_on_val=False
+    )
+    out = anp.run(copy.deepcopy(model), clean, val)
+    d = out.diagnostics
+    assert d["layers"] == [f"group{g}.norm{k}" for g in (1, 2, 3) for k in (1, 2)]
+    assert d["num_neurons"] == 8 * 2 + 16 * 4 and len(d["pruned"]) == 6
+    assert d["mask_curve"][-1]["mean_mask"] < 1  # the masks moved: they reach the loss
+    modules = dict(out.model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    for name in {p[0] for p in d["pruned"]}:
+        modules[name].register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o))
+    x = images[:16].float() / 255
+    for train_mode in (False, True):
+        out.model.train(train_mode)
+        with torch.no_grad():
+            out.model(x)
+        for name, i, _ in d["pruned"]:
+            shift = modules[name].bias[i] * modules[name].bias_scale
+            assert torch.allclose(seen[name][:, i], shift.expand_as(seen[name][:, i]), atol=1e-5)
+    fresh = unbackdoor.create_model("fastnet", 10, widths=(8, 16, 16))
+    fresh.load_state_dict(out.model.state_dict())

@@ -2,8 +2,11 @@
 
 Fine-tuning as a backdoor defense is studied by Liu, Dolan-Gavitt, Garg, "Fine-Pruning:
 Defending Against Backdooring Attacks on Deep Neural Networks" (RAID 2018, arXiv 1805.12185);
-the schedule follows BackdoorBench's ``ft`` (Wu et al., NeurIPS 2022 Datasets and Benchmarks):
-SGD, momentum 0.9, weight decay 5e-4, cosine learning rate from 0.01, a few epochs.
+the schedule follows BackdoorBench's ``ft`` (Wu et al., NeurIPS 2022 Datasets and Benchmarks,
+``config/defense/ft/config.yaml``): SGD, momentum 0.9, weight decay 5e-4, cosine learning rate
+from 0.01. BackdoorBench runs 100 epochs of batch 256 over its 5% of the training set (about
+1,000 steps); the default here is 10 epochs of batch 128 (160 steps on 2,000 images), what a CPU
+affords in a grid; ``epochs=100, batch_size=256`` is BackdoorBench's schedule.
 """
 
 from __future__ import annotations

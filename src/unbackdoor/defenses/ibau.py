@@ -30,6 +30,18 @@ Known deviations of the official code from the paper, kept here by default and d
    rest of the step is clean fine-tuning plus the implicit term. Option ``outer_portion``.
 4. The inner loss inside the fixed-point map always uses the first batch with its true labels,
    while the inner maximisation uses every batch with predicted labels.
+5. The CIFAR notebook (``clean_solution_batch_opt_hyperdimentional_cifar.ipynb``, whose one-round
+   numbers the README quotes) clamps, projects onto the L2 ball of radius 10, and runs its inner
+   maximisation over the *triggered* copies of its unlearning images (its ``poiloader``), which
+   a defender does not have; ``defense.py`` and this module use the clean ones. The notebook's
+   setting is ``rounds=1, clamp=True, norm_bound=10``.
+
+The inner maximisation takes one step of size 10 per batch, so how far ``delta`` goes depends
+on how many batches the defender's data makes: on the small MNIST test model, 480 images (5
+batches) leave it at an L2 norm of about 3, fooling few held-out images and none towards the
+target, and the backdoor survives; 1,600 images (16 batches) take it to a norm of a few hundred
+(nothing bounds it by default) and the backdoor goes (``tests/test_baselines_adv.py``). The
+official runs use 5,000 images (50 batches).
 
 Our only departures: batches are drawn from :func:`unbackdoor.train.train` (shuffled per round
 rather than in a fixed order), and the random choice of perturbed samples uses a seeded torch
@@ -71,9 +83,13 @@ def custom_step_train(
     optimizer: str,
     lr: float,
     device: torch.device,
+    bf16: bool = False,
 ) -> TrainResult:
     """:func:`unbackdoor.train.train` with a defense's own step, as the official I-BAU and SAU
-    loops run it: constant learning rate, no weight decay, no augmentation; ends in eval mode."""
+    loops run it: constant learning rate, no weight decay, no augmentation; ends in eval mode.
+
+    ``bf16`` runs the step under bfloat16 autocast, channels-last on a CPU (a speed option).
+    """
     cfg = TrainConfig(
         epochs=epochs,
         batch_size=defense.batch_size,  # type: ignore[attr-defined]
@@ -86,6 +102,8 @@ def custom_step_train(
         augment=False,
         seed=defense.seed,
         device=str(device),
+        bf16=bf16,
+        channels_last=bf16 and device.type == "cpu",
     )
     result = train(model, data, cfg, loss_fn=loss_fn, on_epoch_end=on_epoch_end, desc=defense.name)
     model.eval()
