@@ -363,13 +363,20 @@ def test_a_rerun_with_another_config_supersedes_the_old_row(tmp_path):
     assert [r["key"][-4:] for r in got] == ["bbbb", "cccc"]
 
 
-def test_a_changed_defense_default_changes_the_cell_key(monkeypatch):
-    from unbackdoor.bench.config import DefenseSpec
+def test_a_changed_defense_default_makes_the_stored_row_stale(monkeypatch):
+    from unbackdoor.bench.config import AttackSpec, DefenseSpec
     from unbackdoor.defenses.ft import FineTuning
 
-    spec = DefenseSpec("ft")
-    before = cells_mod._resolved_defense_config(spec)
+    def cell(defense: str) -> cells_mod.Cell:
+        return cells_mod.Cell(
+            "defense", "mnist", "small_cnn", AttackSpec("badnets"), DefenseSpec(defense),
+            0.05, 0, None, None, {}, "out",
+        )  # fmt: skip
+
+    row = {"status": "ok", "defense_config": FineTuning(seed=3, device="cpu").config()}
+    assert cell("ft").is_done(row)
+    assert not cell("ft").is_done({**row, "status": "error"}) and not cell("ft").is_done(None)
     real = FineTuning.config
     monkeypatch.setattr(FineTuning, "config", lambda self: {**real(self), "lr": 0.123})
-    assert cells_mod._resolved_defense_config(spec) != before
-    assert cells_mod._resolved_defense_config(DefenseSpec("none")) is None
+    assert not cell("ft").is_done(row)  # the stored row ran with the old default
+    assert cell("none").is_done({"status": "ok"})

@@ -276,8 +276,6 @@ class Cell:
             "role": self.role,
             "attack": dataclasses.asdict(self.attack),
             "defense": dataclasses.asdict(self.defense) if self.defense else None,
-            # the method's resolved defaults too: a changed default is a new cell, not a "done" one
-            "defense_config": _resolved_defense_config(self.defense),
             "model_config": self.backdoored.zoo_config(),
             "retune": self.retune,
             "test_samples": self.test_samples,
@@ -286,6 +284,23 @@ class Cell:
         }
         parts = [self.dataset, self.model, self.attack.id, self.defense_id, self.budget_id]
         return "/".join([*parts, f"s{self.seed}"]) + "#" + stable_hash(semantic)
+
+    def is_done(self, row: dict[str, Any] | None) -> bool:
+        """Whether ``row`` (this cell's last stored row) finished with today's method config.
+
+        The key hashes the grid's options only; a changed default of the method makes the
+        stored row stale, so the cell runs again (and its new row supersedes the old).
+        """
+        if row is None or row.get("status") != "ok":
+            return False
+        if self.role != "defense" or self.defense is None or self.defense.name == NONE:
+            return True
+        stored = {
+            k: v
+            for k, v in (row.get("defense_config") or {}).items()
+            if k not in ("seed", "device")
+        }
+        return stable_hash(stored) == stable_hash(_resolved_defense_config(self.defense))
 
     @property
     def directory(self) -> Path:
@@ -307,8 +322,6 @@ class Cell:
             "config": {
                 "attack": dataclasses.asdict(self.attack),
                 "defense": dataclasses.asdict(self.defense) if self.defense else None,
-            # the method's resolved defaults too: a changed default is a new cell, not a "done" one
-            "defense_config": _resolved_defense_config(self.defense),
                 "rate": self.backdoored.rate,
                 "target": self.backdoored.target,
                 "train": dataclasses.asdict(self.backdoored.train),

@@ -267,8 +267,8 @@ def run_grid(
     try:
         _recover(out, store, quiet)
         cells = expand(cfg, out, zoo)
-        done = store.done_keys()
-        pending = [c for c in cells if c.key not in done]
+        latest = store.latest()
+        pending = [c for c in cells if not c.is_done(latest.get(c.key))]
         skipped = len(cells) - len(pending)
         _say(
             f"grid {cfg.name!r}: {len(cells)} cells, {skipped} already done, "

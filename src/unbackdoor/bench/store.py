@@ -109,8 +109,8 @@ class ResultStore:
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """The last row of each cell in a results file, in file order.
 
-    A cell rerun with another config (a changed default, say) has a new key but the same
-    readable name; its newest row supersedes the older one.
+    A cell rerun with another config (other options, or a changed default of its method)
+    has the same readable name; its newest row supersedes the older one.
     """
     latest: dict[str, dict[str, Any]] = {}
     for row in ResultStore(path).latest().values():
