@@ -29,6 +29,12 @@ def test_attack_evaluate_unlearn_a_tiny_clip_on_mnist(tmp_path, capsys):
     e = run_cli(["evaluate", str(bd), "--json"], capsys)
     assert e["asr"] == pytest.approx(r["asr"]) and e["kind"] == "tiny"
     assert set(e["retrieval"]["image_to_text"]) == {"1", "5", "10"}
+    rt = run_cli(
+        ["evaluate", str(bd), "--retune", "--retune-samples", "200", "--retune-epochs", "1",
+         "--json"],
+        capsys,
+    )  # fmt: skip
+    assert rt["retune_config"]["poisoned"] == 2 and 0 <= rt["retune_asr"] <= 1
     u = run_cli(
         ["unlearn", str(bd), "--method", "clip-tbar", "--known-attack", "--clean-samples", "300",
          "--option", "ca_retention=0.8", "--option", "asr_threshold=0.1",

@@ -154,26 +154,36 @@ def evaluate(
     """
     from unbackdoor.api import evaluate_artifact, retune_artifact
     from unbackdoor.clip.model.store import is_clip_artifact
+    from unbackdoor.eval.retune import RetuneConfig
 
+    cfg = RetuneConfig(
+        samples=retune_samples,
+        poison_rate=retune_poison_rate,
+        epochs=retune_epochs,
+        lr=retune_lr,
+        seed=seed,
+    )
     if is_clip_artifact(directory):
-        if retune:
-            raise typer.BadParameter("not available for CLIP models yet", param_hint="--retune")
-        from unbackdoor.clip.api import evaluate_clip_artifact
+        from unbackdoor.clip.api import evaluate_clip_artifact, retune_clip_artifact
 
         r = evaluate_clip_artifact(directory, dataset, split)
+        clip_rows = [
+            ("zero-shot accuracy", _pct(r["clean_acc"])),
+            ("attack success rate", _pct(r["asr"])),
+            ("image->text recall@1", _pct(r["retrieval"]["image_to_text"][1])),
+        ]
+        if retune:
+            rt = retune_clip_artifact(directory, dataset, cfg)
+            r.update(_retune_fields(rt))
+            clip_rows += [
+                ("ASR after re-tuning", _pct(rt.after.asr)),
+                ("CA after re-tuning", _pct(rt.after.clean_acc)),
+            ]
         if json_out:
             _echo_json(r)
         else:
-            _table(
-                [
-                    ("zero-shot accuracy", _pct(r["clean_acc"])),
-                    ("attack success rate", _pct(r["asr"])),
-                    ("image->text recall@1", _pct(r["retrieval"]["image_to_text"][1])),
-                ],
-                title=str(directory),
-            )
+            _table(clip_rows, title=str(directory))
         return
-    from unbackdoor.eval.retune import RetuneConfig
     from unbackdoor.utils.runinfo import resolve_device
 
     m = evaluate_artifact(directory, dataset, split=split, device=resolve_device(device))
@@ -184,22 +194,8 @@ def evaluate(
         ("robust accuracy", _pct(m.robust_acc)),
     ]
     if retune:
-        cfg = RetuneConfig(
-            samples=retune_samples,
-            poison_rate=retune_poison_rate,
-            epochs=retune_epochs,
-            lr=retune_lr,
-            seed=seed,
-        )
         r = retune_artifact(directory, dataset, cfg)
-        result.update(
-            {
-                "retune_asr": r.after.asr,
-                "retune_clean_acc": r.after.clean_acc,
-                "retune_curve": r.curve,
-                "retune_config": r.config,
-            }
-        )
+        result.update(_retune_fields(r))
         rows += [
             ("ASR after re-tuning", _pct(r.after.asr)),
             ("CA after re-tuning", _pct(r.after.clean_acc)),
@@ -208,6 +204,16 @@ def evaluate(
         _echo_json(result)
     else:
         _table(rows, title=str(directory))
+
+
+def _retune_fields(r: Any) -> dict[str, Any]:
+    """The re-tuning attack's result as the keys ``evaluate --json`` prints."""
+    return {
+        "retune_asr": r.after.asr,
+        "retune_clean_acc": r.after.clean_acc,
+        "retune_curve": r.curve,
+        "retune_config": r.config,
+    }
 
 
 def _parse_options(options: list[str] | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from unbackdoor.clip.train.contrastive import finetune_contrastive
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.registry import load_dataset
 from unbackdoor.errors import ArtifactError, ConfigError, DataError
+from unbackdoor.eval.retune import RetuneConfig, RetuneResult
 from unbackdoor.train import TrainConfig
 from unbackdoor.utils.io import atomic_write_json
 from unbackdoor.utils.runinfo import resolve_device
@@ -126,6 +127,22 @@ def evaluate_clip_artifact(
         m = zero_shot_metrics(model, data, templates=templates)
     r = retrieval_recall(model, caption_pairs(data, seed=1))
     return {**m.to_dict(), "retrieval": r.to_dict(), "kind": man.kind}
+
+
+def retune_clip_artifact(
+    directory: str | Path, dataset: str | None = None, config: RetuneConfig | None = None
+) -> RetuneResult:
+    """The re-tuning attack on the CLIP model in ``directory`` with its own trigger."""
+    from unbackdoor.clip.eval.retune import retune_clip
+
+    if not has_attack(directory):
+        raise ArtifactError(f"{directory}: no attack.json, so no trigger to re-tune with")
+    model, man = load_clip(directory)
+    name = _dataset_name(man, dataset)
+    test = _load(name, "test", man)
+    pool = _load(name, "train", man)
+    record = load_attack(directory)
+    return retune_clip(model, pool, test, record, config, templates=man.templates or None)
 
 
 def unlearn_clip_artifact(
