@@ -164,3 +164,19 @@ def test_feature_cache_memoises_rows_and_notices_changed_weights():
     assert copy.deepcopy({"c": cache})["c"] is cache  # model copies share it
     with pytest.raises(ConfigError, match="max_items"):
         FeatureCache(max_items=0)
+
+
+def test_feature_cache_saves_and_loads(tmp_path):
+    from unbackdoor.clip.pretrained import FeatureCache
+
+    conv = torch.nn.Conv2d(3, 2, 3).eval()
+    a, b = FeatureCache(), FeatureCache()
+    x = torch.rand(5, 3, 6, 6)
+    with torch.no_grad():
+        ref = a(conv, x, [conv])
+    a.save(tmp_path / "f.safetensors")
+    assert b.load(tmp_path / "f.safetensors") == 5
+    with torch.no_grad():
+        assert torch.equal(b(conv, x, [conv]), ref) and b.misses == 0
+    with pytest.raises(ConfigError, match="empty"):
+        FeatureCache().save(tmp_path / "g.safetensors")

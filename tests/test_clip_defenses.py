@@ -139,3 +139,32 @@ def test_clip_defenses_refuse_classifiers():
     data = tinted(40, 0)
     with pytest.raises(ConfigError, match="CLIP models"):
         create_defense("cleanclip").run(model, data, data)
+
+
+def test_inversion_batch_is_applied_inside_and_restored():
+    from unbackdoor.clip.defenses.common import inversion_batch
+    from unbackdoor.defenses import tbar as tbar_module
+    from unbackdoor.errors import ConfigError
+
+    original = tbar_module.InversionConfig
+    with inversion_batch(tbar_module, 4):
+        cfg = tbar_module.InversionConfig(steps=7)
+        assert (cfg.batch_size, cfg.steps) == (4, 7)
+    assert tbar_module.InversionConfig is original
+    with inversion_batch(tbar_module, None):
+        assert tbar_module.InversionConfig is original
+    with pytest.raises(ConfigError, match="inversion_batch_size"), inversion_batch(tbar_module, 0):
+        pass
+
+
+def test_retune_attack_on_clip_leaves_the_model_and_brings_asr(tiny_backdoor):
+    from unbackdoor.clip.eval.retune import retune_clip
+    from unbackdoor.eval.retune import RetuneConfig
+
+    made, _, test, clean, _ = tiny_backdoor
+    state = copy.deepcopy(made.model.state_dict())
+    cfg = RetuneConfig(samples=100, poison_rate=0.1, epochs=1, lr=1e-3, batch_size=32)
+    r = retune_clip(made.model, tinted(300, 5), test, made.record, cfg)
+    assert r.config["poisoned"] == 10 and [p["step"] for p in r.curve] == [0, 4]
+    assert r.before.asr > 0.95 and r.after.asr > 0.8, (r.before, r.after)  # still backdoored
+    assert all(torch.equal(v, made.model.state_dict()[k]) for k, v in state.items())

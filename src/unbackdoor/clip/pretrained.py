@@ -97,6 +97,32 @@ class FeatureCache:
         """Forget every stored output."""
         self.store.clear()
 
+    def save(self, path: str | Path) -> None:
+        """Write the stored outputs to a safetensors file (keys as a uint8 matrix)."""
+        from safetensors.torch import save_file
+
+        if not self.store:
+            raise ConfigError("FeatureCache.save: the cache is empty")
+        keys = list(self.store)
+        raw = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8)
+        save_file(
+            {
+                "keys": raw.view(len(keys), -1).clone(),
+                "values": torch.stack([self.store[k] for k in keys]).contiguous(),
+            },
+            str(path),
+        )
+
+    def load(self, path: str | Path) -> int:
+        """Add the outputs stored in ``path`` (written by :meth:`save`); returns how many."""
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        keys, values = t["keys"], t["values"]
+        for k, v in zip(keys, values, strict=True):
+            self.store[k.numpy().tobytes()] = v
+        return len(keys)
+
     @staticmethod
     def fingerprint(modules: Sequence[nn.Module]) -> bytes:
         """A cheap fingerprint of the modules' parameters and buffers (their float64 sums)."""

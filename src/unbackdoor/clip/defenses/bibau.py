@@ -30,10 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from unbackdoor.clip.data.pairs import CaptionedDataset
-from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head, require_clip
+from unbackdoor.clip.defenses.common import (
+    FrozenText,
+    as_pairs,
+    head,
+    inversion_batch,
+    require_clip,
+)
 from unbackdoor.clip.train.contrastive import contrastive_loss
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
+from unbackdoor.defenses import bibau as _bibau_module
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.defenses.registry import register_defense
@@ -51,6 +58,8 @@ class ClipBIBAU(BIBAU):
 
     templates: list[str] | None = None
     lr: float = 0.005
+    #: images per class and step of the inversions (None: the inversion's 32)
+    inversion_batch_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -70,7 +79,7 @@ class ClipBIBAU(BIBAU):
             emb = F.normalize(clip.encode_texts(unique).float(), dim=-1)
             clip.train(was)
         self._captions = (unique, emb)
-        with FrozenText(clip):
+        with FrozenText(clip), inversion_batch(_bibau_module, self.inversion_batch_size):
             out = super().run(zs, pairs, val, known_attack=known_attack)
         out.model = clip
         out.diagnostics["wall_time"] = time.perf_counter() - t0

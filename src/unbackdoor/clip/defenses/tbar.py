@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from unbackdoor.clip.defenses.common import as_pairs, head, require_clip
+from unbackdoor.clip.defenses.common import as_pairs, head, inversion_batch, require_clip
 from unbackdoor.data.dataset import ImageDataset
+from unbackdoor.defenses import tbar as _tbar_module
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.defenses.tbar import TBAR
@@ -37,6 +38,8 @@ class ClipTBAR(TBAR):
     # re-fit); both can still be asked for
     clean_projection: str | bool = False
     recalibrate: str = "none"
+    #: images per class and step of the unknown-attack inversion (None: the inversion's 32)
+    inversion_batch_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -56,9 +59,10 @@ class ClipTBAR(TBAR):
     ) -> DefenseOutput:
         clip = require_clip(model, self.name)
         zs = head(clip, clean, self.templates)
-        out = super().run(
-            zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
-        )
+        with inversion_batch(_tbar_module, self.inversion_batch_size):
+            out = super().run(
+                zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
+            )
         out.model = clip
         out.diagnostics["head"] = {"classes": zs.class_names, "templates": zs.templates}
         return out
