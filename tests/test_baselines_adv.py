@@ -209,3 +209,22 @@ def test_anp_runs_on_a_tiny_fastnet_and_prunes_its_fixed_scale_batchnorms():
             assert torch.allclose(seen[name][:, i], shift.expand_as(seen[name][:, i]), atol=1e-5)
     fresh = unbackdoor.create_model("fastnet", 10, widths=(8, 16, 16))
     fresh.load_state_dict(out.model.state_dict())
+
+
+def test_sau_loss_stays_finite_under_bf16_for_confident_predictions():
+    """Under bf16 autocast ``1 + 1e-6`` rounds to 1, so a probability of 1 for the backdoored
+    model's adversarial class gave ``log(0)`` (the CIFAR grid's SAU cell stopped on an inf loss)."""
+    import torch
+
+    from unbackdoor.data.loader import Batch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    with torch.no_grad():  # class 1 below a mean pixel of 0.5, class 0 above, both very sure
+        net[1].weight.copy_(torch.tensor([[1000 / 12] * 12, [-1000 / 12] * 12, [0.0] * 12]))
+        net[1].bias.copy_(torch.tensor([-500.0, 500.0, 0.0]))
+    x = torch.full((4, 3, 2, 2), 0.4)
+    batch = Batch(x, torch.full((4,), 2), torch.arange(4))
+    sau = create_defense("sau")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = sau.unlearn_loss(net, copy.deepcopy(net), batch, torch.full_like(x, 0.2), 3)
+    assert stats["potential_poison"] == 1.0 and torch.isfinite(loss)
