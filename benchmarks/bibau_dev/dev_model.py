@@ -1,0 +1,49 @@
+"""The development model on which BI-BAU's CIFAR-10 defaults were chosen (never the test set).
+
+    python benchmarks/bibau_dev/dev_model.py
+
+A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
+training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
+``tune.py`` scores clean accuracy and ASR. Writes ``runs/dev_split.pt`` and ``runs/dev_badnets``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unbackdoor.attacks.pipeline import attack_model
+from unbackdoor.data import load_dataset
+from unbackdoor.data.dataset import stratified_indices
+
+RUNS = Path(__file__).resolve().parent / "runs"
+
+
+def dev_split() -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, dev indices) of the CIFAR-10 training split."""
+    train = load_dataset("cifar10", "train")
+    idx = stratified_indices(train.labels, 0.9, 1234, total=45_000)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[idx] = False
+    return idx, torch.nonzero(keep).flatten()
+
+
+def main() -> None:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    train_idx, dev_idx = dev_split()
+    torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, RUNS / "dev_split.pt")
+    train = load_dataset("cifar10", "train")
+    attack_model(
+        train.subset(train_idx, "cifar10"),
+        "fastnet",
+        "badnets",
+        test_data=train.subset(dev_idx, "cifar10"),
+        seed=1,
+        out=RUNS / "dev_badnets",
+        overwrite=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
