@@ -39,6 +39,20 @@ class RetuneConfig:
     eval_every: int | None = None  # steps between points of the ASR curve (None: ends only)
     seed: int = 0
 
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The fine-tuning recipe of the attack: constant lr, no warm-up, no weight decay."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            schedule="constant",
+            warmup=0.0,
+            weight_decay=0.0,
+            seed=self.seed,
+            **overrides,
+        )
+
     def validate(self) -> RetuneConfig:
         o = "RetuneConfig"
         check(self.samples >= 10, o, "samples", self.samples, ">= 10")
@@ -74,16 +88,7 @@ def retune_attack(
     victim = copy.deepcopy(model)
     before = evaluate(victim, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
     curve = [{"step": 0, "asr": before.asr, "clean_acc": before.clean_acc}]
-    tc = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        schedule="constant",
-        warmup=0.0,
-        weight_decay=0.0,
-        seed=cfg.seed,
-    )
+    tc = cfg.train_config()
 
     last: dict[int, Metrics] = {}
 

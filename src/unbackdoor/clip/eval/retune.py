@@ -24,7 +24,6 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
 from unbackdoor.eval.metrics import Metrics
 from unbackdoor.eval.retune import RetuneConfig, RetuneResult
-from unbackdoor.train import TrainConfig
 
 
 def retune_clip(
@@ -60,18 +59,7 @@ def retune_clip(
         )
 
     before = measure()
-    tc = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        schedule="constant",
-        warmup=0.0,
-        weight_decay=0.0,
-        augment=False,
-        seed=cfg.seed,
-    )
-    finetune_contrastive(victim, pairs.data, tc, desc="clip: re-tune")
+    finetune_contrastive(victim, pairs.data, cfg.train_config(augment=False), desc="clip: re-tune")
     victim.eval()
     after = measure()
     steps = cfg.epochs * -(-len(pairs.data) // cfg.batch_size)
