@@ -291,6 +291,9 @@ def main() -> None:
     if args.models_only:
         return
     results["provenance"] = provenance(args.seed)
+    commands = results.setdefault("commands", [])  # each run resumes the rows of the last
+    if results["provenance"]["command"] not in commands:
+        commands.append(results["provenance"]["command"])
     results["variants"] = VARIANTS
     atomic_write_json(out_json, results)
     plot_curves(tag, results)
@@ -347,6 +350,16 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _row_order(key: str) -> tuple:
+    """Table order: per attack the floor, then per regime none, known, unknown, ft, bibau."""
+    parts = key.split("/")
+    kinds = {"none": 0, "known": 1, "unknown": 2, "ft": 3, "bibau": 4}
+    kind = kinds.get(parts[2], 5) if len(parts) > 2 else 0
+    names = list(VARIANTS)
+    variant = names.index(parts[3]) if len(parts) > 3 and parts[3] in names else len(names)
+    return (parts[0], parts[1] != "floor", parts[1], kind, variant, key)
+
+
 def write_markdown(tag: str, results: dict) -> None:
     p = results["provenance"]
     header = [
@@ -362,7 +375,7 @@ def write_markdown(tag: str, results: dict) -> None:
         "notes",
     ]
     rows = []
-    for key, r in results["rows"].items():
+    for key, r in sorted(results["rows"].items(), key=lambda kv: _row_order(kv[0])):
         parts = key.split("/")
         if "error" in r:
             rows.append([*parts[:2], "/".join(parts[2:]), *["-"] * 6, f"failed: {r['error'][:80]}"])
@@ -408,10 +421,12 @@ def write_markdown(tag: str, results: dict) -> None:
     for name, pts in sorted((results.get("curves") or {}).items()):
         for pt in pts:
             curve_rows.append([name, f"{pt['alpha']:g}", pct(pt["clean_acc"]), pct(pt["asr"])])
+    commands = ", ".join(f"`{c}`" for c in results.get("commands") or [p["command"]])
     text = f"""# TBAR on {tag}: fine-tuning regime against from-scratch regime
 
-Produced by `{p["command"]}` on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
-torch {p["versions"]["torch"]}). Variants: {
+Produced by {commands} (each run keeps the rows already in `{tag}.json` and adds its own), last
+on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores, torch {p["versions"]["torch"]}).
+Variants: {
         ", ".join(f"`{k}` {v}" for k, v in results["variants"].items())
     }. Retention: CA after / CA before. RA-ASR: ASR after the re-tuning
 attack (`evaluate --retune` defaults). Raw numbers, the held-out alpha sweeps and the test-set
@@ -419,7 +434,7 @@ curves: `{tag}.json`; curves plotted in `{tag}_curve.png`.
 
 {md_table(header, rows)}
 
-## Test-set trade-off curves (known attack; `plain` and `default`, each as the defense builds it)
+## Test-set trade-off curves (known attack; vectors and recalibration as the defense has them)
 
 {md_table(["model", "alpha", "CA", "ASR"], curve_rows)}
 """
