@@ -1,0 +1,384 @@
+"""CLIP benchmark (issue 7): the offline pretrained image-text model, backdoored and purified.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/clip/run.py --attack badnets
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/clip/run.py --attack blended
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/clip/run.py --attack badclip
+
+The aligned offline model (``benchmarks/clip/align.py``, ``--model``) is backdoored by
+contrastive fine-tuning on CIFAR-10 image-caption pairs, ``--rate`` of them stamped with the
+trigger and captioned with the target class (``--target``, default 0, "airplane"); then each
+defense purifies it with the same defender pairs, drawn from the CIFAR-10 training images the
+attacker did not use: ``clip-tbar`` with the known trigger and with an inverted one, ``clip-bibau``
+(blind) and ``cleanclip``. Reported per row: zero-shot clean accuracy on the CIFAR-10 test set
+(``--test`` images, 0: all 10,000), ASR towards the target on the triggered non-target test
+images, retention (CA after / CA of the backdoored model), the clean pairs the defense used
+(training and held-out parts), its wall time, and whether the issue's targets are met (TBAR
+known: ASR <= 1% at retention >= 98%; TBAR unknown and BI-BAU: ASR <= 5% at >= 96%).
+
+Hyperparameters of the defenses are fixed here (``DEFENSES``); each defense picks what it picks
+(TBAR's alpha) on the defender's held-out pairs, never on the test set. The frozen trunk's
+features are memoised per (image, trigger) within one run, so one process does one attack; the
+backdoored model is saved under ``--runs`` and reused by later runs with the same attack
+settings, so the defenses can be run in separate processes (``--defenses``).
+Rows go to ``results.json`` beside this file (replacing earlier rows of the same attack and
+defense) and ``results.md`` is rewritten from all rows, each with its command, date, machine,
+seed and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import md_table, provenance  # noqa: E402
+
+from unbackdoor.attacks.registry import create_attack  # noqa: E402
+from unbackdoor.attacks.store import load_attack  # noqa: E402
+from unbackdoor.clip.api import clip_train_config  # noqa: E402
+from unbackdoor.clip.attacks.pipeline import backdoor_clip  # noqa: E402
+from unbackdoor.clip.eval import zero_shot_metrics  # noqa: E402
+from unbackdoor.clip.model import ClipModel, is_clip_artifact, load_clip  # noqa: E402
+from unbackdoor.clip.model.store import load_clip_manifest  # noqa: E402
+from unbackdoor.clip.pretrained import SHARED_CACHE  # noqa: E402
+from unbackdoor.data import ImageDataset, load_dataset  # noqa: E402
+from unbackdoor.data.dataset import stratified_indices  # noqa: E402
+from unbackdoor.errors import ConfigError  # noqa: E402
+from unbackdoor.unlearn import unlearn  # noqa: E402
+from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ALIGN = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/clip/align.py"
+#: attack options. Patches are 8x8 (of 32x32): through the frozen ImageNet trunk (only its last
+#: block trains) the 3x3 BadNets patch reached 11% ASR and a 4x4 checkerboard 12% (2,000 test
+#: images, 5 epochs at lr 1e-3), 8x8 reached 56% (BadNets) and 79% (BadCLIP). BadCLIP's patch
+#: optimisation runs through the whole image tower with gradients (no feature cache): 200 steps
+#: of 64 images would take ~15 minutes on this CPU, hence 60 steps of 32.
+ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
+    "badnets": {"size": 8},
+    "badclip": {"size": 8, "steps": 60, "batch_size": 32},
+}
+
+#: BI-BAU's budget here (its inversions run through the whole image tower)
+BIBAU: dict[str, Any] = {
+    "rounds": 3,
+    "inversion_steps": 100,
+    "inner_steps": 10,
+    "outer_steps": 40,
+    "inversion_batch_size": 8,
+}
+
+#: (row name, method, known attack, options, (ASR at most, retention at least) or None)
+DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]] = {
+    "tbar-known": (
+        "clip-tbar",
+        True,
+        {"asr_threshold": 0.01, "ca_retention": 0.98, "plot": False},
+        (0.01, 0.98),
+    ),
+    # TBAR's projection off the target-class vector (the classifier TBAR's default)
+    "tbar-known-target": (
+        "clip-tbar",
+        True,
+        {"asr_threshold": 0.01, "ca_retention": 0.98, "plot": False, "clean_projection": "target"},
+        (0.01, 0.98),
+    ),
+    # Adam for the trigger fine-tune (steps that do not scale with the gradient), 10 epochs
+    "tbar-known-adam": (
+        "clip-tbar",
+        True,
+        {
+            "asr_threshold": 0.01,
+            "ca_retention": 0.98,
+            "plot": False,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "epochs": 10,
+        },
+        (0.01, 0.98),
+    ),
+    "tbar-unknown": (
+        "clip-tbar",
+        False,
+        {
+            "asr_threshold": 0.05,
+            "ca_retention": 0.96,
+            "inversion_steps": 60,
+            "inversion_batch_size": 6,
+            "plot": False,
+        },
+        (0.05, 0.96),
+    ),
+    "bibau": ("clip-bibau", False, {**BIBAU, "family": "mask_pattern"}, (0.05, 0.96)),
+    # BI-BAU's default family: a bounded additive trigger when the mask finds nothing
+    "bibau-auto": ("clip-bibau", False, {**BIBAU, "family": "auto"}, (0.05, 0.96)),
+    "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
+}
+
+
+def split_train(
+    attack_pairs: int, defender: int, seed: int, align_cifar: int, align_seed: int
+) -> tuple[ImageDataset, ImageDataset]:
+    """Disjoint samples of CIFAR-10 train: the attacker's images and the defender's.
+
+    Both leave out the ``align_cifar`` images the offline model was aligned on (``align.py``
+    takes ``load_dataset("cifar10", "train").sample(align_cifar, align_seed)``), so the
+    defender's held-out pairs measure accuracy on images the model has not seen.
+    """
+    train = load_dataset("cifar10", "train")
+    seen = torch.zeros(len(train), dtype=torch.bool)
+    if align_cifar:
+        n = len(train)
+        seen[stratified_indices(train.labels, align_cifar / n, align_seed, total=align_cifar)] = 1
+    pool = torch.nonzero(~seen).flatten()
+    if attack_pairs + defender > len(pool):
+        raise ConfigError(f"{attack_pairs} + {defender} images asked of {len(pool)} unseen ones")
+    perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
+    return (
+        train.subset(perm[:attack_pairs], "cifar10-attacker"),
+        train.subset(perm[attack_pairs : attack_pairs + defender], "cifar10-defender"),
+    )
+
+
+def measure(model: ClipModel, test: ImageDataset, trigger: Any, target: int) -> dict[str, float]:
+    """Zero-shot CA and ASR on the test images."""
+    m = zero_shot_metrics(model, test, trigger=trigger, target=target)
+    return {"ca": m.clean_acc, "asr": float(m.asr or 0.0)}
+
+
+def row_md(r: dict[str, Any]) -> list[Any]:
+    """One Markdown row of ``results.md``."""
+    met = r.get("target_met")
+    return [
+        r["attack"],
+        r["defense"],
+        f"{100 * r['ca']:.2f}%",
+        f"{100 * r['asr']:.2f}%",
+        "-" if r.get("retention") is None else f"{100 * r['retention']:.1f}%",
+        r.get("clean_pairs") or "-",
+        "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f} s",
+        "-" if met is None else ("yes" if met else "no"),
+    ]
+
+
+def write_md(rows: list[dict[str, Any]]) -> None:
+    """``results.md`` from every stored row."""
+    header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "clean pairs", "wall"]
+    header.append("target met")
+    runs = {r["attack"]: r["provenance"] for r in rows}
+    lines = [
+        "# CLIP benchmark (issue 7)",
+        "",
+        "The offline pretrained image-text model (EfficientNet-Lite0 + MiniLM-L6, aligned by",
+        "`benchmarks/clip/align.py`), backdoored by contrastive fine-tuning on poisoned CIFAR-10",
+        "pairs, then purified. Targets (issue 7): TBAR known attack ASR <= 1% at retention >= 98%;",
+        "TBAR unknown attack and BI-BAU ASR <= 5% at retention >= 96%. Retention: zero-shot CA",
+        "after / CA of the backdoored model. Clean pairs: what the defense was given (training",
+        "and held-out parts together). Produced by `benchmarks/clip/run.py`; raw rows with their",
+        "configurations in `results.json`.",
+        "",
+        md_table(header, [row_md(r) for r in rows]),
+        "",
+        "## Runs",
+        "",
+    ]
+    for attack, p in runs.items():
+        lines.append(
+            f"- {attack}: `{p['command']}` on {p['date']} ({p['cpu']}, "
+            f"{p['hardware']['cpu_count']} cores shared with other jobs, "
+            f"{p['hardware']['torch_threads']} torch thread), seed {p['seed']}, "
+            f"torch {p['versions']['torch']}, unbackdoor {p['versions']['unbackdoor']}"
+        )
+    notes = HERE / "results.notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    atomic_write_text(HERE / "results.md", "\n".join(lines) + "\n")
+
+
+def store(rows: list[dict[str, Any]]) -> None:
+    """Replace the stored rows of the same (attack, defense), then rewrite both files.
+
+    Runs of different attacks may go on in parallel: the update holds a file lock.
+    """
+    with open(Path(tempfile.gettempdir()) / "unbackdoor-clip-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _store(rows)
+
+
+def _store(rows: list[dict[str, Any]]) -> None:
+    path = HERE / "results.json"
+    old = read_json(path) if path.is_file() else []
+    keys = {(r["attack"], r["defense"]) for r in rows}
+    merged = [r for r in old if (r["attack"], r["defense"]) not in keys] + rows
+    order = {"badnets": 0, "blended": 1, "badclip": 2}
+    names = ["clean (aligned)", "backdoored", *DEFENSES]
+
+    def rank(r: dict[str, Any]) -> tuple[int, int]:
+        d = r["defense"]
+        return order.get(r["attack"], 9), names.index(d) if d in names else len(names)
+
+    merged.sort(key=rank)
+    atomic_write_json(path, merged)
+    write_md(merged)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--attack", required=True, choices=["badnets", "blended", "badclip"])
+    ap.add_argument("--model", default="runs/clip/offline_tb1", help="the aligned model")
+    ap.add_argument("--defenses", default=",".join(DEFENSES), help="comma-separated row names")
+    ap.add_argument("--attack-pairs", type=int, default=5000)
+    ap.add_argument("--rate", type=float, default=0.1)
+    ap.add_argument("--attack-epochs", type=int, default=5)
+    ap.add_argument("--attack-lr", type=float, default=1e-3)
+    ap.add_argument("--target", type=int, default=0)
+    ap.add_argument("--defender", type=int, default=1000, help="the defender's clean pairs")
+    ap.add_argument("--test", type=int, default=0, help="test images, 0: all 10,000")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--align-cifar", type=int, default=15000, help="align.py's --cifar")
+    ap.add_argument("--align-seed", type=int, default=0, help="align.py's --seed")
+    ap.add_argument("--runs", default="runs/clip/bench", help="where backdoored models go")
+    ap.add_argument(
+        "--attack-option", action="append", default=[], help="KEY=VALUE (JSON) for the trigger"
+    )
+    ap.add_argument("--no-store", action="store_true", help="print the rows, store nothing")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(a.seed)
+    chosen = [d for d in a.defenses.split(",") if d]
+    unknown = [d for d in chosen if d not in DEFENSES]
+    if unknown:
+        raise ConfigError(f"unknown defenses {unknown}; known: {list(DEFENSES)}")
+    if not (Path(a.model) / "clip.json").is_file():
+        raise ConfigError(f"{a.model}: no aligned model; make one first: {ALIGN} --out {a.model}")
+    prov = provenance(a.seed)
+    options = dict(ATTACK_OPTIONS.get(a.attack, {}))
+    for item in a.attack_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--attack-option: expected KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    model, man = load_clip(a.model)
+    attacker, defender = split_train(
+        a.attack_pairs, a.defender, a.seed, a.align_cifar, a.align_seed
+    )
+    test = load_dataset("cifar10", "test")
+    if 0 < a.test < len(test):
+        test = test.sample(a.test, a.seed)
+    base = {"attack": a.attack, "provenance": prov, "test_images": len(test)}
+    attack_cfg = {
+        "pairs": a.attack_pairs,
+        "rate": a.rate,
+        "epochs": a.attack_epochs,
+        "lr": a.attack_lr,
+        "target": a.target,
+        "model": a.model,
+        "model_config": man.config,
+        "seed": a.seed,
+        "align_cifar": a.align_cifar,
+        "attack_options": options,
+    }
+    saved = Path(a.runs) / a.attack
+    if is_clip_artifact(saved) and load_clip_manifest(saved).extra.get("bench") == attack_cfg:
+        backdoored, _ = load_clip(saved)  # the same attack made by an earlier run
+        record = load_attack(saved)
+        attack_s = float(read_json(saved / "bench.json")["attack_s"])
+    else:
+        t0 = time.perf_counter()
+        made = backdoor_clip(
+            model,
+            attacker,
+            create_attack(a.attack, seed=a.seed, **options),
+            target=a.target,
+            rate=a.rate,
+            config=clip_train_config(a.attack_epochs, a.attack_lr, a.seed, "cpu"),
+            seed=a.seed,
+            out=saved,
+            extra={"bench": attack_cfg, "dataset": "cifar10"},
+        )
+        attack_s = time.perf_counter() - t0
+        backdoored, record = made.model, made.record
+        atomic_write_json(saved / "bench.json", {"attack_s": attack_s})
+    trigger = record.trigger
+    features = saved / "features.safetensors"  # the trunk's features of this attack's images
+    if features.is_file():
+        SHARED_CACHE.load(features)
+    rows = [
+        {
+            **base,
+            "defense": "clean (aligned)",
+            **measure(load_clip(a.model)[0], test, trigger, a.target),
+        }
+    ]
+    before = measure(backdoored, test, trigger, a.target)
+    rows.append(
+        {
+            **base,
+            "defense": "backdoored",
+            **before,
+            "wall_s": attack_s,
+            "clean_pairs": None,
+            "config": attack_cfg,
+        }
+    )
+    print(rows[-2:], flush=True)
+    if not features.is_file():
+        SHARED_CACHE.save(features)
+    for name in chosen:
+        method, known, options, goal = DEFENSES[name]
+        purified, report = unlearn(
+            backdoored,
+            defender,
+            method,
+            seed=a.seed,
+            known_attack=record if known else None,
+            device="cpu",
+            **options,
+        )
+        after = measure(purified, test, trigger, a.target)
+        retention = after["ca"] / before["ca"]
+        row = {
+            **base,
+            "defense": name,
+            **after,
+            "retention": retention,
+            "clean_pairs": report.clean_samples_used,
+            "clean_pairs_train": report.clean_samples_used - report.val_samples,
+            "clean_pairs_val": report.val_samples,
+            "wall_s": report.wall_time,
+            "method": method,
+            "known_attack": known,
+            "config": report.config,
+            "suspected_target": report.suspected_target,
+            "backdoor_found": report.backdoor_found,
+            "anomaly_score": report.anomaly_score,
+            "target_met": None
+            if goal is None
+            else bool(after["asr"] <= goal[0] and retention >= goal[1]),
+            "diagnostics": {
+                k: v
+                for k, v in report.diagnostics.items()
+                if k in ("alpha", "alpha_rule", "alpha_sweep", "trigger_source", "rounds", "result")
+            },
+        }
+        rows.append(row)
+        print({k: row[k] for k in ("defense", "ca", "asr", "retention", "wall_s")}, flush=True)
+        if not a.no_store:
+            store(rows)
+    if not a.no_store:
+        store(rows)
+
+
+if __name__ == "__main__":
+    main()
