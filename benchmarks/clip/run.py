@@ -173,7 +173,10 @@ def write_md(rows: list[dict[str, Any]]) -> None:
     """``results.md`` from every stored row."""
     header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "clean pairs", "wall"]
     header.append("target met")
-    runs = {r["attack"]: r["provenance"] for r in rows}
+    runs: dict[str, dict[str, Any]] = {}  # one line per process: its command and rows
+    for r in rows:
+        p = r["provenance"]
+        runs.setdefault(p["command"] + p["date"], {**p, "rows": []})["rows"].append(r["defense"])
     lines = [
         "# CLIP benchmark (issue 7)",
         "",
@@ -190,9 +193,9 @@ def write_md(rows: list[dict[str, Any]]) -> None:
         "## Runs",
         "",
     ]
-    for attack, p in runs.items():
+    for p in runs.values():
         lines.append(
-            f"- {attack}: `{p['command']}` on {p['date']} ({p['cpu']}, "
+            f"- {', '.join(p['rows'])}: `{p['command']}` on {p['date']} ({p['cpu']}, "
             f"{p['hardware']['cpu_count']} cores shared with other jobs, "
             f"{p['hardware']['torch_threads']} torch thread), seed {p['seed']}, "
             f"torch {p['versions']['torch']}, unbackdoor {p['versions']['unbackdoor']}"
