@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -300,43 +301,14 @@ class BIBAU(Defense):
         rnd: int,
     ) -> None:
         feats = _Features(model)
-        model.train()
-        if self.freeze_bn_stats:  # stamped images would otherwise shift the running statistics
-            for m in model.modules():
-                if getattr(m, "running_mean", None) is not None:
-                    m.eval()
-        g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
-        steps, epoch = 0, 0
-        bar = progress(range(self.outer_steps), desc=f"bibau: unlearn {rnd + 1}/{self.rounds}")
-        it = iter(())
+        steps = 0
+        desc = f"bibau: unlearn {rnd + 1}/{self.rounds}"
         try:
-            for _ in bar:
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    it = iter(
-                        iterate(
-                            clean,
-                            self.batch_size,
-                            shuffle=True,
-                            seed=self.seed + 1000 * rnd,
-                            epoch=epoch,
-                            augment=augment,
-                            device=device,
-                        )
-                    )
-                    epoch += 1
-                    batch = next(it)
+            for batch, xs, t_logits in self.stamped_batches(
+                model, teacher, clean, bank, augment, device, rnd, desc
+            ):
                 x, y = batch.x, batch.y
-                n_s = max(1, int(self.stamp_fraction * x.shape[0]))
-                which = torch.randint(len(bank), (n_s,), generator=g)
-                with torch.no_grad():
-                    xs = x[:n_s].clone()
-                    for w in which.unique().tolist():
-                        sel = (which == w).to(device)
-                        xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
-                    with autocast(device, self.bf16):
-                        t_logits = teacher(x).float()
+                n_s = xs.shape[0]
                 with autocast(device, self.bf16):
                     logits = model(torch.cat([x, xs])).float()
                 f_all = None if feats.value is None else feats.value.float()
@@ -368,6 +340,59 @@ class BIBAU(Defense):
         finally:
             feats.remove()
         model.eval()
+
+    def stamped_batches(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        clean: ImageDataset,
+        bank: list[TriggerFamily],
+        augment: Any,
+        device: torch.device,
+        rnd: int,
+        desc: str,
+    ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+        """The M-step's ``outer_steps`` batches: ``(batch, stamped, teacher_logits)``.
+
+        ``stamped`` is the first ``stamp_fraction`` of the batch, each image stamped with a
+        trigger drawn from the bank; ``teacher_logits`` are the backdoored model's on the clean
+        batch. Puts ``model`` in training mode (BN statistics frozen if asked).
+        """
+        model.train()
+        if self.freeze_bn_stats:  # stamped images would otherwise shift the running statistics
+            for m in model.modules():
+                if getattr(m, "running_mean", None) is not None:
+                    m.eval()
+        g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
+        it, epoch = iter(()), 0
+        for _ in progress(range(self.outer_steps), desc=desc):
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(
+                    iterate(
+                        clean,
+                        self.batch_size,
+                        shuffle=True,
+                        seed=self.seed + 1000 * rnd,
+                        epoch=epoch,
+                        augment=augment,
+                        device=device,
+                    )
+                )
+                epoch += 1
+                batch = next(it)
+            x = batch.x
+            n_s = max(1, int(self.stamp_fraction * x.shape[0]))
+            which = torch.randint(len(bank), (n_s,), generator=g)
+            with torch.no_grad():
+                xs = x[:n_s].clone()
+                for w in which.unique().tolist():
+                    sel = (which == w).to(device)
+                    xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
+                with autocast(device, self.bf16):
+                    t_logits = teacher(x).float()
+            yield batch, xs, t_logits
 
     # --------------------------------------------------------------------------- resume
     def _ckpt_path(self) -> Path | None:

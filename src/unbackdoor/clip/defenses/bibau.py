@@ -39,14 +39,12 @@ from unbackdoor.clip.defenses.common import (
 )
 from unbackdoor.clip.train.contrastive import contrastive_loss
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.data.loader import iterate
 from unbackdoor.defenses import bibau as _bibau_module
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import autocast
-from unbackdoor.utils.progress import progress
 
 
 @register_defense
@@ -102,41 +100,12 @@ class ClipBIBAU(BIBAU):
         cap_idx = torch.tensor([where[c] for c in clean.captions])
         text = text.to(device)
         clip = model.clip
-        model.train()
-        if self.freeze_bn_stats:
-            for m in model.modules():
-                if getattr(m, "running_mean", None) is not None:
-                    m.eval()
-        g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
-        it, epoch = iter(()), 0
-        for _ in progress(range(self.outer_steps), desc=f"clip-bibau: unlearn {rnd + 1}"):
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(
-                    iterate(
-                        clean,
-                        self.batch_size,
-                        shuffle=True,
-                        seed=self.seed + 1000 * rnd,
-                        epoch=epoch,
-                        augment=augment,
-                        device=device,
-                    )
-                )
-                epoch += 1
-                batch = next(it)
+        desc = f"clip-bibau: unlearn {rnd + 1}"
+        for batch, xs, t_logits in self.stamped_batches(
+            model, teacher, clean, bank, augment, device, rnd, desc
+        ):
             x, y = batch.x, batch.y
-            n = x.shape[0]
-            n_s = max(1, int(self.stamp_fraction * n))
-            which = torch.randint(len(bank), (n_s,), generator=g)
-            with torch.no_grad():
-                xs = x[:n_s].clone()
-                for w in which.unique().tolist():
-                    sel = (which == w).to(device)
-                    xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
-                with autocast(device, self.bf16):
-                    t_logits = teacher(x).float()
+            n, n_s = x.shape[0], xs.shape[0]
             with autocast(device, self.bf16):
                 img = clip.encode_image(torch.cat([x, xs])).float()
             txt = text[cap_idx[batch.index.cpu()]]
