@@ -35,6 +35,40 @@ def test_config_rejects_unknown_keys_and_bad_values():
         create_defense("bibau", stamped_target="soft")
     with pytest.raises(ConfigError, match="norm_lr_scale=-1"):
         create_defense("bibau", norm_lr_scale=-1)
+    with pytest.raises(ConfigError, match="min_effect=0.5"):
+        create_defense("bibau", min_effect=0.5)
+
+
+@pytest.mark.parametrize(
+    "sizes, found",
+    [
+        # NC's index alone flags class 0 (index ~5, like a clean CIFAR-10 model's cheapest
+        # class), but its trigger is under 2x cheaper than the median: no backdoor
+        ([9.0, 17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2], False),
+        ([0.5, 17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2], True),
+    ],
+)
+def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, found):
+    import synth
+
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import InversionResult, MaskPattern, mad_anomaly
+
+    def fake(*a, **k):
+        fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+        return InversionResult(fam, list(range(10)), torch.tensor(sizes), torch.ones(10), None)
+
+    assert float(mad_anomaly(torch.tensor(sizes))[0]) > 4  # both pass NC's threshold of 2
+    monkeypatch.setattr(bibau_mod, "invert", fake)
+    data = synth.blobs(200, classes=10, size=8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    train_part, val_part = data.split(0.8, 0)
+    defense = BIBAU(family="mask_pattern", rounds=1, outer_steps=1, inner_steps=0)
+    out = defense.run(model, train_part, val_part)
+    assert out.backdoor_found is found
+    if not found:
+        assert out.suspected_target is None
+        assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
 
 
 def test_param_groups_scale_only_normalisation_layers():

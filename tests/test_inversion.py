@@ -30,6 +30,18 @@ def test_additive_anomaly_reads_the_fooling_rate():
     assert res.anomaly_index().max() < 2
 
 
+def test_effect_size_is_the_cost_ratio_to_the_median_class():
+    fam = MaskPattern(5, (1, 4, 4))
+    sizes = torch.tensor([2.0, 10.0, 12.0, 8.0, 10.0])
+    res = InversionResult(fam, list(range(5)), sizes, torch.ones(5), torch.ones(5))
+    assert res.effect_size().tolist() == pytest.approx([5.0, 1.0, 10 / 12, 1.25, 1.0])
+    # additive: odds against fooling, median odds 99 (1% fooled) vs 1 (50% fooled)
+    fam = Additive(5, (1, 4, 4))
+    fooling = torch.tensor([0.5, 0.01, 0.01, 0.02, 0.005])
+    res = InversionResult(fam, list(range(5)), torch.ones(5), fooling, torch.ones(5))
+    assert float(res.effect_size()[0]) == pytest.approx(99.0)
+
+
 def test_mask_pattern_family_batches_candidates():
     fam = MaskPattern(3, (1, 8, 8))
     x = torch.rand(6, 1, 8, 8)

@@ -1,18 +1,23 @@
 """The development model on which BI-BAU's CIFAR-10 defaults were chosen (never the test set).
 
-    python benchmarks/bibau_dev/dev_model.py
+    python benchmarks/bibau_dev/dev_model.py            # the BadNets dev model
+    python benchmarks/bibau_dev/dev_model.py --clean    # its never-backdoored twin
 
 A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
 training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
-``tune.py`` scores clean accuracy and ASR. Writes ``runs/dev_split.pt`` and ``runs/dev_badnets``.
+``tune.py`` scores clean accuracy and ASR. Writes ``runs/dev_split.pt`` and ``runs/dev_badnets``
+(``runs/dev_clean`` with ``--clean``: the same recipe, data and seed without poisoning, on which
+the detection threshold is calibrated, see ``calibrate.py``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
+from unbackdoor.api import train_model
 from unbackdoor.attacks.pipeline import attack_model
 from unbackdoor.data import load_dataset
 from unbackdoor.data.dataset import stratified_indices
@@ -34,6 +39,16 @@ def main() -> None:
     train_idx, dev_idx = dev_split()
     torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, RUNS / "dev_split.pt")
     train = load_dataset("cifar10", "train")
+    if "--clean" in sys.argv[1:]:
+        train_model(
+            train.subset(train_idx, "cifar10"),
+            "fastnet",
+            test_data=train.subset(dev_idx, "cifar10"),
+            seed=1,
+            out=RUNS / "dev_clean",
+            overwrite=True,
+        )
+        return
     attack_model(
         train.subset(train_idx, "cifar10"),
         "fastnet",

@@ -12,9 +12,12 @@ objective:
 
 - E-step: a posterior q(z) over candidate targets from how cheaply each class is reached
   (:mod:`unbackdoor.inversion`, MAD anomaly on the trigger sizes), with memory across rounds so
-  that q does not drift once the target stops being anomalous. Targeted: one-hot on the
-  detected (or given) target. Untargeted / all-to-all: a shared trigger and a per-sample q(z|x)
-  spread over the classes the stamped sample is pushed to.
+  that q does not drift once the target stops being anomalous. A backdoor is reported only if
+  the most anomalous class also needs a trigger ``min_effect`` (4) times cheaper than the
+  median class: with 10 classes NC's index alone (> 2) flags a never-backdoored model about a
+  third of the time, because the MAD rests on ten numbers (``benchmarks/bibau_dev``).
+  Targeted: one-hot on the detected (or given) target. Untargeted / all-to-all: a shared
+  trigger and a per-sample q(z|x) spread over the classes the stamped sample is pushed to.
 - M-step, inner maximisation: a few projected gradient steps re-invert the trigger against the
   current model, warm-started and kept within a size budget set by the first inversion.
 - M-step, outer minimisation: SGD on stamped examples (from a bank of every trigger found so
@@ -102,6 +105,7 @@ class BIBAU(Defense):
     rounds: int = 8
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
+    min_effect: float = 4.0
     inversion_steps: int = 300
     inner_steps: int = 20
     outer_steps: int = 60
@@ -125,6 +129,8 @@ class BIBAU(Defense):
     def validate(self) -> None:
         self._require(self.mode in MODES, "mode", f"one of {MODES}")
         self._require(self.rounds >= 1, "rounds", ">= 1")
+        self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
+        self._require(self.min_effect >= 1, "min_effect", ">= 1")
         self._require(
             self.time_budget is None or self.time_budget > 0, "time_budget", "None or > 0 seconds"
         )
@@ -178,10 +184,16 @@ class BIBAU(Defense):
                 desc=f"bibau: blind inversion ({family})",
             )
             anomaly = first.anomaly_index() if targeted else torch.zeros(1)
-            # a class is only "cheap to reach" if its trigger actually reaches it
+            effect = first.effect_size() if targeted else torch.ones(1)
+            # a class is only "cheap to reach" if its trigger actually reaches it, stands out
+            # from the others (NC's index) and is much cheaper than a typical class
             k_max = int(anomaly.argmax())
             found = (
-                bool(anomaly[k_max] >= self.anomaly_threshold and first.fooling[k_max] >= 0.5)
+                bool(
+                    anomaly[k_max] >= self.anomaly_threshold
+                    and effect[k_max] >= self.min_effect
+                    and first.fooling[k_max] >= 0.5
+                )
                 if targeted
                 else True
             )
@@ -201,6 +213,7 @@ class BIBAU(Defense):
                 "sizes": first.sizes.tolist(),
                 "fooling": first.fooling.tolist(),
                 "anomaly": anomaly.tolist(),
+                "effect_size": effect.tolist(),
             },
             "q_per_round": [q.tolist()],
             "fooling_per_round": [],
@@ -212,7 +225,12 @@ class BIBAU(Defense):
             if k == "trigger"
         }
         if not found:
-            diag["stopped"] = "no backdoor found: anomaly below threshold, model unchanged"
+            diag["stopped"] = (
+                f"no backdoor found: class {first.classes[k_max]} stands out most (anomaly "
+                f"index {float(anomaly[k_max]):.2f}, threshold {self.anomaly_threshold:g}; "
+                f"{float(effect[k_max]):.1f}x cheaper than the median class, needed "
+                f"{self.min_effect:g}x; fooling {float(first.fooling[k_max]):.2f}), model unchanged"
+            )
             return DefenseOutput(
                 model,
                 diag,

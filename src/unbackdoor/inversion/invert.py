@@ -90,6 +90,22 @@ class InversionResult:
             return mad_anomaly((1 - f) / f)  # small odds against = easy to reach
         return mad_anomaly(self.sizes)
 
+    def effect_size(self) -> torch.Tensor:
+        """How many times cheaper each class is to reach than the median class (>1: cheaper).
+
+        The ratio of the median trigger size to the class's (mask family), or of the median
+        odds against fooling to the class's (additive family). Unlike the anomaly index it does
+        not divide by a spread estimated from a handful of classes, so it stays stable with
+        K = 10: natural classes of clean models sit within a few times the median, a backdoor
+        target is one to two orders of magnitude cheaper.
+        """
+        if self.family.kind == "additive":
+            f = self.fooling.clamp(1e-4, 1 - 1e-4)
+            cost = (1 - f) / f
+        else:
+            cost = self.sizes.clamp_min(1e-8)
+        return cost.median() / cost
+
     def stamp(self, x: torch.Tensor, klass: int) -> torch.Tensor:
         return self.family.stamp(x, self.classes.index(klass))
 
