@@ -37,6 +37,8 @@ def test_config_rejects_unknown_keys_and_bad_values():
         create_defense("bibau", norm_lr_scale=-1)
     with pytest.raises(ConfigError, match="min_effect=0.5"):
         create_defense("bibau", min_effect=0.5)
+    with pytest.raises(ConfigError, match="reinvert='cold'"):
+        create_defense("bibau", reinvert="cold")
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,6 @@ def test_config_rejects_unknown_keys_and_bad_values():
 )
 def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, found):
     import synth
-
     import unbackdoor.defenses.bibau as bibau_mod
     from unbackdoor.inversion import InversionResult, MaskPattern, mad_anomaly
 
@@ -117,6 +118,32 @@ def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     assert saved["diagnostics"]["families_tried"] == ["mask_pattern"]
     assert (out / "inverted_trigger.png").is_file()
     assert (out / "attack.json").read_bytes() == (mnist_backdoor / "attack.json").read_bytes()
+
+
+def test_fresh_reinversion_tests_the_model_before_each_round(mnist_backdoor):
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
+    test = unbackdoor.load_dataset("mnist", "test").sample(1000, 0)
+    from unbackdoor.attacks.store import load_attack
+
+    record = load_attack(mnist_backdoor)
+    cfg = dict(FAST, rounds=4, inner_steps=60, reinvert="fresh")
+    purified, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    d = report.diagnostics
+    sizes = d["first_inversion"]["sizes"]
+    assert d["size_budget"] >= float(torch.tensor(sizes).median()) / 4
+    # every re-inverted trigger was measured on the model before that round's unlearning; the
+    # run ends when one no longer fools it, or after the last round
+    fooled = d["reinverted_fooling_per_round"]
+    assert len(fooled) >= 1 and len(d["fooling_per_round"]) == len(fooled) + (
+        0 if d["stopped"].startswith("a fresh trigger") else 1
+    )
+    if d["stopped"].startswith("a fresh trigger"):
+        assert fooled[-1] < 0.05 and all(f >= 0.05 for f in fooled[:-1])
+    after = unbackdoor.evaluate(
+        purified, test, trigger=record.trigger, attack_labels=record.attack_labels
+    )
+    assert after.asr < 0.2
 
 
 def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):

@@ -66,6 +66,7 @@ from unbackdoor.utils.runinfo import resolve_device
 
 MODES = ("auto", "targeted", "untargeted")
 FAMILY_CHOICES = ("auto", "mask_pattern", "additive")
+REINVERT = ("warm", "fresh")
 # what a stamped image is taught: its true label, or the backdoored model's output on the clean
 # version of the same image (its dark knowledge; the label where that model is right)
 STAMPED_TARGETS = ("label", "teacher")
@@ -115,6 +116,7 @@ class BIBAU(Defense):
     kl_weight: float = 1.0
     feature_weight: float = 1.0
     budget_scale: float = 1.5
+    reinvert: str = "warm"
     stop_fooling: float = 0.05
     memory: float = 0.7
     temperature: float = 1.0
@@ -145,6 +147,7 @@ class BIBAU(Defense):
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
+        self._require(self.reinvert in REINVERT, "reinvert", f"one of {REINVERT}")
         self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
         self._require(self.norm_lr_scale >= 0, "norm_lr_scale", ">= 0")
         self._require(
@@ -242,6 +245,9 @@ class BIBAU(Defense):
         k_idx = first.classes.index(z) if targeted else 0
         trigger = _single(first.family, k_idx)
         budget = float(first.sizes[k_idx]) * self.budget_scale
+        if self.reinvert == "fresh":  # anything cheaper than min_effect x the median is anomalous
+            budget = max(budget, float(first.sizes.median()) / self.min_effect)
+        diag["size_budget"] = budget
         bank: list[TriggerFamily] = [copy.deepcopy(trigger)]
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
@@ -254,14 +260,19 @@ class BIBAU(Defense):
         )
         start_round = self._resume(model, opt, bank, diag)
         augment = default_augment(clean.name, clean.images.shape[-1])
+        fresh = self.reinvert == "fresh"
         inner = InversionConfig(
             family=family,
             steps=max(1, self.inner_steps),
             targeted=targeted,
-            lr=0.05,
+            lr=0.1 if fresh else 0.05,
             bf16=self.bf16,
         )
-        cls = [z] if targeted else None
+        cls = [z] if targeted else [-1]
+
+        def fools(trig: TriggerFamily) -> float:
+            return float(fooling_rate(model, trig, val, cls, targeted, device, bf16=self.bf16)[0])
+
         for rnd in range(start_round, self.rounds):
             if self.time_budget and time.perf_counter() - t0 > self.time_budget:
                 diag["stopped"] = f"time budget {self.time_budget:.0f}s spent"
@@ -271,25 +282,30 @@ class BIBAU(Defense):
                     model,
                     clean,
                     inner,
-                    classes=cls,
+                    classes=cls if targeted else None,
                     seed=self.seed + rnd,
                     device=device,
-                    family=copy.deepcopy(trigger),
+                    family=None if fresh else copy.deepcopy(trigger),
                     desc=f"bibau: re-invert {rnd + 1}",
                 )
                 trigger = _clip_size(res.family, budget)
+                if fresh:  # the honest stop test: a new attack on the current model
+                    before = fools(trigger)
+                    diag.setdefault("reinverted_fooling_per_round", []).append(before)
+                    if before < self.stop_fooling:
+                        diag["stopped"] = (
+                            f"a fresh trigger within the size budget fools {before:.3f} "
+                            f"< {self.stop_fooling} before round {rnd + 1}"
+                        )
+                        break
                 bank.append(copy.deepcopy(trigger))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
-            fool = float(
-                fooling_rate(
-                    model, trigger, val, [z] if targeted else [-1], targeted, device, bf16=self.bf16
-                )[0]
-            )
+            fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
             diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
             diag["q_per_round"].append(q.tolist())
             self._checkpoint(model, opt, bank, diag, rnd + 1)
-            if fool < self.stop_fooling and rnd > 0:
+            if not fresh and fool < self.stop_fooling and rnd > 0:
                 diag["stopped"] = f"re-inverted trigger fools {fool:.3f} < {self.stop_fooling}"
                 break
         else:
