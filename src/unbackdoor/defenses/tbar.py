@@ -118,6 +118,7 @@ class TBAR(Defense):
     linearized: bool = False
     inversion_steps: int = 300
     anomaly_threshold: float = 2.0
+    min_effect: float = 4.0
     plot: bool = True
 
     def validate(self) -> None:
@@ -152,6 +153,7 @@ class TBAR(Defense):
             "None or a share in (0, 1]",
         )
         self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
+        self._require(self.min_effect >= 1, "min_effect", ">= 1")
 
     # ----------------------------------------------------------------------------------------
     def key_filter(self, model: nn.Module) -> Callable[[str], bool] | None:
@@ -180,7 +182,9 @@ class TBAR(Defense):
         """The trigger and target: from ``known_attack`` (an AttackRecord) or by inversion.
 
         Inversion runs per class on ``clean``; the class with the largest anomaly index is the
-        suspected target, and ``found`` says whether that index reaches ``anomaly_threshold``.
+        suspected target, and ``found`` says whether that index reaches ``anomaly_threshold``
+        and the class is at least ``min_effect`` times cheaper than the median class (as in
+        BI-BAU: with 10 classes the index alone flags clean models about a third of the time).
         """
         if known_attack is not None:
             target = (
@@ -205,7 +209,7 @@ class TBAR(Defense):
             device=device,
             desc="tbar: inversion",
         )
-        anomaly = res.anomaly_index()
+        anomaly, effect = res.anomaly_index(), res.effect_size()
         k = int(anomaly.argmax())
         target = res.classes[k]
         fam = res.family
@@ -217,6 +221,7 @@ class TBAR(Defense):
             "inversion": {
                 "sizes": res.sizes.tolist(),
                 "anomaly": anomaly.tolist(),
+                "effect_size": effect.tolist(),
                 "fooling": res.fooling.tolist(),
             }
         }
@@ -227,7 +232,7 @@ class TBAR(Defense):
                 lambda y, t=target: torch.full_like(y, t),
                 "inverted (unknown attack)",
                 target,
-                found=bool(anomaly[k] >= self.anomaly_threshold),
+                found=bool(anomaly[k] >= self.anomaly_threshold and effect[k] >= self.min_effect),
                 anomaly=float(anomaly[k]),
             ),
             diag,
@@ -402,9 +407,12 @@ class TBAR(Defense):
         spec, diag, images = self.trigger(model, clean, known_attack, device)
         diag["trigger_source"] = spec.source
         if spec.found is False:
+            effect = diag["inversion"]["effect_size"][spec.target]
             diag["result"] = (
                 f"no backdoor: the largest anomaly index ({spec.anomaly:.2f}, class "
-                f"{spec.target}) is under the threshold {self.anomaly_threshold}; model unchanged"
+                f"{spec.target}; threshold {self.anomaly_threshold:g}) or its effect "
+                f"({effect:.1f}x cheaper than the median class; needed {self.min_effect:g}x) "
+                "is too small; model unchanged"
             )
             return DefenseOutput(model, diag, images, None, False, spec.anomaly)
         theta_b = copy.deepcopy(model)
