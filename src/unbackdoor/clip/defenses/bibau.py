@@ -56,6 +56,10 @@ class ClipBIBAU(BIBAU):
 
     templates: list[str] | None = None
     lr: float = 0.005
+    # warm, short re-inversions: each step runs the whole image tower (as benchmarked in
+    # benchmarks/clip); the classifier default (fresh, 150 steps) has not been measured here
+    inner_steps: int = 20
+    reinvert: str = "warm"
     #: images per class and step of the inversions (None: the inversion's 32)
     inversion_batch_size: int | None = None
 
