@@ -120,26 +120,77 @@ def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     assert (out / "attack.json").read_bytes() == (mnist_backdoor / "attack.json").read_bytes()
 
 
-def test_fresh_reinversion_tests_the_model_before_each_round(mnist_backdoor):
+def _scripted_bibau(monkeypatch, fooled: list[float]):
+    """BI-BAU on blobs with a scripted first inversion (class 0 a clear backdoor target) and
+    scripted fooling rates of the fresh re-inverted triggers; counts the unlearning rounds."""
+    import synth
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import InversionResult, MaskPattern
+
+    sizes = torch.tensor([0.5, 17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2])
+    calls = {"invert": [], "unlearn": 0}
+
+    def fake_invert(model, data, cfg, *, classes=None, **k):
+        calls["invert"].append(cfg)
+        n = 10 if classes is None else len(classes)
+        fam = MaskPattern(n, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+        return InversionResult(fam, classes or list(range(10)), sizes[:n], torch.ones(n), None)
+
+    rates = iter(fooled)
+
+    def fake_fooling(*a, **k):
+        return torch.tensor([next(rates, 0.5)])
+
+    def count_unlearn(self, *a, **k):
+        calls["unlearn"] += 1
+
+    monkeypatch.setattr(bibau_mod, "invert", fake_invert)
+    monkeypatch.setattr(bibau_mod, "fooling_rate", fake_fooling)
+    monkeypatch.setattr(BIBAU, "_unlearn", count_unlearn)
+    data = synth.blobs(200, classes=10, size=8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    return calls, data.split(0.8, 0), model
+
+
+def test_fresh_reinversion_stops_before_unlearning_once_the_model_resists(monkeypatch, tmp_path):
+    # fooling rates in call order: after round 1's unlearning 0.3, fresh trigger before round
+    # 2 fools 0.4 (go on), after round 2 0.3, fresh trigger before round 3 fools 0.01 (stop)
+    calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.4, 0.3, 0.01])
+    d = BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path))
+    out = d.run(model, train, val)
+    diag = out.diagnostics
+    assert calls["unlearn"] == 2
+    assert diag["reinverted_fooling_per_round"] == pytest.approx([0.4, 0.01])
+    assert diag["fooling_per_round"] == pytest.approx([0.3, 0.3])
+    assert diag["stopped"].startswith("a fresh trigger within the budget fools 0.010")
+    # the re-inversions were fresh, budgeted at the median class over min_effect
+    inner = calls["invert"][1:]
+    assert len(inner) == 2 and all(c.max_size == pytest.approx(16.8 / 4) for c in inner)
+    assert diag["size_budget"] == pytest.approx(16.8 / 4)
+    # a rerun resumes at the stop: no more unlearning
+    calls2, (train, val), _ = _scripted_bibau(monkeypatch, [])
+    BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path)).run(model, train, val)
+    assert calls2["unlearn"] == 0
+
+
+def test_warm_reinversion_keeps_the_first_design(monkeypatch):
+    calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.01])
+    out = BIBAU(family="mask_pattern", rounds=6, reinvert="warm").run(model, train, val)
+    assert calls["unlearn"] == 2 and "reinverted_fooling_per_round" not in out.diagnostics
+    assert out.diagnostics["size_budget"] == pytest.approx(0.75)  # 1.5x the first trigger
+    assert calls["invert"][1].max_size is None
+
+
+def test_fresh_bibau_lowers_asr_on_mnist(mnist_backdoor):
+    from unbackdoor.attacks.store import load_attack
+
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
     test = unbackdoor.load_dataset("mnist", "test").sample(1000, 0)
-    from unbackdoor.attacks.store import load_attack
-
     record = load_attack(mnist_backdoor)
-    cfg = dict(FAST, rounds=4, inner_steps=60, reinvert="fresh")
-    purified, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
-    d = report.diagnostics
-    sizes = d["first_inversion"]["sizes"]
-    assert d["size_budget"] >= float(torch.tensor(sizes).median()) / 4
-    # every re-inverted trigger was measured on the model before that round's unlearning; the
-    # run ends when one no longer fools it, or after the last round
-    fooled = d["reinverted_fooling_per_round"]
-    assert len(fooled) >= 1 and len(d["fooling_per_round"]) == len(fooled) + (
-        0 if d["stopped"].startswith("a fresh trigger") else 1
-    )
-    if d["stopped"].startswith("a fresh trigger"):
-        assert fooled[-1] < 0.05 and all(f >= 0.05 for f in fooled[:-1])
+    purified, report = unbackdoor.unlearn(model, data, "bibau", **dict(FAST, inner_steps=60))
+    assert report.config["reinvert"] == "fresh"
+    assert len(report.diagnostics["reinverted_fooling_per_round"]) >= 1
     after = unbackdoor.evaluate(
         purified, test, trigger=record.trigger, attack_labels=record.attack_labels
     )

@@ -42,6 +42,42 @@ def test_effect_size_is_the_cost_ratio_to_the_median_class():
     assert float(res.effect_size()[0]) == pytest.approx(99.0)
 
 
+def test_limit_size_projects_only_the_oversized_masks():
+    fam = MaskPattern(3, (1, 8, 8))
+    with torch.no_grad():
+        fam.mask_logit.copy_(torch.tensor([-1.0, -4.0, 0.0]).view(3, 1, 1, 1).expand(3, 1, 8, 8))
+    before = fam.size().detach().clone()
+    fam.limit_size(5.0)
+    after = fam.size().detach()
+    assert after[0] == pytest.approx(5.0, rel=1e-4) and after[2] == pytest.approx(5.0, rel=1e-4)
+    assert after[1] == before[1]  # already within the budget: untouched
+
+
+def test_max_size_holds_during_inversion(mnist_backdoor):
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 1)
+    cfg = InversionConfig(steps=30, max_size=3.0, lambda_init=0.0)
+    res = invert(model, data, cfg, classes=[0, 1], seed=0)
+    assert (res.sizes <= 3.0 + 1e-3).all()
+
+
+def test_untargeted_fooling_ignores_the_models_own_errors():
+    from unbackdoor.data import ImageDataset
+    from unbackdoor.inversion import fooling_rate
+
+    # a model that always says class 0: right on the class-0 half, wrong on the rest
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    images = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(20) % 2, ["a", "b"], "toy")
+    fam = MaskPattern(1, (1, 4, 4))
+    with torch.no_grad():
+        fam.mask_logit.fill_(-30.0)  # a trigger that changes nothing
+    assert float(fooling_rate(model, fam, data, [-1], targeted=False)[0]) == 0.0
+
+
 def test_mask_pattern_family_batches_candidates():
     fam = MaskPattern(3, (1, 8, 8))
     x = torch.rand(6, 1, 8, 8)

@@ -90,7 +90,12 @@ def _fake_inversion(sizes):
 
 
 @pytest.mark.parametrize(
-    "sizes, found", [([10.0, 11.0, 9.5, 10.5], False), ([1.0, 11.0, 9.5, 10.5], True)]
+    "sizes, found",
+    [
+        ([10.0, 11.0, 9.5, 10.5], False),
+        ([6.0, 11.0, 10.0, 10.5], False),  # index ~7 but only 1.7x cheaper: no backdoor
+        ([1.0, 11.0, 9.5, 10.5], True),
+    ],
 )
 def test_unknown_attack_honours_the_anomaly_threshold(monkeypatch, sizes, found):
     import synth
@@ -108,6 +113,8 @@ def test_unknown_attack_honours_the_anomaly_threshold(monkeypatch, sizes, found)
     assert out.backdoor_found is found and out.anomaly_score == pytest.approx(top)
     if not found:  # the model comes back untouched and no target is named
         assert out.suspected_target is None and "no backdoor" in out.diagnostics["result"]
+        short = "anomaly index" if top < 2 else "effect"
+        assert f"its {short} is too small" in out.diagnostics["result"]
         assert all(torch.equal(before[k], v) for k, v in out.model.state_dict().items())
     else:
         assert out.suspected_target == 0 and "alpha_sweep" in out.diagnostics

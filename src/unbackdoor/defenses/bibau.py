@@ -10,21 +10,25 @@ model's clean outputs.
 The trigger phi and its target z are unknown (blind inversion). An EM loop maximises a MAP
 objective:
 
-- E-step: a posterior q(z) over candidate targets from how cheaply each class is reached
-  (:mod:`unbackdoor.inversion`, MAD anomaly on the trigger sizes), with memory across rounds so
-  that q does not drift once the target stops being anomalous. A backdoor is reported only if
-  the most anomalous class also needs a trigger ``min_effect`` (4) times cheaper than the
-  median class: with 10 classes NC's index alone (> 2) flags a never-backdoored model about a
-  third of the time, because the MAD rests on ten numbers (``benchmarks/bibau_dev``).
-  Targeted: one-hot on the detected (or given) target. Untargeted / all-to-all: a shared
-  trigger and a per-sample q(z|x) spread over the classes the stamped sample is pushed to.
+- E-step: a posterior q(z) over candidate targets from how cheaply each class is reached by
+  the first blind inversion (:mod:`unbackdoor.inversion`: MAD anomaly index on the mask sizes,
+  or on the odds against fooling for the additive family); ``posterior`` can mix it with a
+  previous round's q (``memory``), but re-scoring every class each round would cost a full
+  inversion per round, so the loop commits to q's mode. A backdoor is reported only if the
+  most anomalous class also needs a trigger ``min_effect`` (4) times cheaper than the median
+  class: with 10 classes NC's index alone (> 2) flags a never-backdoored model about a third
+  of the time, because the MAD rests on ten numbers (``benchmarks/bibau_dev``). Targeted:
+  one-hot on the detected (or given) target. Untargeted / all-to-all: one shared trigger that
+  moves images off their label, unlearned towards their true labels (no target is named).
 - M-step, inner maximisation: before each round after the first, the trigger is re-inverted
-  against the current model from a new initialisation (``reinvert="fresh"``), within a size
-  budget: 1.5x the first trigger's, or the median class's over ``min_effect`` if larger, since
-  any trigger that cheap is still anomalous. If it no longer flips the model the loop stops,
-  so the stop rule tests the model with a new attack, not with a trigger it was just trained
-  against. ``reinvert="warm"`` takes a few steps from the previous trigger instead (the
-  first design; it stopped after two rounds whatever remained).
+  against the current model from a new initialisation (``reinvert="fresh"``), projected every
+  step onto a size budget: 1.5x the first trigger's, or the median class's over
+  ``min_effect`` if larger, since any trigger that cheap is still anomalous (``min_effect=1``
+  therefore also widens the budget to a typical class's trigger). If it no longer flips the
+  model the loop stops, so the stop rule tests the model with a new attack, not with a
+  trigger it was just trained against. ``reinvert="warm"`` steps from the previous trigger
+  instead and tests it after unlearning (the first design, with ``inner_steps=20``; it
+  stopped after two rounds whatever remained).
 - M-step, outer minimisation: SGD on stamped examples (from a bank of every trigger found so
   far) taught the backdoored model's output on their clean version (its dark knowledge around
   the true label; ``stamped_target="label"`` uses the hard label), plus clean examples, a KL
@@ -41,7 +45,8 @@ accuracy, soft targets 1.9, and soft targets at lr 0.007 1.3 with ASR 2.5%; fres
 1.5 with ASR 2.1% (``benchmarks/bibau_dev``).
 
 Rounds stop when the re-inverted trigger no longer flips the model within its budget, or when
-the budget in rounds or seconds is spent. The loop checkpoints after every round and resumes.
+the budget in rounds or seconds is spent. The loop checkpoints after every round (and at the
+stop) and resumes.
 """
 
 from __future__ import annotations
@@ -234,11 +239,22 @@ class BIBAU(Defense):
             if k == "trigger"
         }
         if not found:
+            failed = [
+                name
+                for name, ok in (
+                    ("anomaly index", anomaly[k_max] >= self.anomaly_threshold),
+                    ("effect", effect[k_max] >= self.min_effect),
+                    ("fooling", first.fooling[k_max] >= 0.5),
+                )
+                if not ok
+            ]
             diag["stopped"] = (
-                f"no backdoor found: class {first.classes[k_max]} stands out most (anomaly "
-                f"index {float(anomaly[k_max]):.2f}, threshold {self.anomaly_threshold:g}; "
-                f"{float(effect[k_max]):.1f}x cheaper than the median class, needed "
-                f"{self.min_effect:g}x; fooling {float(first.fooling[k_max]):.2f}), model unchanged"
+                f"no backdoor found ({' and '.join(tried)} families): class "
+                f"{first.classes[k_max]} stands out most in the {family} family, but its "
+                f"{', '.join(failed)} falls short (index {float(anomaly[k_max]):.2f}, needed "
+                f"{self.anomaly_threshold:g}; {float(effect[k_max]):.1f}x cheaper than the median "
+                f"class, needed {self.min_effect:g}x; fooling {float(first.fooling[k_max]):.2f}, "
+                "needed 0.5); model unchanged"
             )
             return DefenseOutput(
                 model,
@@ -250,10 +266,11 @@ class BIBAU(Defense):
             )
         k_idx = first.classes.index(z) if targeted else 0
         trigger = _single(first.family, k_idx)
-        budget = float(first.sizes[k_idx]) * self.budget_scale
-        if self.reinvert == "fresh":  # anything cheaper than min_effect x the median is anomalous
-            budget = max(budget, float(first.sizes.median()) / self.min_effect)
-        diag["size_budget"] = budget
+        fresh = self.reinvert == "fresh" and self.inner_steps > 0
+        budget, stop_at = self._budget(first, k_idx, fresh, targeted)
+        diag.update(size_budget=budget, stop_fooling=stop_at)
+        if fresh:
+            diag["reinverted_fooling_per_round"] = []
         bank: list[TriggerFamily] = [copy.deepcopy(trigger)]
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
@@ -266,12 +283,12 @@ class BIBAU(Defense):
         )
         start_round = self._resume(model, opt, bank, diag)
         augment = default_augment(clean.name, clean.images.shape[-1])
-        fresh = self.reinvert == "fresh"
         inner = InversionConfig(
             family=family,
             steps=max(1, self.inner_steps),
             targeted=targeted,
             lr=0.1 if fresh else 0.05,
+            max_size=budget if fresh else None,
             bf16=self.bf16,
         )
         cls = [z] if targeted else [-1]
@@ -280,6 +297,8 @@ class BIBAU(Defense):
             return float(fooling_rate(model, trig, val, cls, targeted, device, bf16=self.bf16)[0])
 
         for rnd in range(start_round, self.rounds):
+            if "stopped" in diag:  # resumed after the stop rule fired
+                break
             if self.time_budget and time.perf_counter() - t0 > self.time_budget:
                 diag["stopped"] = f"time budget {self.time_budget:.0f}s spent"
                 break
@@ -294,15 +313,18 @@ class BIBAU(Defense):
                     family=None if fresh else copy.deepcopy(trigger),
                     desc=f"bibau: re-invert {rnd + 1}",
                 )
-                trigger = _clip_size(res.family, budget)
-                if fresh:  # the honest stop test: a new attack on the current model
+                trigger = res.family
+                if budget is not None:
+                    trigger.limit_size(budget)
+                if fresh:  # the stop test: a new attack on the current model, before unlearning
                     before = fools(trigger)
-                    diag.setdefault("reinverted_fooling_per_round", []).append(before)
-                    if before < self.stop_fooling:
+                    diag["reinverted_fooling_per_round"].append(before)
+                    if before < stop_at:
                         diag["stopped"] = (
-                            f"a fresh trigger within the size budget fools {before:.3f} "
-                            f"< {self.stop_fooling} before round {rnd + 1}"
+                            f"a fresh trigger within the budget fools {before:.3f} < "
+                            f"{stop_at:.3f} of the held-out images before round {rnd + 1}"
                         )
+                        self._checkpoint(model, opt, bank, diag, rnd)
                         break
                 bank.append(copy.deepcopy(trigger))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
@@ -310,9 +332,10 @@ class BIBAU(Defense):
             diag["fooling_per_round"].append(fool)
             diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
             diag["q_per_round"].append(q.tolist())
+            if not fresh and fool < stop_at and rnd > 0:
+                diag["stopped"] = f"re-inverted trigger fools {fool:.3f} < {stop_at:.3f}"
             self._checkpoint(model, opt, bank, diag, rnd + 1)
-            if not fresh and fool < self.stop_fooling and rnd > 0:
-                diag["stopped"] = f"re-inverted trigger fools {fool:.3f} < {self.stop_fooling}"
+            if "stopped" in diag:
                 break
         else:
             diag.setdefault("stopped", f"{self.rounds} rounds done")
@@ -327,6 +350,30 @@ class BIBAU(Defense):
             backdoor_found=True,
             anomaly_score=float(anomaly.max()) if targeted else None,
         )
+
+    def _budget(
+        self, first: Any, k: int, fresh: bool, targeted: bool
+    ) -> tuple[float | None, float]:
+        """(size budget of the re-inverted trigger, fooling rate under which rounds stop).
+
+        Mask family: 1.5x the first trigger's size, and with fresh re-inversion at least the
+        median class's size over ``min_effect`` (a trigger that cheap would still be
+        anomalous). Additive family: the budget is the fixed L-inf ball; a fresh trigger must
+        then also be ``min_effect`` times cheaper (in odds against fooling) than the first
+        inversion's median class to count, since a bounded perturbation fools a few percent
+        of images towards any class.
+        """
+        if first.family.kind != "mask_pattern":
+            stop_at = self.stop_fooling
+            if fresh and targeted:
+                f = first.fooling.clamp(1e-4, 1 - 1e-4)
+                median_odds = float(((1 - f) / f).median())
+                stop_at = max(stop_at, 1 / (1 + median_odds / self.min_effect))
+            return None, stop_at
+        budget = float(first.sizes[k]) * self.budget_scale
+        if fresh and targeted:
+            budget = max(budget, float(first.sizes.median()) / self.min_effect)
+        return budget, self.stop_fooling
 
     # --------------------------------------------------------------------------- M-step, outer
     def _unlearn(
@@ -519,15 +566,3 @@ def _single(family: TriggerFamily, k: int) -> TriggerFamily:
         for name, p in list(out.named_parameters()):
             setattr(out, name, nn.Parameter(p[k : k + 1].clone()))
     return out
-
-
-def _clip_size(family: TriggerFamily, budget: float) -> TriggerFamily:
-    """Scale a mask trigger down to the size budget (projection of the inner maximisation)."""
-    if hasattr(family, "mask_logit"):
-        with torch.no_grad():
-            m = family.mask
-            size = float(m.sum())
-            if size > budget:
-                m = (m * budget / size).clamp(1e-6, 1 - 1e-6)
-                family.mask_logit.copy_(torch.log(m) - torch.log1p(-m))
-    return family

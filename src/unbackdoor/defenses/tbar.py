@@ -87,8 +87,9 @@ class TriggerSpec:
     labels: Any  # y -> attack labels
     source: str
     target: int | None
-    found: bool | None = None  # unknown attack: did the anomaly index reach the threshold
+    found: bool | None = None  # unknown attack: did index and effect reach their thresholds
     anomaly: float | None = None  # unknown attack: the largest anomaly index
+    effect: float | None = None  # unknown attack: that class's effect size (x cheaper)
 
 
 @register_defense
@@ -183,8 +184,8 @@ class TBAR(Defense):
 
         Inversion runs per class on ``clean``; the class with the largest anomaly index is the
         suspected target, and ``found`` says whether that index reaches ``anomaly_threshold``
-        and the class is at least ``min_effect`` times cheaper than the median class (as in
-        BI-BAU: with 10 classes the index alone flags clean models about a third of the time).
+        and the class is at least ``min_effect`` times cheaper than the median class (BI-BAU's
+        guard: with 10 classes the index alone flags clean models about a third of the time).
         """
         if known_attack is not None:
             target = (
@@ -234,6 +235,7 @@ class TBAR(Defense):
                 target,
                 found=bool(anomaly[k] >= self.anomaly_threshold and effect[k] >= self.min_effect),
                 anomaly=float(anomaly[k]),
+                effect=float(effect[k]),
             ),
             diag,
             images,
@@ -407,12 +409,12 @@ class TBAR(Defense):
         spec, diag, images = self.trigger(model, clean, known_attack, device)
         diag["trigger_source"] = spec.source
         if spec.found is False:
-            effect = diag["inversion"]["effect_size"][spec.target]
+            short = "anomaly index" if spec.anomaly < self.anomaly_threshold else "effect"
             diag["result"] = (
-                f"no backdoor: the largest anomaly index ({spec.anomaly:.2f}, class "
-                f"{spec.target}; threshold {self.anomaly_threshold:g}) or its effect "
-                f"({effect:.1f}x cheaper than the median class; needed {self.min_effect:g}x) "
-                "is too small; model unchanged"
+                f"no backdoor: class {spec.target} has the largest anomaly index "
+                f"({spec.anomaly:.2f}; threshold {self.anomaly_threshold:g}) and is "
+                f"{spec.effect:.1f}x cheaper than the median class (needed "
+                f"{self.min_effect:g}x): its {short} is too small; model unchanged"
             )
             return DefenseOutput(model, diag, images, None, False, spec.anomaly)
         theta_b = copy.deepcopy(model)

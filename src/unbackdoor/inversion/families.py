@@ -43,6 +43,10 @@ class TriggerFamily(nn.Module):
     def project(self) -> None:
         """Keep the parameters inside the family's constraint set."""
 
+    def limit_size(self, max_size: float) -> None:
+        """Shrink every trigger whose ``size()`` exceeds ``max_size`` onto that size (mask
+        families; an additive trigger's budget is its fixed L-inf ball)."""
+
     def images(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -84,6 +88,16 @@ class MaskPattern(TriggerFamily):
 
     def size(self) -> torch.Tensor:
         return self.mask.flatten(1).sum(1)
+
+    def limit_size(self, max_size: float) -> None:
+        with torch.no_grad():
+            m = self.mask
+            size = m.flatten(1).sum(1).view(-1, 1, 1, 1)
+            over = size > max_size
+            if over.any():
+                shrunk = (m * max_size / size).clamp(1e-6, 1 - 1e-6)
+                logit = torch.log(shrunk) - torch.log1p(-shrunk)
+                self.mask_logit.copy_(torch.where(over, logit, self.mask_logit))
 
     def prior(self) -> torch.Tensor:
         cost = self.size()

@@ -44,6 +44,7 @@ class InversionConfig:
     patience: int = 5
     tv_weight: float = 0.0
     eps: float = 0.1
+    max_size: float | None = None  # mask families: a hard size budget, projected every step
     targeted: bool = True
     bf16: bool = False  # bf16 autocast for the model's forward (CPUs with bf16 units, GPUs)
 
@@ -63,6 +64,7 @@ class InversionConfig:
             "in (0, 1]",
         )
         check(0 < self.eps <= 1, o, "eps", self.eps, "in (0, 1]")
+        check(self.max_size is None or self.max_size > 0, o, "max_size", self.max_size, "> 0")
         return self
 
 
@@ -130,8 +132,12 @@ def _objective(
     y: torch.Tensor,
     classes: torch.Tensor,
     targeted: bool,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trigger mean loss and fooling rate on batch (x, y); K x B work in one forward."""
+    """Per-trigger mean loss and fooling rate on batch (x, y); K x B work in one forward.
+
+    ``keep`` (B booleans) restricts both to a subset of the batch.
+    """
     k_count, b = len(classes), x.shape[0]
     ks = torch.arange(k_count, device=x.device).repeat_interleave(b)
     xs = fam.stamp(x.repeat(k_count, 1, 1, 1), ks)
@@ -148,6 +154,8 @@ def _objective(
         loss = -torch.log1p(-p_true.clamp(max=1 - 1e-6))
         hit = (logits.argmax(1) != yy).float()
     weight = weight.view(k_count, b)
+    if keep is not None:
+        weight = weight * keep.float()[None, :]
     denom = weight.sum(1).clamp_min(1.0)
     return (
         (loss.view(k_count, b) * weight).sum(1) / denom,
@@ -219,6 +227,8 @@ def invert(
         total.backward()
         opt.step()
         family.project()
+        if cfg.max_size is not None:
+            family.limit_size(cfg.max_size)
         with torch.no_grad():
             fool = fool_k.detach().cpu()
             sizes = family.size().detach().cpu()
@@ -273,19 +283,26 @@ def fooling_rate(
     *,
     bf16: bool = False,
 ) -> torch.Tensor:
-    """Per-trigger share of (other-class) images the stamped trigger sends to its class."""
+    """Per-trigger share of (other-class) images the stamped trigger sends to its class.
+
+    Untargeted (``targeted=False``): the share of the images the model classifies correctly
+    that the trigger moves off their label (the model's own errors are not counted).
+    """
     was_training = model.training
     model.eval()
     class_t = torch.tensor(classes)
     hits = torch.zeros(len(classes))
     counts = torch.zeros(len(classes))
     for batch in iterate(data, batch_size, device=device):
+        keep = None
         with autocast(device, bf16):
-            _, fool = _objective(model, family, batch.x, batch.y, class_t, targeted)
+            if not targeted:
+                keep = model(batch.x).argmax(1) == batch.y
+            _, fool = _objective(model, family, batch.x, batch.y, class_t, targeted, keep)
         if targeted:
             n = (batch.y.cpu()[None, :] != class_t[:, None]).sum(1).float()
         else:
-            n = torch.full((1,), float(batch.y.numel()))
+            n = keep.sum().float().cpu().view(1)
         hits += fool.cpu() * n
         counts += n
     model.train(was_training)
