@@ -535,12 +535,19 @@ def bench(
         int | None, typer.Option(help="Parallel processes (default: the config's).", min=1)
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No per-cell log lines.")] = False,
+    rerun: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the defense cells whose key matches this glob again although they are "
+            "done (e.g. '*/bibau/*' after a code change the config does not show)."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a benchmark grid; rerun the same command to resume an interrupted one."""
     from unbackdoor.bench import run_grid
 
-    r = run_grid(config, out, workers=workers, quiet=quiet)
+    r = run_grid(config, out, workers=workers, quiet=quiet, rerun=rerun)
     summary = {k: getattr(r, k) for k in ("cells", "computed", "skipped", "failed", "wall_time")}
     if json_out:
         _echo_json({"results": str(r.results), **summary})

@@ -11,6 +11,7 @@ the grid (command, date, machine, wall time) is recorded in ``<out>/grid.json`` 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -236,13 +237,17 @@ def run_grid(
     *,
     quiet: bool = False,
     workers: int | None = None,
+    rerun: str | None = None,
 ) -> GridResult:
     """Run (or resume) the grid of ``config`` into ``out``; returns what this call did.
 
     ``config`` is a YAML path, a mapping or a :class:`BenchConfig`; ``workers`` overrides the
     config's. Cells already in ``out/results.jsonl`` without an error are skipped; failed cells
-    are recorded with their error and traceback and retried by the next call. Ctrl-C stops the
-    grid (finished cells stay recorded) and re-raises ``KeyboardInterrupt``.
+    are recorded with their error and traceback and retried by the next call. ``rerun`` (a
+    glob over cell keys such as ``"*/badnets/bibau/*"``) runs matching cells again although
+    they are done: for a change of the code that the method's config does not show; the new
+    rows supersede the old. Ctrl-C stops the grid (finished cells stay recorded) and re-raises
+    ``KeyboardInterrupt``.
     """
     from unbackdoor.attacks.zoo import zoo_root
 
@@ -268,7 +273,12 @@ def run_grid(
         _recover(out, store, quiet)
         cells = expand(cfg, out, zoo)
         latest = store.latest()
-        pending = [c for c in cells if not c.is_done(latest.get(c.key))]
+        pending = [
+            c
+            for c in cells
+            if not c.is_done(latest.get(c.key))
+            or (rerun is not None and c.role == "defense" and fnmatch.fnmatchcase(c.key, rerun))
+        ]
         skipped = len(cells) - len(pending)
         _say(
             f"grid {cfg.name!r}: {len(cells)} cells, {skipped} already done, "
