@@ -72,6 +72,15 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
         assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
 
 
+def test_steps_per_round_cap_passes_over_small_data():
+    d = BIBAU(outer_steps=60, batch_size=128)
+    assert d.steps_per_round(2000) == 60  # 3.8 passes: under the cap
+    assert d.steps_per_round(400) == 13  # 4 passes over 400 images
+    assert BIBAU(max_epochs=None).steps_per_round(400) == 60
+    with pytest.raises(ConfigError, match="max_epochs=0"):
+        create_defense("bibau", max_epochs=0)
+
+
 def test_param_groups_scale_only_normalisation_layers():
     from unbackdoor.defenses.bibau import _param_groups
 

@@ -52,6 +52,7 @@ stop) and resumes.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,6 +122,8 @@ class BIBAU(Defense):
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60
+    #: at most this many passes over the defender's images per round (None: no cap)
+    max_epochs: float | None = 4.0
     batch_size: int = 128
     lr: float = 0.007
     stamp_fraction: float = 0.5
@@ -150,6 +153,7 @@ class BIBAU(Defense):
         self._require(self.inversion_steps >= 1, "inversion_steps", ">= 1")
         self._require(self.inner_steps >= 0, "inner_steps", ">= 0")
         self._require(self.outer_steps >= 1, "outer_steps", ">= 1")
+        self._require(self.max_epochs is None or self.max_epochs > 0, "max_epochs", "None or > 0")
         self._require(self.lr > 0, "lr", "> 0")
         self._require(0 < self.stamp_fraction < 1, "stamp_fraction", "in (0, 1)")
         self._require(self.kl_weight >= 0, "kl_weight", ">= 0")
@@ -428,6 +432,17 @@ class BIBAU(Defense):
             feats.remove()
         model.eval()
 
+    def steps_per_round(self, n_images: int) -> int:
+        """``outer_steps``, capped at ``max_epochs`` passes over ``n_images``.
+
+        With a few hundred images the fixed step count would revisit each one a dozen times
+        per round and fit them at the cost of clean accuracy (500 CIFAR-10 images: -8 points).
+        """
+        if self.max_epochs is None:
+            return self.outer_steps
+        cap = math.ceil(self.max_epochs * n_images / self.batch_size)
+        return max(1, min(self.outer_steps, cap))
+
     def stamped_batches(
         self,
         model: nn.Module,
@@ -452,7 +467,7 @@ class BIBAU(Defense):
                     m.eval()
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
         it, epoch = iter(()), 0
-        for _ in progress(range(self.outer_steps), desc=desc):
+        for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
                 batch = next(it)
             except StopIteration:

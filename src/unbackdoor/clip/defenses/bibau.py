@@ -60,6 +60,7 @@ class ClipBIBAU(BIBAU):
     # benchmarks/clip); the classifier default (fresh, 150 steps) has not been measured here
     inner_steps: int = 20
     reinvert: str = "warm"
+    max_epochs: float | None = None
     #: images per class and step of the inversions (None: the inversion's 32)
     inversion_batch_size: int | None = None
 
