@@ -64,15 +64,15 @@ def models() -> list[tuple[str, str, Path, object, int | None]]:
     split = torch.load(HERE / "runs" / "dev_split.pt", weights_only=True)
     cifar = load_dataset("cifar10", "train").subset(split["train_idx"], "cifar10")
     mnist = load_dataset("mnist", "train")
-    out = []
+    out = [
+        ("cifar10 dev clean", "cifar10", HERE / "runs" / "dev_clean", cifar, None),
+        ("cifar10 dev badnets", "cifar10", HERE / "runs" / "dev_badnets", cifar, 0),
+    ]
     for attack in [None, *MNIST_ATTACKS]:
         path, _ = zoo_model("mnist", "small_cnn", attack)
         target = None if attack is None else load_attack(path).policy.target
         out.append((f"mnist {attack or 'clean'}", "mnist", path, mnist, target))
-    return out + [
-        ("cifar10 dev clean", "cifar10", HERE / "runs" / "dev_clean", cifar, None),
-        ("cifar10 dev badnets", "cifar10", HERE / "runs" / "dev_badnets", cifar, 0),
-    ]
+    return out
 
 
 def main() -> None:
