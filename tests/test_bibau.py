@@ -72,6 +72,28 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
         assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
 
 
+def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):
+    import synth
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import Additive, InversionResult
+
+    # a blend on MNIST at eps 0.1 (calibration table): 43% of images moved to the target
+    # against about 1% for the other classes: a backdoor although under half are fooled
+    fooling = torch.tensor([0.43, 0.01, 0.012, 0.008, 0.01, 0.015, 0.009, 0.011, 0.01, 0.02])
+
+    def fake(*a, classes=None, **k):
+        n = 10 if classes is None else len(classes)
+        fam = Additive(n, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+        return InversionResult(fam, classes or list(range(10)), torch.ones(n), fooling[:n], None)
+
+    monkeypatch.setattr(bibau_mod, "invert", fake)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
+    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    out = BIBAU(family="additive", rounds=1).run(model, train, val)
+    assert out.backdoor_found and out.suspected_target == 0
+
+
 def test_steps_per_round_cap_passes_over_small_data():
     d = BIBAU(outer_steps=60, batch_size=128)
     assert d.steps_per_round(2000) == 60  # 3.8 passes: under the cap

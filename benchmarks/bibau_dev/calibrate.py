@@ -42,7 +42,7 @@ from unbackdoor.utils.io import atomic_write_json, atomic_write_text  # noqa: E4
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "runs" / "calibration"
-MNIST_ATTACKS = ["badnets", "blended", "wanet", "lf", "trojannn", "adaptive_blend"]
+MNIST_ATTACKS = ["badnets", "blended", "wanet"]  # the rest were not run (CPU time)
 FAMILIES = ["mask_pattern", "additive"]
 MIN_EFFECT = 4.0  # BI-BAU's default min_effect, fixed before these numbers were read
 
@@ -111,7 +111,12 @@ def main() -> None:
                     "effect": round(float(effect[k]), 2),
                     "largest_natural_effect": round(float(effect[natural].max()), 2),
                     "flag_nc": nc_flag,
-                    "flag_bibau": nc_flag and bool(effect[k] >= MIN_EFFECT),
+                    # BI-BAU's rule: the fooling check only for the mask family (see bibau.py)
+                    "flag_bibau": bool(
+                        anomaly[k] >= 2
+                        and effect[k] >= MIN_EFFECT
+                        and (family == "additive" or res.fooling[k] >= 0.5)
+                    ),
                     "target_anomaly": None
                     if target is None
                     else round(float(anomaly[res.classes.index(target)]), 2),
@@ -152,8 +157,8 @@ def main() -> None:
         "its fooling",
         "its effect",
         "largest natural effect",
-        "NC (index >= 2) flags",
-        f"BI-BAU (and effect >= {MIN_EFFECT:g}x) flags",
+        "old rule (index >= 2, fooling >= 50%) flags",
+        f"BI-BAU (index >= 2, effect >= {MIN_EFFECT:g}x; masks: fooling >= 50%) flags",
     ]
     text = (
         "# Calibration of BI-BAU's detection (development models only)\n\n"

@@ -203,14 +203,18 @@ class BIBAU(Defense):
             )
             anomaly = first.anomaly_index() if targeted else torch.zeros(1)
             effect = first.effect_size() if targeted else torch.ones(1)
-            # a class is only "cheap to reach" if its trigger actually reaches it, stands out
-            # from the others (NC's index) and is much cheaper than a typical class
+            # a class is only "cheap to reach" if it stands out from the others (NC's index),
+            # is much cheaper than a typical class and, for a mask (whose size adapts until it
+            # fools), its trigger actually reaches it; an additive trigger's budget is fixed, so
+            # its fooling rate is the measurement itself (a blend fools 43% of MNIST at eps 0.1
+            # against the median class's 1%), already in the effect size
             k_max = int(anomaly.argmax())
+            min_fooling = 0.5 if family == "mask_pattern" else 0.0
             found = (
                 bool(
                     anomaly[k_max] >= self.anomaly_threshold
                     and effect[k_max] >= self.min_effect
-                    and first.fooling[k_max] >= 0.5
+                    and first.fooling[k_max] >= min_fooling
                 )
                 if targeted
                 else True
@@ -248,7 +252,7 @@ class BIBAU(Defense):
                 for name, ok in (
                     ("anomaly index", anomaly[k_max] >= self.anomaly_threshold),
                     ("effect", effect[k_max] >= self.min_effect),
-                    ("fooling", first.fooling[k_max] >= 0.5),
+                    ("fooling", first.fooling[k_max] >= min_fooling),
                 )
                 if not ok
             ]
@@ -258,7 +262,7 @@ class BIBAU(Defense):
                 f"{', '.join(failed)} falls short (index {float(anomaly[k_max]):.2f}, needed "
                 f"{self.anomaly_threshold:g}; {float(effect[k_max]):.1f}x cheaper than the median "
                 f"class, needed {self.min_effect:g}x; fooling {float(first.fooling[k_max]):.2f}, "
-                "needed 0.5); model unchanged"
+                f"needed {min_fooling:g}); model unchanged"
             )
             return DefenseOutput(
                 model,
