@@ -137,6 +137,12 @@ seed {clean["seed"]}; the clean reference model reaches **{100 * clean["clean_ac
         )
     }
 """
+    missing = [a for a in list_attacks() if a not in results["rows"]]
+    if missing:
+        text += (
+            f"\nNot yet trained on {dataset} (rerun the command above to resume; the zoo keeps "
+            f"finished models): {', '.join(missing)}.\n"
+        )
     atomic_write_text(HERE / f"{dataset}.md", text)
 
 
