@@ -258,6 +258,9 @@ def test_clean_model_is_left_alone(mnist_clean):
     purified, report = unbackdoor.unlearn(model, data, "bibau", **FAST)
     assert report.backdoor_found is False
     assert report.diagnostics["families_tried"] == ["mask_pattern", "additive"]
+    verdicts = report.diagnostics["family_verdicts"]
+    assert set(verdicts) == {"mask_pattern", "additive"}
+    assert not any(v["found"] for v in verdicts.values())
     test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
     drop = (
         unbackdoor.evaluate(model, test).clean_acc - unbackdoor.evaluate(purified, test).clean_acc

@@ -189,6 +189,7 @@ class BIBAU(Defense):
         # "auto": patches and blends first (mask and pattern); if no class is anomalously cheap
         # to reach that way, a bounded additive perturbation (warps, invisible triggers).
         tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
+        verdicts: dict[str, dict[str, Any]] = {}
         for family in tried:
             inv_cfg = InversionConfig(
                 family=family, steps=self.inversion_steps, targeted=targeted, bf16=self.bf16
@@ -219,6 +220,13 @@ class BIBAU(Defense):
                 if targeted
                 else True
             )
+            verdicts[family] = {
+                "class": first.classes[k_max],
+                "anomaly": float(anomaly[k_max]),
+                "effect": float(effect[k_max]),
+                "fooling": float(first.fooling[k_max]),
+                "found": found,
+            }
             if found or self.target is not None:
                 break
         q = self.posterior(anomaly, None) if targeted else torch.ones(1)
@@ -230,6 +238,7 @@ class BIBAU(Defense):
             "mode": "targeted" if targeted else "untargeted",
             "family": family,
             "families_tried": tried[: tried.index(family) + 1],
+            "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
             "first_inversion": {
                 "classes": first.classes,
                 "sizes": first.sizes.tolist(),
