@@ -111,12 +111,7 @@ def main() -> None:
                     "effect": round(float(effect[k]), 2),
                     "largest_natural_effect": round(float(effect[natural].max()), 2),
                     "flag_nc": nc_flag,
-                    # BI-BAU's rule: the fooling check only for the mask family (see bibau.py)
-                    "flag_bibau": bool(
-                        anomaly[k] >= 2
-                        and effect[k] >= MIN_EFFECT
-                        and (family == "additive" or res.fooling[k] >= 0.5)
-                    ),
+                    "flag_bibau": res.verdict(2.0, MIN_EFFECT).found,  # BI-BAU's rule
                     "target_anomaly": None
                     if target is None
                     else round(float(anomaly[res.classes.index(target)]), 2),

@@ -204,29 +204,10 @@ class BIBAU(Defense):
             )
             anomaly = first.anomaly_index() if targeted else torch.zeros(1)
             effect = first.effect_size() if targeted else torch.ones(1)
-            # a class is only "cheap to reach" if it stands out from the others (NC's index),
-            # is much cheaper than a typical class and, for a mask (whose size adapts until it
-            # fools), its trigger actually reaches it; an additive trigger's budget is fixed, so
-            # its fooling rate is the measurement itself (a blend fools 43% of MNIST at eps 0.1
-            # against the median class's 1%), already in the effect size
-            k_max = int(anomaly.argmax())
-            min_fooling = 0.5 if family == "mask_pattern" else 0.0
-            found = (
-                bool(
-                    anomaly[k_max] >= self.anomaly_threshold
-                    and effect[k_max] >= self.min_effect
-                    and first.fooling[k_max] >= min_fooling
-                )
-                if targeted
-                else True
-            )
-            verdicts[family] = {
-                "class": first.classes[k_max],
-                "anomaly": float(anomaly[k_max]),
-                "effect": float(effect[k_max]),
-                "fooling": float(first.fooling[k_max]),
-                "found": found,
-            }
+            verdict = first.verdict(self.anomaly_threshold, self.min_effect) if targeted else None
+            found = verdict.found if verdict is not None else True
+            if verdict is not None:
+                verdicts[family] = verdict.as_dict()
             if found or self.target is not None:
                 break
         q = self.posterior(anomaly, None) if targeted else torch.ones(1)
@@ -256,22 +237,15 @@ class BIBAU(Defense):
             if k == "trigger"
         }
         if not found:
-            failed = [
-                name
-                for name, ok in (
-                    ("anomaly index", anomaly[k_max] >= self.anomaly_threshold),
-                    ("effect", effect[k_max] >= self.min_effect),
-                    ("fooling", first.fooling[k_max] >= min_fooling),
-                )
-                if not ok
-            ]
+            v = verdict
+            failed = [name for name, ok in v.checks.items() if not ok]
             diag["stopped"] = (
-                f"no backdoor found ({' and '.join(tried)} families): class "
-                f"{first.classes[k_max]} stands out most in the {family} family, but its "
-                f"{', '.join(failed)} falls short (index {float(anomaly[k_max]):.2f}, needed "
-                f"{self.anomaly_threshold:g}; {float(effect[k_max]):.1f}x cheaper than the median "
-                f"class, needed {self.min_effect:g}x; fooling {float(first.fooling[k_max]):.2f}, "
-                f"needed {min_fooling:g}); model unchanged"
+                f"no backdoor found ({' and '.join(tried)} families): class {v.klass} stands "
+                f"out most in the {family} family, but its {', '.join(failed)} falls short "
+                f"(index {v.anomaly:.2f}, needed {self.anomaly_threshold:g}; {v.effect:.1f}x "
+                f"cheaper than the median class, needed {self.min_effect:g}x; fooling "
+                f"{v.fooling:.2f}{', needed 0.5' if 'fooling' in v.checks else ''}); "
+                "model unchanged"
             )
             return DefenseOutput(
                 model,
@@ -382,9 +356,8 @@ class BIBAU(Defense):
         """
         if first.family.kind != "mask_pattern":
             stop_at = self.stop_fooling
-            if fresh and targeted:
-                f = first.fooling.clamp(1e-4, 1 - 1e-4)
-                median_odds = float(((1 - f) / f).median())
+            if fresh and targeted:  # fooling at odds min_effect x below the median class's
+                median_odds = float(first.costs().median())
                 stop_at = max(stop_at, 1 / (1 + median_odds / self.min_effect))
             return None, stop_at
         budget = float(first.sizes[k]) * self.budget_scale
@@ -467,7 +440,8 @@ class BIBAU(Defense):
         rnd: int,
         desc: str,
     ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
-        """The M-step's ``outer_steps`` batches: ``(batch, stamped, teacher_logits)``.
+        """The M-step's batches of one round (:meth:`steps_per_round`):
+        ``(batch, stamped, teacher_logits)``.
 
         ``stamped`` is the first ``stamp_fraction`` of the batch, each image stamped with a
         trigger drawn from the bank; ``teacher_logits`` are the backdoored model's on the clean

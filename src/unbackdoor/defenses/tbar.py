@@ -211,8 +211,9 @@ class TBAR(Defense):
             desc="tbar: inversion",
         )
         anomaly, effect = res.anomaly_index(), res.effect_size()
-        k = int(anomaly.argmax())
-        target = res.classes[k]
+        verdict = res.verdict(self.anomaly_threshold, self.min_effect)
+        k = res.classes.index(verdict.klass)
+        target = verdict.klass
         fam = res.family
 
         def stamp(x: torch.Tensor, index: Any = None, fam: Any = fam, k: int = k) -> torch.Tensor:
@@ -233,9 +234,10 @@ class TBAR(Defense):
                 lambda y, t=target: torch.full_like(y, t),
                 "inverted (unknown attack)",
                 target,
-                found=bool(anomaly[k] >= self.anomaly_threshold and effect[k] >= self.min_effect),
-                anomaly=float(anomaly[k]),
-                effect=float(effect[k]),
+                # index and effect only: TBAR never required the trigger to fool half the images
+                found=verdict.checks["anomaly index"] and verdict.checks["effect"],
+                anomaly=verdict.anomaly,
+                effect=verdict.effect,
             ),
             diag,
             images,

@@ -4,6 +4,7 @@ from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, Trigg
 from unbackdoor.inversion.invert import (
     InversionConfig,
     InversionResult,
+    Verdict,
     fooling_rate,
     invert,
     mad_anomaly,
@@ -16,6 +17,7 @@ __all__ = [
     "TriggerFamily",
     "InversionConfig",
     "InversionResult",
+    "Verdict",
     "invert",
     "fooling_rate",
     "mad_anomaly",

@@ -69,6 +69,31 @@ class InversionConfig:
 
 
 @dataclass
+class Verdict:
+    """The detection tests on an inversion's most anomalous class (see
+    :meth:`InversionResult.verdict`)."""
+
+    klass: int
+    anomaly: float
+    effect: float
+    fooling: float
+    checks: dict[str, bool]
+
+    @property
+    def found(self) -> bool:
+        return all(self.checks.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.klass,
+            "anomaly": self.anomaly,
+            "effect": self.effect,
+            "fooling": self.fooling,
+            "found": self.found,
+        }
+
+
+@dataclass
 class InversionResult:
     """Inverted triggers for ``classes`` (one each, or one shared when untargeted)."""
 
@@ -79,34 +104,49 @@ class InversionResult:
     lambdas: torch.Tensor
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def anomaly_index(self) -> torch.Tensor:
-        """How anomalously easy each class is to reach, in MADs (NC's index; > 2: suspicious).
-
-        Mask triggers are compared by their size at the fooling threshold. An additive trigger
-        lives in a fixed L-inf ball whose budget every class tends to spend, so its size says
-        little; there the evidence is how many images the budget moves to the class, and the
-        index is taken on the log-odds of the fooling rate.
-        """
+    def costs(self) -> torch.Tensor:
+        """What reaching each class costs: the mask size at the fooling threshold, or for an
+        additive trigger (a fixed L-inf ball whose budget every class tends to spend, so its
+        size says little) the odds against fooling: how few images the budget moves there."""
         if self.family.kind == "additive":
             f = self.fooling.clamp(1e-4, 1 - 1e-4)
-            return mad_anomaly((1 - f) / f)  # small odds against = easy to reach
-        return mad_anomaly(self.sizes)
+            return (1 - f) / f
+        return self.sizes.clamp_min(1e-8)
+
+    def anomaly_index(self) -> torch.Tensor:
+        """How anomalously easy each class is to reach, in MADs of the log costs (NC's index;
+        > 2: suspicious)."""
+        return mad_anomaly(self.costs())
 
     def effect_size(self) -> torch.Tensor:
         """How many times cheaper each class is to reach than the median class (>1: cheaper).
 
-        The ratio of the median trigger size to the class's (mask family), or of the median
-        odds against fooling to the class's (additive family). Unlike the anomaly index it does
-        not divide by a spread estimated from a handful of classes, so it stays stable with
-        K = 10: natural classes of clean models sit within a few times the median, a backdoor
-        target is one to two orders of magnitude cheaper.
+        Unlike the anomaly index it does not divide by a spread estimated from a handful of
+        classes, so it stays stable with K = 10: natural classes of clean models sit within a
+        few times the median, a backdoor target is one to two orders of magnitude cheaper.
         """
-        if self.family.kind == "additive":
-            f = self.fooling.clamp(1e-4, 1 - 1e-4)
-            cost = (1 - f) / f
-        else:
-            cost = self.sizes.clamp_min(1e-8)
+        cost = self.costs()
         return cost.median() / cost
+
+    def verdict(self, anomaly_threshold: float = 2.0, min_effect: float = 4.0) -> Verdict:
+        """Is the most anomalous class a backdoor target? The tests, each kept apart.
+
+        It must stand out (NC's index), be ``min_effect`` times cheaper than the median class
+        and, for a mask (whose size grows until it fools), fool half the images; an additive
+        trigger's budget is fixed, so its fooling rate is the measurement itself, already in
+        the effect (a blend fools 43% of MNIST at eps 0.1 against the median class's 1%).
+        """
+        anomaly, effect = self.anomaly_index(), self.effect_size()
+        k = int(anomaly.argmax())
+        checks = {
+            "anomaly index": bool(anomaly[k] >= anomaly_threshold),
+            "effect": bool(effect[k] >= min_effect),
+        }
+        if self.family.kind == "mask_pattern":
+            checks["fooling"] = bool(self.fooling[k] >= 0.5)
+        return Verdict(
+            self.classes[k], float(anomaly[k]), float(effect[k]), float(self.fooling[k]), checks
+        )
 
     def stamp(self, x: torch.Tensor, klass: int) -> torch.Tensor:
         return self.family.stamp(x, self.classes.index(klass))
