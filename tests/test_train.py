@@ -63,7 +63,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     data = blobs(n=200)
     cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
     full = tiny_model()
-    train(full, data, cfg)
+    full_result = train(full, data, cfg)
 
     calls = {"n": 0}
 
@@ -81,6 +81,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert result.resumed_from_epoch == 1
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert torch.allclose(params(full), params(resumed), atol=1e-6)
+    # the resumed run reports the whole training, not only the epochs it ran itself
+    assert result.resumed_seconds == pytest.approx(sum(h["seconds"] for h in result.history[:1]))
+    assert result.wall_time >= result.resumed_seconds > 0
+    assert result.train_images == full_result.train_images
 
 
 def test_resume_with_another_config_is_refused(tmp_path):

@@ -114,7 +114,8 @@ def _fit(
             "model": name,
             "train_samples": len(train_data),
             "config": cfg.to_dict(),
-            "wall_time": time.perf_counter() - t0,
+            "wall_time": time.perf_counter() - t0 + result.resumed_seconds,
+            "resumed_from_epoch": result.resumed_from_epoch,
             "train_images_per_second": result.images_per_second,
             "history": result.history,
         }

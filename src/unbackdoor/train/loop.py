@@ -45,6 +45,7 @@ class TrainResult:
     wall_time: float = 0.0
     train_images: int = 0
     resumed_from_epoch: int = 0
+    resumed_seconds: float = 0.0  # wall time of the epochs finished before a resume
 
     @property
     def images_per_second(self) -> float:
@@ -121,6 +122,13 @@ def train(
     if ckpt_path is not None and ckpt_path.is_file():
         start_epoch, step, result.history = _restore(ckpt_path, cfg, model, optimizer, ema)
         result.resumed_from_epoch = start_epoch
+        # Count the epochs run before the interruption, so a resumed run reports the whole
+        # training time and throughput, not only the tail it ran itself.
+        result.resumed_seconds = sum(float(r.get("seconds", 0.0)) for r in result.history)
+        result.train_images = sum(
+            round(float(r.get("images_per_second", 0.0)) * float(r.get("seconds", 0.0)))
+            for r in result.history
+        )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     t_start = time.perf_counter()
     model.train()
@@ -201,7 +209,7 @@ def train(
         if ckpt_path is not None and ctx.is_main:
             _save(ckpt_path, cfg, epoch + 1, step, result.history, model, optimizer, ema)
         ctx.barrier()
-    result.wall_time = time.perf_counter() - t_start
+    result.wall_time = time.perf_counter() - t_start + result.resumed_seconds
     if lookahead is not None:
         lookahead.update(model, 1.0)
     if ema is not None:
