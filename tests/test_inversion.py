@@ -104,3 +104,21 @@ def test_inversion_recovers_badnets_location_and_target(mnist_backdoor):
     ys, xs = torch.nonzero(mask > 0.5 * mask.max(), as_tuple=True)
     # BadNets default: 3x3 patch at rows/cols 24..26 (bottom right, margin 1)
     assert ys.float().mean() > 20 and xs.float().mean() > 20
+
+
+def test_calibrated_additive_budget_halves_until_the_median_class_is_hard(mnist_backdoor):
+    from unbackdoor.inversion import invert_calibrated
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 1)
+    cfg = InversionConfig(family="additive", steps=20, eps=1.0)  # eps 1: every class reachable
+    res, trail = invert_calibrated(model, data, cfg, seed=0)
+    assert trail[0] == {"eps": 1.0, "median_fooling": trail[0]["median_fooling"]}
+    assert trail[0]["median_fooling"] > 0.5
+    assert [t["eps"] for t in trail] == [1.0 / 2**i for i in range(len(trail))]
+    assert trail[-1]["median_fooling"] <= 0.5 or len(trail) == 4
+    assert res.family.eps == trail[-1]["eps"]
+    _, fixed = invert_calibrated(model, data, cfg, auto_eps=False, seed=0)
+    assert [t["eps"] for t in fixed] == [1.0]
+    _, masks = invert_calibrated(model, data, InversionConfig(steps=5), seed=0)
+    assert masks == []

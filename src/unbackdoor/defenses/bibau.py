@@ -69,7 +69,7 @@ from unbackdoor.data.transforms import default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import InversionConfig, fooling_rate, invert
+from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_calibrated
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import autocast
 from unbackdoor.utils.io import atomic_write
@@ -135,6 +135,10 @@ class BIBAU(Defense):
     memory: float = 0.7
     temperature: float = 1.0
     family: str = "auto"
+    #: the additive family's L-inf budget; with ``auto_eps`` its starting point, halved while
+    #: the median class is reached by most images (:func:`~unbackdoor.inversion.invert_calibrated`)
+    additive_eps: float = 0.1
+    auto_eps: bool = True
     bf16: bool = False
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
@@ -161,6 +165,7 @@ class BIBAU(Defense):
         self._require(self.budget_scale >= 1, "budget_scale", ">= 1")
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
+        self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(self.reinvert in REINVERT, "reinvert", f"one of {REINVERT}")
         self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
@@ -190,18 +195,25 @@ class BIBAU(Defense):
         # to reach that way, a bounded additive perturbation (warps, invisible triggers).
         tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
         verdicts: dict[str, dict[str, Any]] = {}
+        eps_trail: list[dict[str, float]] = []  # additive budgets tried (auto_eps)
         for family in tried:
             inv_cfg = InversionConfig(
-                family=family, steps=self.inversion_steps, targeted=targeted, bf16=self.bf16
+                family=family,
+                steps=self.inversion_steps,
+                targeted=targeted,
+                eps=self.additive_eps,
+                bf16=self.bf16,
             )
-            first = invert(
+            first, trail = invert_calibrated(
                 model,
                 clean,
                 inv_cfg,
+                auto_eps=self.auto_eps and targeted,
                 seed=self.seed,
                 device=device,
                 desc=f"bibau: blind inversion ({family})",
             )
+            eps_trail += trail
             anomaly = first.anomaly_index() if targeted else torch.zeros(1)
             effect = first.effect_size() if targeted else torch.ones(1)
             verdict = first.verdict(self.anomaly_threshold, self.min_effect) if targeted else None
@@ -220,6 +232,7 @@ class BIBAU(Defense):
             "family": family,
             "families_tried": tried[: tried.index(family) + 1],
             "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
+            "additive_eps_trail": eps_trail,
             "first_inversion": {
                 "classes": first.classes,
                 "sizes": first.sizes.tolist(),
@@ -279,6 +292,7 @@ class BIBAU(Defense):
             steps=max(1, self.inner_steps),
             targeted=targeted,
             lr=0.1 if fresh else 0.05,
+            eps=getattr(first.family, "eps", self.additive_eps),
             max_size=budget if fresh else None,
             bf16=self.bf16,
         )

@@ -7,6 +7,7 @@ from unbackdoor.inversion.invert import (
     Verdict,
     fooling_rate,
     invert,
+    invert_calibrated,
     mad_anomaly,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "InversionResult",
     "Verdict",
     "invert",
+    "invert_calibrated",
     "fooling_rate",
     "mad_anomaly",
 ]

@@ -16,7 +16,8 @@ IEEE S&P 2019.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -309,6 +310,42 @@ def invert(
     return InversionResult(
         family, classes, family.size().detach().cpu(), fooling, lambdas.cpu(), history
     )
+
+
+def invert_calibrated(
+    model: nn.Module,
+    data: ImageDataset,
+    config: InversionConfig,
+    *,
+    auto_eps: bool = True,
+    saturation: float = 0.5,
+    max_halvings: int = 3,
+    invert_fn: Callable[..., InversionResult] | None = None,
+    **kwargs: Any,
+) -> tuple[InversionResult, list[dict[str, float]]]:
+    """:func:`invert`, with the additive family's budget scaled to the model.
+
+    A bounded additive trigger measures how much more easily a class is reached than the
+    others; that only works while the budget leaves the ordinary classes hard to reach. A
+    budget that moves most images of the median class into it (a universal adversarial
+    perturbation: eps 0.1 reaches every class of a CIFAR-10 network) saturates the measurement
+    and lets a natural class look like the target. With ``auto_eps`` the budget starts at
+    ``config.eps`` and is halved (at most ``max_halvings`` times) while the median class is
+    reached by more than ``saturation`` of the images. Only the defender's data is used.
+    Mask families run once. Returns the result and the trail of (eps, median fooling) tried.
+    ``invert_fn`` replaces :func:`invert` (a caching wrapper, say).
+    """
+    cfg, run = config, invert_fn or invert
+    trail: list[dict[str, float]] = []
+    while True:
+        res = run(model, data, cfg, **kwargs)
+        if cfg.family != "additive":
+            return res, trail
+        median = float(res.fooling.median())
+        trail.append({"eps": cfg.eps, "median_fooling": round(median, 4)})
+        if not auto_eps or median <= saturation or len(trail) > max_halvings:
+            return res, trail
+        cfg = replace(cfg, eps=cfg.eps / 2)
 
 
 @torch.no_grad()
