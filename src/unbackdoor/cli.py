@@ -542,12 +542,19 @@ def bench(
             "done (e.g. '*/bibau/*' after a code change the config does not show)."
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Run only the pending cells whose key matches this glob (e.g. "
+            "'*/wanet/*'); the others stay pending for a later call."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a benchmark grid; rerun the same command to resume an interrupted one."""
     from unbackdoor.bench import run_grid
 
-    r = run_grid(config, out, workers=workers, quiet=quiet, rerun=rerun)
+    r = run_grid(config, out, workers=workers, quiet=quiet, rerun=rerun, only=only)
     summary = {k: getattr(r, k) for k in ("cells", "computed", "skipped", "failed", "wall_time")}
     if json_out:
         _echo_json({"results": str(r.results), **summary})

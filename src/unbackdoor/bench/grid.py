@@ -238,6 +238,7 @@ def run_grid(
     quiet: bool = False,
     workers: int | None = None,
     rerun: str | None = None,
+    only: str | None = None,
 ) -> GridResult:
     """Run (or resume) the grid of ``config`` into ``out``; returns what this call did.
 
@@ -246,8 +247,9 @@ def run_grid(
     are recorded with their error and traceback and retried by the next call. ``rerun`` (a
     glob over cell keys such as ``"*/badnets/bibau/*"``) runs matching cells again although
     they are done: for a change of the code that the method's config does not show; the new
-    rows supersede the old. Ctrl-C stops the grid (finished cells stay recorded) and re-raises
-    ``KeyboardInterrupt``.
+    rows supersede the old. ``only`` (a glob over cell keys) runs just the matching cells now,
+    to put the cells that matter first; the rest stay pending for a later call. Ctrl-C stops
+    the grid (finished cells stay recorded) and re-raises ``KeyboardInterrupt``.
     """
     from unbackdoor.attacks.zoo import zoo_root
 
@@ -280,11 +282,16 @@ def run_grid(
             or (rerun is not None and c.role == "defense" and fnmatch.fnmatchcase(c.key, rerun))
         ]
         skipped = len(cells) - len(pending)
+        later = [] if only is None else [c for c in pending if not fnmatch.fnmatchcase(c.key, only)]
+        pending = [c for c in pending if c not in later]
         _say(
             f"grid {cfg.name!r}: {len(cells)} cells, {skipped} already done, "
-            f"{len(pending)} to run -> {store.path}",
+            f"{len(pending)} to run"
+            + (f", {len(later)} left for later (--only {only!r})" if later else "")
+            + f" -> {store.path}",
             quiet,
         )
+        skipped += len(later)
         failed_models = _build_models(pending, executor, quiet, run)
         runnable = []
         for c in pending:
