@@ -543,10 +543,10 @@ def bench(
         ),
     ] = None,
     only: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             help="Run only the pending cells whose key matches this glob (e.g. "
-            "'*/wanet/*'); the others stay pending for a later call."
+            "'*/wanet/*'; repeat for several); the others stay pending for a later call."
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

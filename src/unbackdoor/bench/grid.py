@@ -14,7 +14,7 @@ import dataclasses
 import fnmatch
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +238,7 @@ def run_grid(
     quiet: bool = False,
     workers: int | None = None,
     rerun: str | None = None,
-    only: str | None = None,
+    only: str | Sequence[str] | None = None,
 ) -> GridResult:
     """Run (or resume) the grid of ``config`` into ``out``; returns what this call did.
 
@@ -247,7 +247,7 @@ def run_grid(
     are recorded with their error and traceback and retried by the next call. ``rerun`` (a
     glob over cell keys such as ``"*/badnets/bibau/*"``) runs matching cells again although
     they are done: for a change of the code that the method's config does not show; the new
-    rows supersede the old. ``only`` (a glob over cell keys) runs just the matching cells now,
+    rows supersede the old. ``only`` (globs over cell keys) runs just the matching cells now,
     to put the cells that matter first; the rest stay pending for a later call. Ctrl-C stops
     the grid (finished cells stay recorded) and re-raises ``KeyboardInterrupt``.
     """
@@ -282,12 +282,15 @@ def run_grid(
             or (rerun is not None and c.role == "defense" and fnmatch.fnmatchcase(c.key, rerun))
         ]
         skipped = len(cells) - len(pending)
-        later = [] if only is None else [c for c in pending if not fnmatch.fnmatchcase(c.key, only)]
+        globs = [only] if isinstance(only, str) else list(only or [])
+        later = [
+            c for c in pending if globs and not any(fnmatch.fnmatchcase(c.key, g) for g in globs)
+        ]
         pending = [c for c in pending if c not in later]
         _say(
             f"grid {cfg.name!r}: {len(cells)} cells, {skipped} already done, "
             f"{len(pending)} to run"
-            + (f", {len(later)} left for later (--only {only!r})" if later else "")
+            + (f", {len(later)} left for later (--only {' '.join(globs)})" if later else "")
             + f" -> {store.path}",
             quiet,
         )
