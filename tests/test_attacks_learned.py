@@ -328,3 +328,14 @@ def test_input_aware_end_to_end_mnist() -> None:
     ca, asr = _asr(model, attack, test_data, 0)
     assert ca > 0.85
     assert asr > 0.3  # chance is ~0.1; measured 0.66 (300 steps) when this test was written
+
+
+def test_a_clean_model_of_another_architecture_is_refused(mnist_clean):
+    from unbackdoor.attacks.pipeline import attack_model
+    from unbackdoor.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="small_cnn model .* but the victim is a narrow_resnet"):
+        attack_model(
+            "mnist", "narrow_resnet", "trojannn", clean_model=mnist_clean, train_samples=64,
+            epochs=0,
+        )  # fmt: skip

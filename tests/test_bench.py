@@ -394,3 +394,21 @@ def test_a_changed_defense_default_makes_the_stored_row_stale(monkeypatch):
     monkeypatch.setattr(FineTuning, "config", lambda self: {**real(self), "lr": 0.123})
     assert not cell("ft").is_done(row)  # the stored row ran with the old default
     assert cell("none").is_done({"status": "ok"})
+
+
+def test_a_model_fitted_attack_takes_the_zoos_clean_twin(tmp_path, monkeypatch):
+    """TrojanNN and label-consistent fit their trigger to a clean model: the zoo's own
+    never-backdoored twin, trained once and cached, never a private retraining."""
+    import unbackdoor.attacks.pipeline as pipeline
+    from unbackdoor.bench.cells import ModelJob, TrainSpec
+
+    def no_private_training(*args, **kwargs):
+        raise AssertionError("the clean model was trained again inside attack_model")
+
+    monkeypatch.setattr(pipeline, "_clean_model_for", no_private_training)
+    spec = TrainSpec(epochs=1, train_samples=600, options={"batch_size": 64})
+    job = ModelJob("mnist", "small_cnn", "trojannn", 0, 0.1, train=spec, zoo=str(tmp_path))
+    path = job.get()
+    twin = ModelJob("mnist", "small_cnn", None, 0, train=spec, zoo=str(tmp_path)).path()
+    assert (path / "attack.json").is_file() and (twin / "zoo.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, twin.name])

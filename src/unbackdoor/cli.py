@@ -263,6 +263,13 @@ def attack(
         Path | None,
         typer.Option(help="Pretrained clean model directory to fine-tune on the poisoned data."),
     ] = None,
+    clean_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Clean model of the victim architecture for attacks fitted to one "
+            "(label_consistent, trojannn); default: one is trained first."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed, recorded in the outputs.")] = 0,
     train_samples: Annotated[int | None, typer.Option(help="Use a seeded subset.")] = None,
@@ -317,6 +324,7 @@ def attack(
         cover_rate=cover_rate,
         attack_options=_parse_options(option),
         init=init,
+        clean_model=clean_model,
         epochs=epochs,
         seed=seed,
         out=out,

@@ -40,6 +40,7 @@ def attack_model(
     cover_rate: float | None = None,
     attack_options: dict[str, Any] | None = None,
     init: str | Path | None = None,
+    clean_model: str | Path | None = None,
     epochs: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
@@ -51,7 +52,9 @@ def attack_model(
     """Train a backdoored model; with ``out``, also writes ``attack.json`` and ``trigger.png``.
 
     ``rate``/``policy`` default to the attack's usual values; ``init`` is a clean artifact to
-    fine-tune on the poisoned data instead of training from scratch.
+    fine-tune on the poisoned data instead of training from scratch. ``clean_model`` is a clean
+    artifact of the victim architecture for attacks whose trigger is fitted to a model
+    (label-consistent, TrojanNN); without it one is trained here with the victim's recipe.
     """
     out_dir = prepare_out(out, overwrite)
     train_data, test_data, dataset_name = _load_splits(dataset, test_data)
@@ -77,6 +80,13 @@ def attack_model(
     if model is not None and model != name:
         raise DataError(f"--model {model} conflicts with the --init model's architecture {name}")
     cfg = recipe(name, epochs=epochs, seed=seed, **train_options)
+    if trigger.needs_model and clean is None and clean_model is not None:
+        clean, given = load_model(clean_model)
+        if given.spec.name != name or given.class_names != train_data.class_names:
+            raise ArtifactError(
+                f"{clean_model}: a {given.spec.name} model for classes {given.class_names}, "
+                f"but the victim is a {name} for {train_data.class_names}"
+            )
     if trigger.needs_model and clean is None:
         clean = _clean_model_for(train_data, test_data, name, seed, cfg)
     device = resolve_device(cfg.device)

@@ -160,17 +160,24 @@ class ModelJob:
         }
         if self.attack is None:
             train_model(self.dataset, self.model, **common)
-        else:
-            attack_model(
-                self.dataset,
-                self.model,
-                self.attack,
-                rate=self.rate,
-                target=self.target,
-                policy=self.policy,
-                attack_options=self.options or None,
-                **common,
-            )
+            return
+        from unbackdoor.attacks import create_attack
+
+        # an attack fitted to a clean model (label-consistent, TrojanNN) takes the zoo's
+        # never-backdoored twin (same recipe, seed and data), trained once and cached
+        needs = create_attack(self.attack, **self.options).needs_model
+        twin = dataclasses.replace(self, attack=None, rate=None, policy=None, options={})
+        attack_model(
+            self.dataset,
+            self.model,
+            self.attack,
+            rate=self.rate,
+            target=self.target,
+            policy=self.policy,
+            attack_options=self.options or None,
+            clean_model=twin.get() if needs else None,
+            **common,
+        )
 
 
 def _resolved_defense_config(spec: DefenseSpec | None) -> dict[str, Any] | None:
