@@ -334,8 +334,16 @@ def test_a_clean_model_of_another_architecture_is_refused(mnist_clean):
     from unbackdoor.attacks.pipeline import attack_model
     from unbackdoor.errors import ArtifactError
 
-    with pytest.raises(ArtifactError, match="small_cnn model .* but the victim is a narrow_resnet"):
+    with pytest.raises(ArtifactError, match=r"architecture small_cnn \(victim: narrow_resnet\)"):
         attack_model(
             "mnist", "narrow_resnet", "trojannn", clean_model=mnist_clean, train_samples=64,
             epochs=0,
         )  # fmt: skip
+
+
+def test_a_clean_model_for_an_attack_that_uses_none_is_refused(mnist_clean):
+    from unbackdoor.attacks.pipeline import attack_model
+    from unbackdoor.errors import DataError
+
+    with pytest.raises(DataError, match="'badnets' does not use one"):
+        attack_model("mnist", "small_cnn", "badnets", clean_model=mnist_clean, epochs=0)

@@ -114,6 +114,10 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, zoo, monkeypatch
     part = list(calls)  # (later wrappers stack on these: copy now)
     assert part and all("/ft/" in k for k in part) and first[0] not in part
     assert some.computed == len(part) and some.skipped == 4 - len(part)
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["runs"][-1]["status"] == "partial" and grid["runs"][-1]["deferred"] == 1
+    with pytest.raises(ConfigError, match="matches no cell"):
+        run_grid(tiny(zoo), out=out, quiet=True, only="*/fine-tune/*")
 
     second = _counting(monkeypatch)
     result = run_grid(tiny(zoo), out=out, quiet=True)

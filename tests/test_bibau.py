@@ -94,6 +94,42 @@ def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):
     assert out.backdoor_found and out.suspected_target == 0
 
 
+def test_saturated_additive_budget_is_halved_and_kept_for_the_reinversions(monkeypatch):
+    import synth
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import Additive, InversionResult
+
+    # at eps 0.1 every class is reached (median 0.9: no evidence); at 0.05 the target stands out
+    saturated = torch.full((10,), 0.9)
+    informative = torch.tensor([0.6, 0.01, 0.02, 0.01, 0.01, 0.015, 0.01, 0.011, 0.01, 0.02])
+    seen = []
+
+    def fake(model, data, cfg, *, classes=None, **k):
+        seen.append((cfg.eps, classes))
+        n = 10 if classes is None else len(classes)
+        fam = Additive(n, (1, 8, 8), eps=cfg.eps, generator=torch.Generator().manual_seed(0))
+        rates = (saturated if cfg.eps == 0.1 else informative)[:n]
+        return InversionResult(fam, classes or list(range(10)), torch.ones(n), rates, None)
+
+    monkeypatch.setattr(bibau_mod, "invert", fake)
+    monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([0.5]))
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
+    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    out = BIBAU(family="additive", rounds=3).run(model, train, val)
+    assert out.backdoor_found and out.suspected_target == 0
+    diag = out.diagnostics
+    assert [t["eps"] for t in diag["additive_eps_trail"]] == [0.1, 0.05]
+    assert not diag["additive_eps_saturated"]
+    # the first inversion searched all classes twice; every re-inversion kept the chosen eps
+    assert [e for e, c in seen[:2]] == [0.1, 0.05] and seen[0][1] is None
+    assert len(seen) == 4 and all(e == 0.05 and c == [0] for e, c in seen[2:])
+    # untargeted: one shared trigger, no median class, no search
+    seen.clear()
+    BIBAU(family="additive", mode="untargeted", rounds=1).run(model, train, val)
+    assert [e for e, _ in seen] == [0.1]
+
+
 def test_steps_per_round_cap_passes_over_small_data():
     d = BIBAU(outer_steps=60, batch_size=128)
     assert d.steps_per_round(2000) == 60  # 3.8 passes: under the cap

@@ -117,6 +117,7 @@ def test_calibrated_additive_budget_halves_until_the_median_class_is_hard(mnist_
     assert trail[0]["median_fooling"] > 0.5
     assert [t["eps"] for t in trail] == [1.0 / 2**i for i in range(len(trail))]
     assert trail[-1]["median_fooling"] <= 0.5 or len(trail) == 4
+    assert all(t["median_fooling"] > 0.5 for t in trail[:-1])  # halved only while saturated
     assert res.family.eps == trail[-1]["eps"]
     _, fixed = invert_calibrated(model, data, cfg, auto_eps=False, seed=0)
     assert [t["eps"] for t in fixed] == [1.0]

@@ -80,12 +80,29 @@ def attack_model(
     if model is not None and model != name:
         raise DataError(f"--model {model} conflicts with the --init model's architecture {name}")
     cfg = recipe(name, epochs=epochs, seed=seed, **train_options)
-    if trigger.needs_model and clean is None and clean_model is not None:
+    if clean_model is not None:
+        if not trigger.needs_model or init is not None:
+            raise DataError(
+                f"clean_model is for attacks fitted to a clean model; {attack!r} "
+                + ("takes the --init model" if init is not None else "does not use one")
+            )
         clean, given = load_model(clean_model)
-        if given.spec.name != name or given.class_names != train_data.class_names:
+        mismatch = [
+            f"{what} {a} (victim: {b})"
+            for what, a, b in (
+                ("architecture", given.spec.name, name),
+                (
+                    "input shape",
+                    (given.spec.in_channels, *given.spec.input_size),
+                    tuple(train_data.input_shape),
+                ),
+                ("classes", given.class_names, train_data.class_names),
+            )
+            if a != b
+        ]
+        if mismatch:
             raise ArtifactError(
-                f"{clean_model}: a {given.spec.name} model for classes {given.class_names}, "
-                f"but the victim is a {name} for {train_data.class_names}"
+                f"{clean_model}: not a clean twin of the victim: " + "; ".join(mismatch)
             )
     if trigger.needs_model and clean is None:
         clean = _clean_model_for(train_data, test_data, name, seed, cfg)

@@ -138,6 +138,15 @@ class ModelJob:
 
         return (Path(self.zoo) if self.zoo else zoo_root()) / zoo_key(self.zoo_config())
 
+    def twin(self) -> ModelJob | None:
+        """The never-backdoored twin (same recipe, seed and data) that an attack fitted to a
+        clean model (label-consistent, TrojanNN) takes from the zoo; ``None`` for the others."""
+        from unbackdoor.attacks import create_attack
+
+        if self.attack is None or not create_attack(self.attack, **self.options).needs_model:
+            return None
+        return dataclasses.replace(self, attack=None, rate=None, policy=None, options={})
+
     def get(self) -> Path:
         """The trained model's directory, trained (and cached) if the zoo lacks it."""
         from unbackdoor.attacks.zoo import get_or_create
@@ -161,12 +170,7 @@ class ModelJob:
         if self.attack is None:
             train_model(self.dataset, self.model, **common)
             return
-        from unbackdoor.attacks import create_attack
-
-        # an attack fitted to a clean model (label-consistent, TrojanNN) takes the zoo's
-        # never-backdoored twin (same recipe, seed and data), trained once and cached
-        needs = create_attack(self.attack, **self.options).needs_model
-        twin = dataclasses.replace(self, attack=None, rate=None, policy=None, options={})
+        twin = self.twin()
         attack_model(
             self.dataset,
             self.model,
@@ -175,7 +179,7 @@ class ModelJob:
             target=self.target,
             policy=self.policy,
             attack_options=self.options or None,
-            clean_model=twin.get() if needs else None,
+            clean_model=None if twin is None else twin.get(),
             **common,
         )
 

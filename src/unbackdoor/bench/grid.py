@@ -31,6 +31,7 @@ from unbackdoor.bench.cells import (
 from unbackdoor.bench.config import NONE, BenchConfig, check_registries, load_config
 from unbackdoor.bench.executors import make_executor
 from unbackdoor.bench.store import ResultStore, now_iso, provenance
+from unbackdoor.errors import ConfigError
 from unbackdoor.utils.io import atomic_write_json, read_json
 from unbackdoor.utils.progress import progress
 
@@ -174,24 +175,37 @@ def _error_row(cell: Cell, error: str, tb: str | None = None) -> dict[str, Any]:
     }
 
 
+def _matches(key: str, glob: str) -> bool:
+    """A cell key (``dataset/model/attack/defense/budget/seed#hash``) against a glob, with or
+    without the hash."""
+    return fnmatch.fnmatchcase(key, glob) or fnmatch.fnmatchcase(key.partition("#")[0], glob)
+
+
 def _build_models(
     cells: list[Cell], executor: Any, quiet: bool, run: dict[str, Any]
 ) -> dict[str, str]:
     """Train the models the cells need (zoo misses only); returns zoo path -> error."""
     needed: dict[str, ModelJob] = {}
     for c in cells:
-        for job in (c.backdoored, c.clean):
+        for job in (c.backdoored, c.clean, c.backdoored and c.backdoored.twin()):
             if job is not None:
                 needed.setdefault(str(job.path()), job)
+    # never-backdoored models first: attacks fitted to a clean model take them from the zoo,
+    # and two processes must not train the same one
     listed = [j for j in needed.values() if not (j.path() / "zoo.json").is_file()]
     run.update(models_needed=len(needed), models_trained=len(listed))
     failed: dict[str, str] = {}
     if not listed:
         return failed
     _say(f"training {len(listed)} models for the zoo ({executor.describe()})", quiet)
-    bar = progress(executor.run(build_model, listed), desc="models", total=len(listed))
-    for i, result in bar:
-        job = listed[i]
+    phases = [[j for j in listed if j.attack is None], [j for j in listed if j.attack is not None]]
+    results = (  # the executor yields (index, result) as its jobs finish
+        (phase[i], result)
+        for phase in phases
+        if phase
+        for i, result in executor.run(build_model, phase)
+    )
+    for job, result in progress(results, desc="models", total=len(listed)):
         what = f"{job.dataset}/{job.model}/{job.attack or 'clean'}/s{job.seed}"
         if isinstance(result, BaseException):
             result = {"error": f"{type(result).__name__}: {result}"}
@@ -283,14 +297,20 @@ def run_grid(
         ]
         skipped = len(cells) - len(pending)
         globs = [only] if isinstance(only, str) else list(only or [])
-        later = [
-            c for c in pending if globs and not any(fnmatch.fnmatchcase(c.key, g) for g in globs)
-        ]
-        pending = [c for c in pending if c not in later]
+        for g in globs:
+            if not any(_matches(c.key, g) for c in cells):
+                example = cells[0].key.partition("#")[0] if cells else "-"
+                raise ConfigError(
+                    f"only={g!r} matches no cell of grid {cfg.name!r} (keys look like {example!r})"
+                )
+        chosen = [not globs or any(_matches(c.key, g) for g in globs) for c in pending]
+        later = [c for c, ok in zip(pending, chosen, strict=True) if not ok]
+        pending = [c for c, ok in zip(pending, chosen, strict=True) if ok]
+        run.update(only=globs or None, deferred=len(later))
         _say(
             f"grid {cfg.name!r}: {len(cells)} cells, {skipped} already done, "
             f"{len(pending)} to run"
-            + (f", {len(later)} left for later (--only {' '.join(globs)})" if later else "")
+            + (f", {len(later)} left for later (only {' '.join(globs)})" if later else "")
             + f" -> {store.path}",
             quiet,
         )
@@ -319,7 +339,7 @@ def run_grid(
             store.append(row)
             written.append(row)
             _say(describe_row(row), quiet)
-        status = "finished"
+        status = "partial" if later else "finished"
     finally:
         wall = time.perf_counter() - t0
         failed = sum(r.get("status") != "ok" for r in written)

@@ -435,7 +435,13 @@ def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
             f"{max(0, needed - trained)} taken from the zoo cache."
         )
         total = int(runs[-1].get("cells") or 0)
-        if runs[-1].get("status") != "finished":
+        if runs[-1].get("status") == "partial":
+            text += (
+                " **The last run ran only the cells matching "
+                f"{' '.join(runs[-1].get('only') or [])}: {len(rows)} of {total} cells are "
+                "recorded; run the grid without `--only` to finish the rest.**"
+            )
+        elif runs[-1].get("status") != "finished":
             text += (
                 f" **The last run was {runs[-1].get('status')}: {len(rows)} of {total} cells are "
                 "recorded; rerun the same command to finish the rest.**"

@@ -136,7 +136,8 @@ class BIBAU(Defense):
     temperature: float = 1.0
     family: str = "auto"
     #: the additive family's L-inf budget; with ``auto_eps`` its starting point, halved while
-    #: the median class is reached by most images (:func:`~unbackdoor.inversion.invert_calibrated`)
+    #: the median class is reached by most images (:func:`~unbackdoor.inversion.invert_calibrated`;
+    #: targeted mode only: an untargeted trigger has no median class to compare with)
     additive_eps: float = 0.1
     auto_eps: bool = True
     bf16: bool = False
@@ -209,6 +210,7 @@ class BIBAU(Defense):
                 clean,
                 inv_cfg,
                 auto_eps=self.auto_eps and targeted,
+                invert_fn=invert,  # looked up here, so tests can script the inversions
                 seed=self.seed,
                 device=device,
                 desc=f"bibau: blind inversion ({family})",
@@ -233,6 +235,8 @@ class BIBAU(Defense):
             "families_tried": tried[: tried.index(family) + 1],
             "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
             "additive_eps_trail": eps_trail,
+            # the search ran out of halvings with the median class still reached by most images
+            "additive_eps_saturated": bool(eps_trail and eps_trail[-1]["median_fooling"] > 0.5),
             "first_inversion": {
                 "classes": first.classes,
                 "sizes": first.sizes.tolist(),
@@ -533,10 +537,22 @@ class BIBAU(Defense):
         import json
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config_json"] != json.dumps(self.config(), default=str):
-            from unbackdoor.errors import ConfigError
+        from unbackdoor.errors import ConfigError
 
-            raise ConfigError(f"{path}: made with another BI-BAU config; delete it to restart")
+        if state["config_json"] != json.dumps(self.config(), default=str):
+            saved, now = json.loads(state["config_json"]), json.loads(json.dumps(self.config()))
+            keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
+            raise ConfigError(
+                f"{path}: made with another BI-BAU config (differs in {', '.join(keys)}); "
+                "delete it to restart"
+            )
+        stored = json.loads(state["diag_json"])
+        for key in ("family", "additive_eps_trail"):  # the first inversion's choices
+            if stored.get(key) != diag.get(key):
+                raise ConfigError(
+                    f"{path}: its first inversion chose {key}={stored.get(key)}, this run's "
+                    f"chose {diag.get(key)}; resuming would mix two triggers; delete it to restart"
+                )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         template = bank[0]
@@ -545,7 +561,7 @@ class BIBAU(Defense):
             b = copy.deepcopy(template)
             b.load_state_dict(s)
             bank.append(b)
-        diag.update(json.loads(state["diag_json"]))
+        diag.update(stored)
         return int(state["round"])
 
 

@@ -332,9 +332,15 @@ def invert_calibrated(
     and lets a natural class look like the target. With ``auto_eps`` the budget starts at
     ``config.eps`` and is halved (at most ``max_halvings`` times) while the median class is
     reached by more than ``saturation`` of the images. Only the defender's data is used.
-    Mask families run once. Returns the result and the trail of (eps, median fooling) tried.
+    Mask families and untargeted inversions (one shared trigger, no median class to compare
+    with) run once. Returns the result and the trail of (eps, median fooling) tried.
     ``invert_fn`` replaces :func:`invert` (a caching wrapper, say).
     """
+    check(0 < saturation < 1, "invert_calibrated", "saturation", saturation, "in (0, 1)")
+    check(max_halvings >= 0, "invert_calibrated", "max_halvings", max_halvings, ">= 0")
+    if "family" in kwargs:  # a given trigger keeps its own eps: the search would be fiction
+        raise TypeError("invert_calibrated searches the budget itself; call invert() instead")
+    auto_eps = auto_eps and config.targeted
     cfg, run = config, invert_fn or invert
     trail: list[dict[str, float]] = []
     while True:

@@ -125,10 +125,7 @@ def train(
         # Count the epochs run before the interruption, so a resumed run reports the whole
         # training time and throughput, not only the tail it ran itself.
         result.resumed_seconds = sum(float(r.get("seconds", 0.0)) for r in result.history)
-        result.train_images = sum(
-            round(float(r.get("images_per_second", 0.0)) * float(r.get("seconds", 0.0)))
-            for r in result.history
-        )
+        result.train_images = sum(int(r.get("images", 0)) for r in result.history)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     t_start = time.perf_counter()
     model.train()
@@ -199,6 +196,7 @@ def train(
             "loss": float(sums[0] / max(1.0, sums[2])),
             "lr": lr if steps_per_epoch else 0.0,
             "seconds": seconds,
+            "images": int(sums[2]),
             "images_per_second": float(sums[2]) / seconds if seconds > 0 else 0.0,
         }
         result.train_images += int(sums[2])
