@@ -71,7 +71,7 @@ from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_calibrated
 from unbackdoor.inversion.families import TriggerFamily
-from unbackdoor.inversion.invert import autocast
+from unbackdoor.inversion.invert import SATURATION, autocast
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
@@ -236,7 +236,9 @@ class BIBAU(Defense):
             "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
             "additive_eps_trail": eps_trail,
             # the search ran out of halvings with the median class still reached by most images
-            "additive_eps_saturated": bool(eps_trail and eps_trail[-1]["median_fooling"] > 0.5),
+            "additive_eps_saturated": bool(
+                eps_trail and eps_trail[-1]["median_fooling"] > SATURATION
+            ),
             "first_inversion": {
                 "classes": first.classes,
                 "sizes": first.sizes.tolist(),

@@ -312,13 +312,17 @@ def invert(
     )
 
 
+#: the median-class fooling rate above which an additive budget measures nothing
+SATURATION = 0.5
+
+
 def invert_calibrated(
     model: nn.Module,
     data: ImageDataset,
     config: InversionConfig,
     *,
     auto_eps: bool = True,
-    saturation: float = 0.5,
+    saturation: float = SATURATION,
     max_halvings: int = 3,
     invert_fn: Callable[..., InversionResult] | None = None,
     **kwargs: Any,
