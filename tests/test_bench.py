@@ -416,3 +416,32 @@ def test_a_model_fitted_attack_takes_the_zoos_clean_twin(tmp_path, monkeypatch):
     twin = ModelJob("mnist", "small_cnn", None, 0, train=spec, zoo=str(tmp_path)).path()
     assert (path / "attack.json").is_file() and (twin / "zoo.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, twin.name])
+
+
+def test_label_consistent_crafts_against_an_adversarially_trained_twin():
+    """The label-consistent attack's crafting model is the clean twin trained with FGSM-RS at
+    ``crafting_eps`` (a separate zoo entry); TrojanNN keeps the victim's plain recipe."""
+    from unbackdoor.bench.cells import ModelJob
+
+    lc = ModelJob("cifar10", "fastnet", "label_consistent", 0, 0.095)
+    plain = ModelJob("cifar10", "fastnet", "trojannn", 0, 0.1)
+    assert lc.twin().train.options == {"adv_eps": 8.0}
+    assert plain.twin().train.options == {} and plain.twin().path() != lc.twin().path()
+    off = ModelJob("cifar10", "fastnet", "label_consistent", 0, 0.095, options={"crafting_eps": 0})
+    assert off.twin().path() == plain.twin().path()
+
+
+def test_a_zoo_entry_made_with_other_attack_settings_is_refused(tmp_path):
+    """The zoo key holds a grid's options, not the attack's defaults: an entry trained before a
+    default changed is refused with the setting that differs, never reused silently."""
+    from unbackdoor.bench.cells import ModelJob, TrainSpec
+
+    spec = TrainSpec(epochs=1, train_samples=300, options={"batch_size": 64})
+    job = ModelJob("mnist", "small_cnn", "badnets", 0, 0.1, train=spec, zoo=str(tmp_path))
+    path = job.get()
+    assert job.get() == path  # unchanged settings: the cached entry
+    record = json.loads((path / "attack.json").read_text())
+    record["attack"]["size"] = 5  # as if trained when the default patch size was 5
+    (path / "attack.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"size: 5 -> 3.*zoo prune --key " + path.name):
+        job.get()

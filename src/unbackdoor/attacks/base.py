@@ -27,13 +27,15 @@ class Attack:
 
     Class attributes: ``name`` (registry name), ``policy`` (the default label policy,
     ``"all_to_one"`` or ``"clean_label"``), ``default_rate`` (its usual poisoning rate),
-    ``needs_model`` (``fit`` wants a clean model of the victim architecture).
+    ``needs_model`` (``fit`` wants a clean model of the victim architecture), ``fit_resolves``
+    (settings whose default means "decide when fitted"; the config records the decision).
     """
 
     name: ClassVar[str] = "attack"
     policy: ClassVar[str] = "all_to_one"
     default_rate: ClassVar[float] = 0.1
     needs_model: ClassVar[bool] = False
+    fit_resolves: ClassVar[tuple[str, ...]] = ()
 
     seed: int = 0
 
@@ -49,6 +51,11 @@ class Attack:
         """Check the configuration; raise :class:`ConfigError` naming a bad field."""
 
     # --- optional hooks -----------------------------------------------------------------------
+    def clean_model_options(self) -> dict[str, Any]:
+        """Training options (``TrainConfig`` fields) for the clean model that ``fit`` wants when
+        one is trained for it, e.g. adversarial training; the victim's recipe otherwise."""
+        return {}
+
     def fit(
         self,
         data: ImageDataset,

@@ -7,6 +7,7 @@ defenses such as TBAR expect the backdoor to live.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def attack_model(
                 f"{clean_model}: not a clean twin of the victim: " + "; ".join(mismatch)
             )
     if trigger.needs_model and clean is None:
-        clean = _clean_model_for(train_data, test_data, name, seed, cfg)
+        crafting = dataclasses.replace(cfg, **trigger.clean_model_options()).validate()
+        clean = _clean_model_for(train_data, test_data, name, seed, crafting)
     device = resolve_device(cfg.device)
     trigger.fit(train_data, clean, target=target, device=device)
     cover = trigger.suggested_cover_rate(rate) if cover_rate is None else cover_rate

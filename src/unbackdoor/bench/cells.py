@@ -33,6 +33,7 @@ from torch import nn
 from unbackdoor.bench.config import NONE, AttackSpec, DefenseSpec, TrainSpec, stable_hash
 from unbackdoor.bench.store import cpu_name, now_iso
 from unbackdoor.data import ImageDataset
+from unbackdoor.errors import ConfigError
 from unbackdoor.utils.io import atomic_write_json, read_json
 
 CELLS_DIR = "cells"
@@ -143,16 +144,49 @@ class ModelJob:
         clean model (label-consistent, TrojanNN) takes from the zoo; ``None`` for the others."""
         from unbackdoor.attacks import create_attack
 
-        if self.attack is None or not create_attack(self.attack, **self.options).needs_model:
+        attack = None if self.attack is None else create_attack(self.attack, **self.options)
+        if attack is None or not attack.needs_model:
             return None
-        return dataclasses.replace(self, attack=None, rate=None, policy=None, options={})
+        train = dataclasses.replace(
+            self.train, options={**self.train.options, **attack.clean_model_options()}
+        )
+        return dataclasses.replace(
+            self, attack=None, rate=None, policy=None, options={}, train=train
+        )
 
     def get(self) -> Path:
         """The trained model's directory, trained (and cached) if the zoo lacks it."""
         from unbackdoor.attacks.zoo import get_or_create
 
         root = Path(self.zoo) if self.zoo else None
+        self.check_cached_attack()
         return get_or_create(self.zoo_config(), self._make, root)
+
+    def check_cached_attack(self) -> None:
+        """Refuse a finished zoo entry whose trigger was made with other attack settings.
+
+        The zoo key holds the options a grid sets, not the attack's defaults, so that keys stay
+        stable; an entry trained before a default changed would otherwise be reused silently.
+        """
+        from unbackdoor.attacks import create_attack
+        from unbackdoor.attacks.zoo import ZOO_JSON
+
+        path = self.path()
+        if self.attack is None or not (path / ZOO_JSON).is_file():
+            return
+        stored = read_json(path / "attack.json").get("attack", {})
+        attack = create_attack(self.attack, seed=self.seed, **self.options)
+        wanted = attack.config()
+        for k in attack.fit_resolves:  # a default decided at fit time matches its decision
+            if wanted.get(k) == create_attack(self.attack).config().get(k):
+                wanted[k] = stored.get(k)
+        differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in differ)
+            raise ConfigError(
+                f"zoo entry {path.name} ({self.attack}) was trained with other attack settings "
+                f"({changes}); remove it with `unbackdoor zoo prune --key {path.name}` to retrain"
+            )
 
     def _make(self, path: Path) -> None:
         from unbackdoor.api import train_model

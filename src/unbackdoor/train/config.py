@@ -26,6 +26,8 @@ class TrainConfig:
     after ``lookahead_start`` of training, with a decay that grows with progress.
     ``crop_padding``/``flip`` override the data set's standard augmentation (``flip``:
     ``random``, ``alternating`` (each sample flipped in every other epoch) or ``none``).
+    ``adv_eps``: adversarial training (FGSM with a random start, step ``adv_step``, default
+    ``1.25 * adv_eps``) at this L_inf radius on the 0-255 pixel scale; 0 trains on clean images.
     """
 
     epochs: int = 10
@@ -50,6 +52,8 @@ class TrainConfig:
     drop_last: bool = False
     grad_clip: float | None = None
     max_steps: int | None = None
+    adv_eps: float = 0.0
+    adv_step: float = 0.0
     seed: int = 0
     device: str = "auto"
 
@@ -109,6 +113,8 @@ class TrainConfig:
             self.max_steps,
             "None or >= 1",
         )
+        check(0 <= self.adv_eps <= 128, o, "adv_eps", self.adv_eps, "a radius in [0, 128] (0-255)")
+        check(self.adv_step >= 0, o, "adv_step", self.adv_step, ">= 0 (0: 1.25 * adv_eps)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import Batch, iterate, num_batches
 from unbackdoor.data.transforms import Augment, default_augment
 from unbackdoor.errors import ConfigError, DataError
+from unbackdoor.train.adversarial import fgsm_rs_loss
 from unbackdoor.train.config import TrainConfig
 from unbackdoor.train.distributed import init_distributed
 from unbackdoor.train.optim import build_optimizer, set_lr
@@ -104,6 +105,8 @@ def train(
                 flip=cfg.flip,
                 seed=cfg.seed,
             )
+    if loss_fn is None and cfg.adv_eps:
+        loss_fn = fgsm_rs_loss(cfg.adv_eps / 255, cfg.adv_step / 255, cfg.label_smoothing)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     net: nn.Module = model
     if ctx.enabled:
@@ -217,7 +220,13 @@ def train(
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    keep = {k: v for k, v in cfg.to_dict().items() if k not in ("device",)}
+    # Options added later are left out at their defaults, so older checkpoints still resume.
+    later = {"adv_eps": 0.0, "adv_step": 0.0}
+    keep = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k != "device" and not (k in later and v == later[k])
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
