@@ -323,3 +323,34 @@ def test_freeze_bn_stats_keeps_running_statistics(mnist_backdoor):
         after = work.state_dict()
         same = all(torch.equal(after[k], v) for k, v in buffers.items())
         assert same is freeze
+
+
+def test_companion_family_is_unlearned_beside_the_detected_one(
+    mnist_backdoor, tmp_path, monkeypatch
+):
+    """With ``companion=True`` the target found by the mask family is also inverted as a bounded
+    additive perturbation; both kinds enter the unlearning bank every round, and a run
+    interrupted after the first round resumes with the mixed bank."""
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0, companion=True, checkpoint_dir=str(tmp_path))
+    banks = []
+    original = BIBAU._unlearn
+
+    def record_bank(self, model, teacher, clean, bank, *a, **k):
+        banks.append([b.kind for b in bank])
+        if len(banks) == 2:
+            raise KeyboardInterrupt
+        return original(self, model, teacher, clean, bank, *a, **k)
+
+    monkeypatch.setattr(BIBAU, "_unlearn", record_bank)
+    with pytest.raises(KeyboardInterrupt):
+        unbackdoor.unlearn(model, data, "bibau", **cfg)
+    assert banks == [["mask_pattern", "additive"], ["mask_pattern", "additive"] * 2]
+    banks.append("resumed")
+    _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    assert banks[-1] == ["mask_pattern", "additive"] * 2  # round 2 rerun on the restored bank
+    comp = report.diagnostics["companion"]
+    assert comp["family"] == "additive" and comp["eps"] == 0.1
+    assert len(comp["fooling_per_round"]) == 2
+    assert "companion_trigger" in report.images

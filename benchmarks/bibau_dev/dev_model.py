@@ -1,13 +1,16 @@
 """The development model on which BI-BAU's CIFAR-10 defaults were chosen (never the test set).
 
-    python benchmarks/bibau_dev/dev_model.py            # the BadNets dev model
-    python benchmarks/bibau_dev/dev_model.py --clean    # its never-backdoored twin
+    python benchmarks/bibau_dev/dev_model.py                    # the BadNets dev model
+    python benchmarks/bibau_dev/dev_model.py --clean            # its never-backdoored twin
+    python benchmarks/bibau_dev/dev_model.py --attack blended   # runs/dev_blended
 
 A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
 training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
 ``tune.py`` scores clean accuracy and ASR. Writes ``runs/dev_split.pt`` and ``runs/dev_badnets``
 (``runs/dev_clean`` with ``--clean``: the same recipe, data and seed without poisoning, on which
-the detection threshold is calibrated, see ``calibrate.py``).
+the detection threshold is calibrated, see ``calibrate.py``). ``--attack NAME`` trains the same
+recipe with another attack of the catalogue into ``runs/dev_NAME``; with seed 1, its generated
+trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one.
 """
 
 from __future__ import annotations
@@ -49,13 +52,15 @@ def main() -> None:
             overwrite=True,
         )
         return
+    args = sys.argv[1:]
+    attack = args[args.index("--attack") + 1] if "--attack" in args else "badnets"
     attack_model(
         train.subset(train_idx, "cifar10"),
         "fastnet",
-        "badnets",
+        attack,
         test_data=train.subset(dev_idx, "cifar10"),
         seed=1,
-        out=RUNS / "dev_badnets",
+        out=RUNS / f"dev_{attack}",
         overwrite=True,
     )
 

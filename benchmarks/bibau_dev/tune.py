@@ -2,6 +2,7 @@
 
     python benchmarks/bibau_dev/tune.py TAG '{"lr": 0.007, "stamped_target": "teacher"}'
     RETUNE=1 python benchmarks/bibau_dev/tune.py ...     # also the re-tuning attack
+    DEV_MODEL=dev_blended python benchmarks/bibau_dev/tune.py ...   # another dev model
 
 The defender's data is 2,500 images of the dev model's own 45,000 training images; clean accuracy
 and ASR are measured on the 5,000 held-out training images, never on the CIFAR-10 test set.
@@ -36,8 +37,9 @@ def main() -> None:
     train = load_dataset("cifar10", "train")
     tr = train.subset(split["train_idx"], "cifar10")
     dev = train.subset(split["dev_idx"], "cifar10")
-    model, _ = load_model(HERE / "runs" / "dev_badnets")
-    rec = load_attack(HERE / "runs" / "dev_badnets")
+    dev_model = os.environ.get("DEV_MODEL", "dev_badnets")
+    model, _ = load_model(HERE / "runs" / dev_model)
+    rec = load_attack(HERE / "runs" / dev_model)
 
     def score(m: torch.nn.Module) -> dict:
         x = evaluate(m, dev, trigger=rec.trigger, attack_labels=rec.attack_labels)
@@ -54,6 +56,7 @@ def main() -> None:
     d = rep.diagnostics
     row = {
         "tag": tag,
+        "model": dev_model,
         "opts": opts,
         "n": n_clean,
         "before": before,

@@ -143,6 +143,11 @@ class BIBAU(Defense):
     bf16: bool = False
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
+    #: once a target is found, also invert the *other* family for it and unlearn both
+    #: triggers each round (a blend found as a one-pixel shortcut by the mask family is then
+    #: also unlearned as a full-image perturbation, and a warp found by the additive family
+    #: also as a patch); the additive companion uses ``additive_eps`` (the largest budget)
+    companion: bool = False
     stamped_target: str = "teacher"
     norm_lr_scale: float = 1.0
     checkpoint_dir: str | None = None
@@ -196,6 +201,7 @@ class BIBAU(Defense):
         # to reach that way, a bounded additive perturbation (warps, invisible triggers).
         tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
         verdicts: dict[str, dict[str, Any]] = {}
+        results: dict[str, Any] = {}  # each family's first inversion
         eps_trail: list[dict[str, float]] = []  # additive budgets tried (auto_eps)
         for family in tried:
             inv_cfg = InversionConfig(
@@ -216,6 +222,7 @@ class BIBAU(Defense):
                 desc=f"bibau: blind inversion ({family})",
             )
             eps_trail += trail
+            results[family] = first
             anomaly = first.anomaly_index() if targeted else torch.zeros(1)
             effect = first.effect_size() if targeted else torch.ones(1)
             verdict = first.verdict(self.anomaly_threshold, self.min_effect) if targeted else None
@@ -282,6 +289,19 @@ class BIBAU(Defense):
         if fresh:
             diag["reinverted_fooling_per_round"] = []
         bank: list[TriggerFamily] = [copy.deepcopy(trigger)]
+        comp = self._companion(model, clean, results, family, z, device) if targeted else None
+        if comp is not None:
+            comp_trigger, comp_inner = comp
+            bank.append(copy.deepcopy(comp_trigger))
+            diag["companion"] = {
+                "family": comp_inner.family,
+                "size_budget": comp_inner.max_size,
+                "eps": comp_inner.eps if comp_inner.family == "additive" else None,
+                "fooling_per_round": [],
+            }
+            images.update(
+                {f"companion_{k}": v[0] for k, v in comp_trigger.images().items() if k == "trigger"}
+            )
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -291,7 +311,7 @@ class BIBAU(Defense):
             momentum=0.9,
             weight_decay=5e-4,
         )
-        start_round = self._resume(model, opt, bank, diag)
+        start_round = self._resume(model, opt, bank, diag, comp[0] if comp else None)
         augment = default_augment(clean.name, clean.images.shape[-1])
         inner = InversionConfig(
             family=family,
@@ -338,6 +358,21 @@ class BIBAU(Defense):
                         self._checkpoint(model, opt, bank, diag, rnd)
                         break
                 bank.append(copy.deepcopy(trigger))
+                if comp is not None:  # the companion family, re-inverted from scratch too
+                    comp_trigger = invert(
+                        model,
+                        clean,
+                        comp_inner,
+                        classes=[z],
+                        seed=self.seed + 5000 + rnd,
+                        device=device,
+                        desc=f"bibau: re-invert companion {rnd + 1}",
+                    ).family
+                    if comp_inner.max_size is not None:
+                        comp_trigger.limit_size(comp_inner.max_size)
+                    bank.append(copy.deepcopy(comp_trigger))
+            if comp is not None:
+                diag["companion"]["fooling_per_round"].append(fools(comp_trigger))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
@@ -361,6 +396,56 @@ class BIBAU(Defense):
             backdoor_found=True,
             anomaly_score=float(anomaly.max()) if targeted else None,
         )
+
+    def _companion(
+        self,
+        model: nn.Module,
+        clean: ImageDataset,
+        results: dict[str, Any],
+        family: str,
+        z: int,
+        device: torch.device,
+    ) -> tuple[TriggerFamily, InversionConfig] | None:
+        """The other family's trigger for target ``z`` and the config that re-inverts it.
+
+        Taken from that family's first inversion when ``auto`` ran it for every class (a mask
+        then gets the same size budget as a detected one), else inverted for ``z`` alone.
+        """
+        if not self.companion:
+            return None
+        other = "additive" if family == "mask_pattern" else "mask_pattern"
+        res = results.get(other)
+        if res is None:
+            cfg = InversionConfig(
+                family=other,
+                steps=self.inversion_steps,
+                eps=self.additive_eps,
+                bf16=self.bf16,
+            )
+            res = invert(
+                model,
+                clean,
+                cfg,
+                classes=[z],
+                seed=self.seed + 17,
+                device=device,
+                desc=f"bibau: companion inversion ({other})",
+            )
+        k = res.classes.index(z)
+        budget = None
+        if other == "mask_pattern":
+            budget = float(res.sizes[k]) * self.budget_scale
+            if len(res.classes) > 1:
+                budget = max(budget, float(res.sizes.median()) / self.min_effect)
+        inner = InversionConfig(
+            family=other,
+            steps=max(1, self.inner_steps),
+            lr=0.1,
+            eps=getattr(res.family, "eps", self.additive_eps),
+            max_size=budget,
+            bf16=self.bf16,
+        )
+        return _single(res.family, k), inner
 
     def _budget(
         self, first: Any, k: int, fresh: bool, targeted: bool
@@ -525,13 +610,19 @@ class BIBAU(Defense):
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "bank": [b.state_dict() for b in bank],
+            "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
             "config_json": json.dumps(self.config(), default=str),
         }
         atomic_write(path, lambda p: torch.save(state, p))
 
     def _resume(
-        self, model: nn.Module, opt: torch.optim.Optimizer, bank: list[TriggerFamily], diag: dict
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        bank: list[TriggerFamily],
+        diag: dict,
+        companion: TriggerFamily | None = None,
     ) -> int:
         path = self._ckpt_path()
         if path is None or not path.is_file():
@@ -557,10 +648,15 @@ class BIBAU(Defense):
                 )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        template = bank[0]
+        templates = {bank[0].kind: bank[0]}
+        if companion is not None:
+            templates[companion.kind] = companion
+        kinds = json.loads(state.get("bank_kinds_json", "[]")) or [bank[0].kind] * len(
+            state["bank"]
+        )
         bank.clear()
-        for s in state["bank"]:
-            b = copy.deepcopy(template)
+        for kind, s in zip(kinds, state["bank"], strict=True):
+            b = copy.deepcopy(templates[kind])
             b.load_state_dict(s)
             bank.append(b)
         diag.update(stored)
