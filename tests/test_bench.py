@@ -443,5 +443,59 @@ def test_a_zoo_entry_made_with_other_attack_settings_is_refused(tmp_path):
     record = json.loads((path / "attack.json").read_text())
     record["attack"]["size"] = 5  # as if trained when the default patch size was 5
     (path / "attack.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match=r"size: 5 -> 3.*zoo prune --key " + path.name):
+    with pytest.raises(ConfigError, match=r"size: 5 -> 3.*delete that directory"):
         job.get()
+
+
+def _fake_zoo_entry(job, attack_cfg: dict) -> Path:
+    path = job.path()
+    path.mkdir(parents=True)
+    (path / "zoo.json").write_text(json.dumps({"key": path.name, "config": job.zoo_config()}))
+    (path / "attack.json").write_text(json.dumps({"attack": attack_cfg}))
+    return path
+
+
+def test_zoo_check_reads_fit_time_decisions_and_settings_added_later(tmp_path):
+    """Input-aware records the generator size it decided at fit time (default 0: decide), which
+    matches; a label-consistent entry that predates ``crafting_eps`` was crafted on a plain
+    model (``added_later``: 0) and is refused now that the default is 8."""
+    from unbackdoor.attacks import create_attack
+    from unbackdoor.bench.cells import ModelJob
+
+    ia = ModelJob("cifar10", "fastnet", "input_aware", 0, 0.1, zoo=str(tmp_path))
+    _fake_zoo_entry(ia, {**create_attack("input_aware").config(), "gen_width": 32, "gen_depth": 3})
+    ia.check_cached_attack()  # no error
+    lc = ModelJob("cifar10", "fastnet", "label_consistent", 0, 0.095, zoo=str(tmp_path))
+    old = {k: v for k, v in create_attack("label_consistent").config().items()}
+    del old["crafting_eps"]
+    _fake_zoo_entry(lc, old)
+    with pytest.raises(ConfigError, match=r"crafting_eps: 0\.0 -> 8\.0"):
+        lc.check_cached_attack()
+
+
+def test_rows_made_with_other_attack_settings_or_new_options_at_old_values():
+    """A stored row is stale when its model's attack config differs from today's; an option
+    added later (BI-BAU's ``companion``) at the value that reproduces older rows is not."""
+    from unbackdoor.attacks import create_attack
+    from unbackdoor.bench.cells import comparable_defense_config
+    from unbackdoor.defenses import create_defense
+
+    cfg = create_defense("bibau").config()
+    assert "companion" not in comparable_defense_config(cfg)
+    assert comparable_defense_config({**cfg, "companion": True})["companion"] is True
+    cell = _cells_for_attack("badnets")
+    made = create_attack("badnets", seed=0).config()
+    row = {"status": "ok", "attack_config": made}
+    assert cell.is_done(row)
+    assert not cell.is_done({**row, "attack_config": {**made, "size": 5}})
+    assert cell.is_done({"status": "ok"})  # rows older than the record are taken as they are
+
+
+def _cells_for_attack(attack: str):
+    from unbackdoor.bench.cells import Cell, ModelJob
+    from unbackdoor.bench.config import AttackSpec
+
+    job = ModelJob("mnist", "small_cnn", attack, 0, 0.1)
+    return Cell(
+        "ceiling", "mnist", "small_cnn", AttackSpec(attack), None, None, 0, job, None, {}, "out"
+    )

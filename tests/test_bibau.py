@@ -352,5 +352,5 @@ def test_companion_family_is_unlearned_beside_the_detected_one(
     assert banks[-1] == ["mask_pattern", "additive"] * 2  # round 2 rerun on the restored bank
     comp = report.diagnostics["companion"]
     assert comp["family"] == "additive" and comp["eps"] == 0.1
-    assert len(comp["fooling_per_round"]) == 2
+    assert len(comp["reinverted_fooling_per_round"]) == 2
     assert "companion_trigger" in report.images

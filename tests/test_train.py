@@ -217,3 +217,12 @@ def test_config_hash_of_existing_configs_is_unchanged():
 
     assert config_hash(TrainConfig()) == "d054a8ab4e9752de"  # as before adv_eps existed
     assert config_hash(TrainConfig(adv_eps=8.0)) != config_hash(TrainConfig())
+
+
+def test_adversarial_options_are_checked():
+    with pytest.raises(ConfigError, match="adv_step"):
+        TrainConfig(adv_step=2.0).validate()  # a step without a radius
+    with pytest.raises(ConfigError, match="adv_eps=None"):
+        TrainConfig(adv_eps=None).validate()
+    with pytest.raises(ConfigError, match="custom loss_fn"):
+        train(tiny_model(), blobs(n=64), TrainConfig(epochs=1, adv_eps=8), loss_fn=lambda m, b: 0)

@@ -28,7 +28,8 @@ class Attack:
     Class attributes: ``name`` (registry name), ``policy`` (the default label policy,
     ``"all_to_one"`` or ``"clean_label"``), ``default_rate`` (its usual poisoning rate),
     ``needs_model`` (``fit`` wants a clean model of the victim architecture), ``fit_resolves``
-    (settings whose default means "decide when fitted"; the config records the decision).
+    (settings whose default means "decide when fitted"; the config records the decision),
+    ``added_later`` (settings older configs lack, with the value they implied).
     """
 
     name: ClassVar[str] = "attack"
@@ -36,6 +37,8 @@ class Attack:
     default_rate: ClassVar[float] = 0.1
     needs_model: ClassVar[bool] = False
     fit_resolves: ClassVar[tuple[str, ...]] = ()
+    #: settings added after models were trained, at the value that reproduces those models
+    added_later: ClassVar[dict[str, Any]] = {}
 
     seed: int = 0
 

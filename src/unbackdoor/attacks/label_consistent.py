@@ -113,6 +113,7 @@ class LabelConsistent(Attack):
     policy: ClassVar[str] = "clean_label"
     default_rate: ClassVar[float] = 0.1
     needs_model: ClassVar[bool] = True
+    added_later: ClassVar[dict[str, Any]] = {"crafting_eps": 0.0}  # crafted on a plain model
 
     eps: float = 16.0  # L_inf radius, on the 0-255 pixel scale
     steps: int = 10
@@ -143,7 +144,7 @@ class LabelConsistent(Attack):
 
     def clean_model_options(self) -> dict[str, Any]:
         """The crafting model is adversarially trained (FGSM-RS) at ``crafting_eps``."""
-        return {"adv_eps": self.crafting_eps} if self.crafting_eps else {}
+        return {"adv_eps": float(self.crafting_eps)} if self.crafting_eps else {}
 
     # --- trigger ------------------------------------------------------------------------------
     def stamp(self, x: torch.Tensor, amplitude: float = 1.0) -> torch.Tensor:

@@ -55,7 +55,9 @@ def attack_model(
     ``rate``/``policy`` default to the attack's usual values; ``init`` is a clean artifact to
     fine-tune on the poisoned data instead of training from scratch. ``clean_model`` is a clean
     artifact of the victim architecture for attacks whose trigger is fitted to a model
-    (label-consistent, TrojanNN); without it one is trained here with the victim's recipe.
+    (label-consistent, TrojanNN); without it one is trained here with the victim's recipe and
+    the attack's ``clean_model_options()`` (label-consistent: adversarial training).
+    ``attack.json`` records which model it was and the fit's diagnostics (``extra``).
     """
     out_dir = prepare_out(out, overwrite)
     train_data, test_data, dataset_name = _load_splits(dataset, test_data)
@@ -105,6 +107,11 @@ def attack_model(
             raise ArtifactError(
                 f"{clean_model}: not a clean twin of the victim: " + "; ".join(mismatch)
             )
+    extra: dict[str, Any] = {"cover_rate": None, "init": str(init) if init else None}
+    if trigger.needs_model:  # which clean model the trigger was fitted to
+        extra["clean_model"] = str(clean_model or init or "") or {
+            "trained_here": trigger.clean_model_options()
+        }
     if trigger.needs_model and clean is None:
         crafting = dataclasses.replace(cfg, **trigger.clean_model_options()).validate()
         clean = _clean_model_for(train_data, test_data, name, seed, crafting)
@@ -112,13 +119,10 @@ def attack_model(
     trigger.fit(train_data, clean, target=target, device=device)
     cover = trigger.suggested_cover_rate(rate) if cover_rate is None else cover_rate
     poisoned = poison_dataset(train_data, trigger, label_policy, rate, cover_rate=cover, seed=seed)
-    record = AttackRecord(
-        trigger,
-        label_policy,
-        rate,
-        poisoned.poison_indices.tolist(),
-        {"cover_rate": cover, "init": str(init) if init else None},
-    )
+    extra["cover_rate"] = cover
+    if getattr(trigger, "fit_info", None):
+        extra["fit_info"] = trigger.fit_info
+    record = AttackRecord(trigger, label_policy, rate, poisoned.poison_indices.tolist(), extra)
 
     def save_extra(d: Path) -> None:
         save_attack(d, record)

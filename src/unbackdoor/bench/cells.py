@@ -140,8 +140,10 @@ class ModelJob:
         return (Path(self.zoo) if self.zoo else zoo_root()) / zoo_key(self.zoo_config())
 
     def twin(self) -> ModelJob | None:
-        """The never-backdoored twin (same recipe, seed and data) that an attack fitted to a
-        clean model (label-consistent, TrojanNN) takes from the zoo; ``None`` for the others."""
+        """The never-backdoored twin (same recipe, seed and data, plus the attack's
+        ``clean_model_options()``, e.g. adversarial training for label-consistent) that an attack
+        fitted to a clean model (label-consistent, TrojanNN) takes from the zoo; ``None`` for
+        the others."""
         from unbackdoor.attacks import create_attack
 
         attack = None if self.attack is None else create_attack(self.attack, **self.options)
@@ -162,30 +164,31 @@ class ModelJob:
         self.check_cached_attack()
         return get_or_create(self.zoo_config(), self._make, root)
 
+    def attack_config(self) -> dict[str, Any] | None:
+        """The attack's full config as the zoo would make it today (``None``: no attack)."""
+        from unbackdoor.attacks import create_attack
+
+        if self.attack is None:
+            return None
+        return create_attack(self.attack, seed=self.seed, **self.options).config()
+
     def check_cached_attack(self) -> None:
         """Refuse a finished zoo entry whose trigger was made with other attack settings.
 
         The zoo key holds the options a grid sets, not the attack's defaults, so that keys stay
         stable; an entry trained before a default changed would otherwise be reused silently.
         """
-        from unbackdoor.attacks import create_attack
         from unbackdoor.attacks.zoo import ZOO_JSON
 
         path = self.path()
         if self.attack is None or not (path / ZOO_JSON).is_file():
             return
         stored = read_json(path / "attack.json").get("attack", {})
-        attack = create_attack(self.attack, seed=self.seed, **self.options)
-        wanted = attack.config()
-        for k in attack.fit_resolves:  # a default decided at fit time matches its decision
-            if wanted.get(k) == create_attack(self.attack).config().get(k):
-                wanted[k] = stored.get(k)
-        differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-        if differ:
-            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in differ)
+        changes = attack_config_changes(self.attack, stored, self.attack_config() or {})
+        if changes:
             raise ConfigError(
-                f"zoo entry {path.name} ({self.attack}) was trained with other attack settings "
-                f"({changes}); remove it with `unbackdoor zoo prune --key {path.name}` to retrain"
+                f"zoo entry {path} ({self.attack}) was trained with other attack settings "
+                f"({', '.join(changes)}); delete that directory to retrain it"
             )
 
     def _make(self, path: Path) -> None:
@@ -218,13 +221,46 @@ class ModelJob:
         )
 
 
+def attack_config_changes(name: str, stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every setting of attack ``name`` that differs.
+
+    A setting the attack decides when fitted (``fit_resolves``) matches its decision while it is
+    at its default; one the stored config predates counts at the attack's ``added_later``
+    value, the one that reproduces the older behaviour.
+    """
+    from unbackdoor.attacks import create_attack
+    from unbackdoor.attacks.registry import ATTACKS
+
+    cls = ATTACKS.get(name)
+    wanted = dict(wanted)
+    defaults = create_attack(name).config()
+    for k in cls.fit_resolves:
+        if wanted.get(k) == defaults.get(k):
+            wanted[k] = stored.get(k)
+    stored = {**cls.added_later, **stored}
+    differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    return [f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in differ]
+
+
 def _resolved_defense_config(spec: DefenseSpec | None) -> dict[str, Any] | None:
     if spec is None or spec.name == NONE:
         return None
     from unbackdoor.defenses import create_defense
 
-    cfg = create_defense(spec.name, **spec.options).config()
-    return {k: v for k, v in cfg.items() if k not in ("seed", "device")}
+    return comparable_defense_config(create_defense(spec.name, **spec.options).config())
+
+
+def comparable_defense_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A defense config as rows compare it: without seed and device, and without the options
+    added after rows existed while they are at the value that reproduces the older runs."""
+    from unbackdoor.defenses.registry import DEFENSES
+
+    later = DEFENSES.get(cfg["name"]).added_later if cfg.get("name") in DEFENSES else {}
+    return {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("seed", "device") and not (k in later and v == later[k])
+    }
 
 
 def zoo_model(
@@ -338,13 +374,14 @@ class Cell:
         """
         if row is None or row.get("status") != "ok":
             return False
+        made = row.get("attack_config")  # rows older than this record are taken as they are
+        if made is not None and self.attack.name != NONE:
+            wanted = self.backdoored.attack_config() or {}
+            if attack_config_changes(self.attack.name, made, wanted):
+                return False
         if self.role != "defense" or self.defense is None or self.defense.name == NONE:
             return True
-        stored = {
-            k: v
-            for k, v in (row.get("defense_config") or {}).items()
-            if k not in ("seed", "device")
-        }
+        stored = comparable_defense_config(row.get("defense_config") or {})
         return stable_hash(stored) == stable_hash(_resolved_defense_config(self.defense))
 
     @property
@@ -387,6 +424,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         row.update(ROLES[cell.role](cell))
+        row["attack_config"] = cell.backdoored.attack_config()
         row["status"] = "ok"
     except Exception as e:  # noqa: BLE001  (record the failure; the grid goes on)
         row.update(

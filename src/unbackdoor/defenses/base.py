@@ -37,6 +37,9 @@ class Defense:
 
     name: ClassVar[str] = "defense"
     known_attack_capable: ClassVar[bool] = False
+    #: options added after results were stored, at the value that reproduces those results
+    #: (left out of the comparisons that decide whether a stored result is stale)
+    added_later: ClassVar[dict[str, Any]] = {}
 
     seed: int = 0
     device: str = "auto"

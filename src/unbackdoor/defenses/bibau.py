@@ -112,6 +112,7 @@ class BIBAU(Defense):
     """Blind-inversion EM unlearning: finds trigger and target, makes the model forget them."""
 
     name: ClassVar[str] = "bibau"
+    added_later: ClassVar[dict[str, Any]] = {"companion": False}
 
     mode: str = "auto"
     target: int | None = None
@@ -297,7 +298,7 @@ class BIBAU(Defense):
                 "family": comp_inner.family,
                 "size_budget": comp_inner.max_size,
                 "eps": comp_inner.eps if comp_inner.family == "additive" else None,
-                "fooling_per_round": [],
+                "reinverted_fooling_per_round": [],  # measured before each round's unlearning
             }
             images.update(
                 {f"companion_{k}": v[0] for k, v in comp_trigger.images().items() if k == "trigger"}
@@ -372,7 +373,7 @@ class BIBAU(Defense):
                         comp_trigger.limit_size(comp_inner.max_size)
                     bank.append(copy.deepcopy(comp_trigger))
             if comp is not None:
-                diag["companion"]["fooling_per_round"].append(fools(comp_trigger))
+                diag["companion"]["reinverted_fooling_per_round"].append(fools(comp_trigger))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
@@ -612,9 +613,14 @@ class BIBAU(Defense):
             "bank": [b.state_dict() for b in bank],
             "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
-            "config_json": json.dumps(self.config(), default=str),
+            "config_json": json.dumps(self._comparable_config(), default=str),
         }
         atomic_write(path, lambda p: torch.save(state, p))
+
+    def _comparable_config(self) -> dict[str, Any]:
+        """The config a checkpoint must match (options added later left out at their old value)."""
+        later = self.added_later
+        return {k: v for k, v in self.config().items() if not (k in later and v == later[k])}
 
     def _resume(
         self,
@@ -632,8 +638,9 @@ class BIBAU(Defense):
         state = torch.load(path, map_location="cpu", weights_only=True)
         from unbackdoor.errors import ConfigError
 
-        if state["config_json"] != json.dumps(self.config(), default=str):
-            saved, now = json.loads(state["config_json"]), json.loads(json.dumps(self.config()))
+        now_json = json.dumps(self._comparable_config(), default=str)
+        if state["config_json"] != now_json:
+            saved, now = json.loads(state["config_json"]), json.loads(now_json)
             keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
             raise ConfigError(
                 f"{path}: made with another BI-BAU config (differs in {', '.join(keys)}); "

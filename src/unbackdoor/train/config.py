@@ -113,8 +113,27 @@ class TrainConfig:
             self.max_steps,
             "None or >= 1",
         )
-        check(0 <= self.adv_eps <= 128, o, "adv_eps", self.adv_eps, "a radius in [0, 128] (0-255)")
-        check(self.adv_step >= 0, o, "adv_step", self.adv_step, ">= 0 (0: 1.25 * adv_eps)")
+        check(
+            isinstance(self.adv_eps, (int, float)) and 0 <= self.adv_eps <= 128,
+            o,
+            "adv_eps",
+            self.adv_eps,
+            "a radius in [0, 128] on the 0-255 scale (0: no adversarial training)",
+        )
+        check(
+            isinstance(self.adv_step, (int, float)) and self.adv_step >= 0,
+            o,
+            "adv_step",
+            self.adv_step,
+            ">= 0 (0: 1.25 * adv_eps)",
+        )
+        check(
+            not self.adv_step or self.adv_eps > 0,
+            o,
+            "adv_step",
+            self.adv_step,
+            "0 unless adv_eps > 0 (the step of adversarial training)",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:

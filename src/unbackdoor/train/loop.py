@@ -105,7 +105,12 @@ def train(
                 flip=cfg.flip,
                 seed=cfg.seed,
             )
-    if loss_fn is None and cfg.adv_eps:
+    if loss_fn is not None and cfg.adv_eps:
+        raise ConfigError(
+            f"{desc}: adv_eps={cfg.adv_eps} asks for adversarial training, but a custom loss_fn "
+            "was given; put the adversarial examples in that loss instead"
+        )
+    if cfg.adv_eps:
         loss_fn = fgsm_rs_loss(cfg.adv_eps / 255, cfg.adv_step / 255, cfg.label_smoothing)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     net: nn.Module = model
