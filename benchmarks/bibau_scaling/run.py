@@ -118,6 +118,7 @@ def main() -> None:
         [
             "classes",
             "clean samples",
+            "CPU time (1 thread)",
             "wall time",
             "rounds",
             "found",
