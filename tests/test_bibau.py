@@ -354,3 +354,14 @@ def test_companion_family_is_unlearned_beside_the_detected_one(
     assert comp["family"] == "additive" and comp["eps"] == 0.1
     assert len(comp["reinverted_fooling_per_round"]) == 2
     assert "companion_trigger" in report.images
+
+
+def test_blind_detection_refuses_fewer_than_three_classes():
+    """With two classes there is no median class to be cheaper than: the blind mode would
+    always answer "no backdoor", so it refuses and says what to do instead."""
+    from synth import blobs
+
+    data = blobs(n=64, classes=2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2))
+    with pytest.raises(ConfigError, match="at least 3 classes.*target=.*untargeted"):
+        unbackdoor.unlearn(model, data, "bibau", **FAST)

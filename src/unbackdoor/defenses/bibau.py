@@ -68,6 +68,7 @@ from unbackdoor.data.loader import iterate
 from unbackdoor.data.transforms import default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
+from unbackdoor.errors import ConfigError
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_calibrated
 from unbackdoor.inversion.families import TriggerFamily
@@ -198,6 +199,12 @@ class BIBAU(Defense):
         model.to(device)
         t0 = time.perf_counter()
         targeted = self.mode != "untargeted"
+        if targeted and self.target is None and clean.num_classes < 3:
+            raise ConfigError(
+                f"bibau: blind detection compares each class's trigger cost with the median "
+                f"class's, which needs at least 3 classes ({clean.name} has "
+                f"{clean.num_classes}); give target=... if it is known, or mode='untargeted'"
+            )
         # "auto": patches and blends first (mask and pattern); if no class is anomalously cheap
         # to reach that way, a bounded additive perturbation (warps, invisible triggers).
         tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
@@ -636,8 +643,6 @@ class BIBAU(Defense):
         import json
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-        from unbackdoor.errors import ConfigError
-
         now_json = json.dumps(self._comparable_config(), default=str)
         if state["config_json"] != now_json:
             saved, now = json.loads(state["config_json"]), json.loads(now_json)
