@@ -2,6 +2,8 @@
 
     python benchmarks/attacks/run.py --dataset mnist
     python benchmarks/attacks/run.py --dataset cifar10 [--attacks badnets,blended]
+    python benchmarks/attacks/run.py --dataset cifar10 --attacks label_consistent \
+        --options '{"label_consistent": {"crafting_eps": 4}}'    # non-default settings
 
 Each backdoored model is trained with the model's default recipe (the same as the clean
 reference model) at the attack's usual poisoning rate (10% for poison-label attacks), target 0,
@@ -12,6 +14,7 @@ and cached in the zoo, so an interrupted run resumes where it stopped. Writes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -35,10 +38,17 @@ def catalogue() -> list[str]:
     return [a for a in list_attacks() if a not in IMAGE_TEXT_ONLY]
 
 
-def cell(dataset: str, model: str, attack: str | None, seed: int, epochs: int | None) -> dict:
+def cell(
+    dataset: str,
+    model: str,
+    attack: str | None,
+    seed: int,
+    epochs: int | None,
+    options: dict | None = None,
+) -> dict:
     """One zoo model (10% poisoning, target 0; clean-label attacks capped by the target class)."""
     t0 = time.perf_counter()
-    path, config = zoo_model(dataset, model, attack, seed, epochs=epochs)
+    path, config = zoo_model(dataset, model, attack, seed, epochs=epochs, options=options)
     metrics = read_json(path / "metrics.json")
     train = read_json(path / "train.json")
     return {
@@ -70,7 +80,11 @@ def main() -> None:
     ap.add_argument("--attacks", default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument(
+        "--options", default="{}", help="JSON: attack name -> settings other than its defaults"
+    )
     args = ap.parse_args()
+    options = json.loads(args.options)
     model = args.model or DEFAULT_MODEL[args.dataset]
     names = catalogue() if args.attacks == "all" else args.attacks.split(",")
     out_json = HERE / f"{args.dataset}.json"
@@ -79,7 +93,7 @@ def main() -> None:
     results["clean"] = clean
     for name in names:
         try:
-            row = cell(args.dataset, model, name, args.seed, args.epochs)
+            row = cell(args.dataset, model, name, args.seed, args.epochs, options.get(name))
             row["verdict"] = verdict(row, clean["clean_acc"])
         except Exception as e:  # noqa: BLE001  (record the failure, go on with the grid)
             row = {
@@ -105,9 +119,10 @@ def write_markdown(dataset: str, model: str, results: dict) -> None:
             rows.append([name, "-", "-", "-", "-", "-", "-", f"failed: {r['error']}"])
             continue
         note = results.get("notes", {}).get(name, "")
+        label = name + (f" {json.dumps(r['options'])}" if r.get("options") else "")
         rows.append(
             [
-                name,
+                label,
                 r["policy"],
                 f"{r['rate']:g}",
                 f"{100 * r['clean_acc']:.2f}%",

@@ -38,6 +38,7 @@ victim; 0.21 with eps 76 = 0.3); some MNIST classes hold under 10% of the images
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -238,6 +239,14 @@ class LabelConsistent(Attack):
             "clean_acc_target_class": float(correct[0]) / n,
             "adv_acc_target_class": float(correct[1]) / n,
         }
+        if indices.numel() and self.fit_info["clean_acc_target_class"] < 0.5:
+            warnings.warn(
+                f"attack 'label_consistent': the crafting model recognises only "
+                f"{self.fit_info['clean_acc_target_class']:.0%} of the target-class images; "
+                "perturbations against a model that does not know the class do not make its "
+                "images hard (an adversarially trained model that collapsed?)",
+                stacklevel=2,
+            )
 
     # --- storage ------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

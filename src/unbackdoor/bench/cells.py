@@ -274,8 +274,11 @@ def zoo_model(
     poison_rate: float = 0.1,
     target: int = 0,
     train_samples: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """The zoo's model for an attack (``None``: clean) at the grid's rate; ``(path, config)``."""
+    """The zoo's model for an attack (``None``: clean) at the grid's rate; ``(path, config)``.
+
+    ``options`` are attack settings other than the defaults (part of the zoo key)."""
     if attack is not None:
         rate = resolve_rate(dataset, attack, rate, poison_rate, target, None)
     job = ModelJob(
@@ -285,6 +288,7 @@ def zoo_model(
         seed,
         rate,
         target,
+        options=dict(options or {}),
         train=TrainSpec(epochs=epochs, train_samples=train_samples),
     )
     return job.get(), job.zoo_config()
