@@ -379,3 +379,17 @@ def test_label_consistent_trains_its_crafting_model_adversarially(monkeypatch):
     assert seen == [8.0, 0.0]
     with pytest.raises(ConfigError, match="crafting_eps"):
         create_attack("label_consistent", crafting_eps=-1)
+
+
+def test_label_consistent_warns_about_a_crafting_model_that_misses_the_target_class():
+    data = blobs(n=64, classes=4, channels=3)
+
+    class AlwaysOne(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 4) + x.mean() * 0
+            out[:, 1] = 1.0
+            return out
+
+    attack = create_attack("label_consistent", steps=1)
+    with pytest.warns(UserWarning, match="recognises only 0%"):
+        attack.fit(data, AlwaysOne(), target=0)
