@@ -83,6 +83,7 @@ REINVERT = ("warm", "fresh")
 # what a stamped image is taught: its true label, or the backdoored model's output on the clean
 # version of the same image (its dark knowledge; the label where that model is right)
 STAMPED_TARGETS = ("label", "teacher")
+MIN_BLIND_CLASSES = 4  # fewer: the anomaly index cannot single a class out (see ``run``)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -199,11 +200,13 @@ class BIBAU(Defense):
         model.to(device)
         t0 = time.perf_counter()
         targeted = self.mode != "untargeted"
-        if targeted and self.target is None and clean.num_classes < 3:
+        if targeted and self.target is None and clean.num_classes < MIN_BLIND_CLASSES:
+            # With 3 classes NC's anomaly index (deviation from the median in MADs) cannot
+            # exceed 0.67, whatever the costs: the MAD is then the smaller of two deviations.
             raise ConfigError(
-                f"bibau: blind detection compares each class's trigger cost with the median "
-                f"class's, which needs at least 3 classes ({clean.name} has "
-                f"{clean.num_classes}); give target=... if it is known, or mode='untargeted'"
+                f"bibau: blind detection compares each class's trigger cost with the other "
+                f"classes' spread, which needs at least {MIN_BLIND_CLASSES} classes ({clean.name} "
+                f"has {clean.num_classes}); give target=... if it is known, or mode='untargeted'"
             )
         # "auto": patches and blends first (mask and pattern); if no class is anomalously cheap
         # to reach that way, a bounded additive perturbation (warps, invisible triggers).
