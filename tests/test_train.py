@@ -222,7 +222,30 @@ def test_config_hash_of_existing_configs_is_unchanged():
 def test_adversarial_options_are_checked():
     with pytest.raises(ConfigError, match="adv_step"):
         TrainConfig(adv_step=2.0).validate()  # a step without a radius
+    with pytest.raises(ConfigError, match="adv_steps=0"):
+        TrainConfig(adv_eps=8, adv_steps=0).validate()
     with pytest.raises(ConfigError, match="adv_eps=None"):
         TrainConfig(adv_eps=None).validate()
     with pytest.raises(ConfigError, match="custom loss_fn"):
         train(tiny_model(), blobs(n=64), TrainConfig(epochs=1, adv_eps=8), loss_fn=lambda m, b: 0)
+
+
+def test_more_pgd_steps_find_a_stronger_perturbation():
+    """The training loss is taken on perturbed inputs within the radius: higher than the clean
+    loss, and higher with 5 PGD steps than with FGSM-RS's one."""
+    import torch.nn.functional as F
+
+    from unbackdoor.data.loader import iterate
+    from unbackdoor.train.adversarial import adversarial_loss
+
+    data = blobs(n=128)
+    model = tiny_model()
+    train(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.05))
+    model.eval()
+    batch = next(iter(iterate(data, 128, shuffle=False)))
+    clean = float(F.cross_entropy(model(batch.x), batch.y))
+    torch.manual_seed(0)
+    one = float(adversarial_loss(0.2, steps=1)(model, batch))
+    torch.manual_seed(0)
+    five = float(adversarial_loss(0.2, steps=5)(model, batch))
+    assert clean < one < five

@@ -26,8 +26,9 @@ class TrainConfig:
     after ``lookahead_start`` of training, with a decay that grows with progress.
     ``crop_padding``/``flip`` override the data set's standard augmentation (``flip``:
     ``random``, ``alternating`` (each sample flipped in every other epoch) or ``none``).
-    ``adv_eps``: adversarial training (FGSM with a random start, step ``adv_step``, default
-    ``1.25 * adv_eps``) at this L_inf radius on the 0-255 pixel scale; 0 trains on clean images.
+    ``adv_eps``: adversarial training at this L_inf radius on the 0-255 pixel scale (0 trains on
+    clean images): FGSM with a random start (``adv_steps=1``, step ``adv_step``, default
+    ``1.25 * adv_eps``) or PGD with ``adv_steps`` steps (default step ``2.5 * adv_eps / steps``).
     """
 
     epochs: int = 10
@@ -54,6 +55,7 @@ class TrainConfig:
     max_steps: int | None = None
     adv_eps: float = 0.0
     adv_step: float = 0.0
+    adv_steps: int = 1
     seed: int = 0
     device: str = "auto"
 
@@ -133,6 +135,13 @@ class TrainConfig:
             "adv_step",
             self.adv_step,
             "0 unless adv_eps > 0 (the step of adversarial training)",
+        )
+        check(
+            isinstance(self.adv_steps, int) and self.adv_steps >= 1,
+            o,
+            "adv_steps",
+            self.adv_steps,
+            "an integer >= 1 (1: FGSM-RS, more: PGD)",
         )
         return self
 

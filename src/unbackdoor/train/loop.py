@@ -26,7 +26,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import Batch, iterate, num_batches
 from unbackdoor.data.transforms import Augment, default_augment
 from unbackdoor.errors import ConfigError, DataError
-from unbackdoor.train.adversarial import fgsm_rs_loss
+from unbackdoor.train.adversarial import adversarial_loss
 from unbackdoor.train.config import TrainConfig
 from unbackdoor.train.distributed import init_distributed
 from unbackdoor.train.optim import build_optimizer, set_lr
@@ -111,7 +111,9 @@ def train(
             "was given; put the adversarial examples in that loss instead"
         )
     if cfg.adv_eps:
-        loss_fn = fgsm_rs_loss(cfg.adv_eps / 255, cfg.adv_step / 255, cfg.label_smoothing)
+        loss_fn = adversarial_loss(
+            cfg.adv_eps / 255, cfg.adv_step / 255, cfg.adv_steps, cfg.label_smoothing
+        )
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     net: nn.Module = model
     if ctx.enabled:
@@ -226,7 +228,7 @@ def train(
 
 def config_hash(cfg: TrainConfig) -> str:
     # Options added later are left out at their defaults, so older checkpoints still resume.
-    later = {"adv_eps": 0.0, "adv_step": 0.0}
+    later = {"adv_eps": 0.0, "adv_step": 0.0, "adv_steps": 1}
     keep = {
         k: v
         for k, v in cfg.to_dict().items()
