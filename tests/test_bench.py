@@ -429,6 +429,10 @@ def test_label_consistent_crafts_against_an_adversarially_trained_twin():
     assert plain.twin().train.options == {} and plain.twin().path() != lc.twin().path()
     off = ModelJob("cifar10", "fastnet", "label_consistent", 0, 0.095, options={"crafting_eps": 0})
     assert off.twin().path() == plain.twin().path()
+    pgd = ModelJob(
+        "cifar10", "fastnet", "label_consistent", 0, 0.095, options={"crafting_steps": 3}
+    )
+    assert pgd.twin().train.options == {"adv_eps": 8.0, "adv_steps": 3}
 
 
 def test_a_zoo_entry_made_with_other_attack_settings_is_refused(tmp_path):
