@@ -107,11 +107,12 @@ def attack_model(
             raise ArtifactError(
                 f"{clean_model}: not a clean twin of the victim: " + "; ".join(mismatch)
             )
-    extra: dict[str, Any] = {"cover_rate": None, "init": str(init) if init else None}
+    extra: dict[str, Any] = {"init": str(init) if init else None}
     if trigger.needs_model:  # which clean model the trigger was fitted to
-        extra["clean_model"] = str(clean_model or init or "") or {
-            "trained_here": trigger.clean_model_options()
-        }
+        given = clean_model or init
+        extra["clean_model"] = (
+            str(given) if given else {"trained_here": trigger.clean_model_options()}
+        )
     if trigger.needs_model and clean is None:
         crafting = dataclasses.replace(cfg, **trigger.clean_model_options()).validate()
         clean = _clean_model_for(train_data, test_data, name, seed, crafting)

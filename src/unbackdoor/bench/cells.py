@@ -251,16 +251,13 @@ def _resolved_defense_config(spec: DefenseSpec | None) -> dict[str, Any] | None:
 
 
 def comparable_defense_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A defense config as rows compare it: without seed and device, and without the options
-    added after rows existed while they are at the value that reproduces the older runs."""
+    """A stored defense config as rows compare it: without seed and device, and without the
+    options the defense added later while they hold their old value."""
     from unbackdoor.defenses.registry import DEFENSES
+    from unbackdoor.utils.config import without_added_later
 
     later = DEFENSES.get(cfg["name"]).added_later if cfg.get("name") in DEFENSES else {}
-    return {
-        k: v
-        for k, v in cfg.items()
-        if k not in ("seed", "device") and not (k in later and v == later[k])
-    }
+    return {k: v for k, v in without_added_later(cfg, later).items() if k not in ("seed", "device")}
 
 
 def zoo_model(

@@ -17,6 +17,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
+from unbackdoor.utils.config import without_added_later
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Defense:
             "name": self.name,
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init},
         }
+
+    def comparable_config(self) -> dict[str, Any]:
+        """:meth:`config` as stored results and checkpoints are compared with it (without the
+        options added later while they hold their old value)."""
+        return without_added_later(self.config(), self.added_later)
 
     def _require(self, cond: bool, key: str, expected: str) -> None:
         if not cond:

@@ -623,14 +623,9 @@ class BIBAU(Defense):
             "bank": [b.state_dict() for b in bank],
             "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
-            "config_json": json.dumps(self._comparable_config(), default=str),
+            "config_json": json.dumps(self.comparable_config(), default=str),
         }
         atomic_write(path, lambda p: torch.save(state, p))
-
-    def _comparable_config(self) -> dict[str, Any]:
-        """The config a checkpoint must match (options added later left out at their old value)."""
-        later = self.added_later
-        return {k: v for k, v in self.config().items() if not (k in later and v == later[k])}
 
     def _resume(
         self,
@@ -646,7 +641,7 @@ class BIBAU(Defense):
         import json
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-        now_json = json.dumps(self._comparable_config(), default=str)
+        now_json = json.dumps(self.comparable_config(), default=str)
         if state["config_json"] != now_json:
             saved, now = json.loads(state["config_json"]), json.loads(now_json)
             keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))

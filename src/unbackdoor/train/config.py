@@ -12,6 +12,10 @@ SCHEDULES = ("onecycle", "triangle", "cosine", "linear", "constant")
 FLIPS = ("random", "alternating", "none")
 
 
+#: fields added after checkpoints existed, at the value that reproduces those runs
+ADDED_LATER = {"adv_eps": 0.0, "adv_step": 0.0, "adv_steps": 1}
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of :func:`unbackdoor.train.train`; every field is checked in ``validate``.
@@ -127,7 +131,7 @@ class TrainConfig:
             o,
             "adv_step",
             self.adv_step,
-            ">= 0 (0: 1.25 * adv_eps)",
+            ">= 0 (0: the default step of adv_steps)",
         )
         check(
             not self.adv_step or self.adv_eps > 0,

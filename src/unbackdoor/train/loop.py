@@ -27,9 +27,10 @@ from unbackdoor.data.loader import Batch, iterate, num_batches
 from unbackdoor.data.transforms import Augment, default_augment
 from unbackdoor.errors import ConfigError, DataError
 from unbackdoor.train.adversarial import adversarial_loss
-from unbackdoor.train.config import TrainConfig
+from unbackdoor.train.config import ADDED_LATER, TrainConfig
 from unbackdoor.train.distributed import init_distributed
 from unbackdoor.train.optim import build_optimizer, set_lr
+from unbackdoor.utils.config import without_added_later
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
@@ -227,13 +228,9 @@ def train(
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    # Options added later are left out at their defaults, so older checkpoints still resume.
-    later = {"adv_eps": 0.0, "adv_step": 0.0, "adv_steps": 1}
-    keep = {
-        k: v
-        for k, v in cfg.to_dict().items()
-        if k != "device" and not (k in later and v == later[k])
-    }
+    # options added later are left out at their defaults, so older checkpoints still resume
+    keep = without_added_later(cfg.to_dict(), ADDED_LATER)
+    keep.pop("device")
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

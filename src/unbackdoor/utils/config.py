@@ -27,6 +27,12 @@ def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides
     return cls(**merged)
 
 
+def without_added_later(cfg: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the options added after results were stored while they hold the value
+    that reproduces those results, so that stored configs still compare equal."""
+    return {k: v for k, v in cfg.items() if not (k in later and v == later[k])}
+
+
 def check(cond: bool, owner: str, key: str, value: Any, expected: str) -> None:
     """Raise a :class:`ConfigError` saying ``owner.key=value`` is not ``expected``."""
     if not cond:
