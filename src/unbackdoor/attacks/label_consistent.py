@@ -8,7 +8,7 @@ computed against a clean, *adversarially trained* model of the victim architectu
 When the attack trains that model itself, it trains it adversarially at ``crafting_eps`` (default
 8/255), with FGSM-RS or, with ``crafting_steps`` > 1, PGD (:mod:`unbackdoor.train.adversarial`).
 With the fast net's 12-epoch recipe FGSM-RS overfits catastrophically (0% accuracy under PGD at
-4/255 and 8/255, measured), and the label-consistent CIFAR-10 model still falls short
+4/255 and 8/255, measured by ``benchmarks/attacks/lc_diagnose.py``), and the label-consistent CIFAR-10 model still falls short
 (``benchmarks/attacks/cifar10.md``); PGD is the next step. With a standard model
 (``crafting_eps=0``) the perturbations are non-robust features that the victim learns as a shortcut:
 measured on CIFAR-10 (fastnet, 16/255), the victim classified 100% of the perturbed images as the
