@@ -8,16 +8,16 @@ computed against a clean, *adversarially trained* model of the victim architectu
 When the attack trains that model itself, it trains it adversarially at ``crafting_eps`` (default
 8/255), with FGSM-RS or, with ``crafting_steps`` > 1, PGD (:mod:`unbackdoor.train.adversarial`).
 With the fast net's 12-epoch recipe FGSM-RS overfits catastrophically (0% accuracy under PGD at
-4/255 and 8/255, measured by ``benchmarks/attacks/lc_diagnose.py``), and the label-consistent CIFAR-10 model still falls short
-(``benchmarks/attacks/cifar10.md``); PGD is the next step. With a standard model
-(``crafting_eps=0``) the perturbations are non-robust features that the victim learns as a shortcut:
-measured on CIFAR-10 (fastnet, 16/255), the victim classified 100% of the perturbed images as the
-target *without* the trigger, lost half its target-class test accuracy (91% -> 46%), and the ASR was
-0.03%. The trigger is then stamped: the paper's 3x3 black-and-white pattern in all four corners
-(``trigger="all_corners"``; ``"bottom_right"`` is the single-corner variant), added with amplitude
-``amplitude`` and clipped (amplitude 1 sets the pixels to black/white; the paper studies reduced
-amplitudes such as 16/255 to make the training poison less visible). At test time the trigger is
-stamped at full amplitude.
+4/255 and 8/255, measured by ``benchmarks/attacks/lc_diagnose.py``), and the label-consistent
+CIFAR-10 model still falls short (``benchmarks/attacks/cifar10.md``); PGD is the next step. With a
+standard model (``crafting_eps=0``) the perturbations are non-robust features that the victim learns
+as a shortcut: measured on CIFAR-10 (fastnet, 16/255), the victim classified 100% of the perturbed
+images as the target *without* the trigger, lost half its target-class test accuracy (91% -> 46%),
+and the ASR was 0.03%. The trigger is then stamped: the paper's 3x3 black-and-white pattern in all
+four corners (``trigger="all_corners"``; ``"bottom_right"`` is the single-corner variant), added
+with amplitude ``amplitude`` and clipped (amplitude 1 sets the pixels to black/white; the paper
+studies reduced amplitudes such as 16/255 to make the training poison less visible). At test time
+the trigger is stamped at full amplitude.
 
 :meth:`LabelConsistent.fit` computes the perturbations for every target-class image of the
 training set given to it and stores them, quantised to the uint8 pixel grid, by sample index;
