@@ -356,6 +356,47 @@ def test_companion_family_is_unlearned_beside_the_detected_one(
     assert "companion_trigger" in report.images
 
 
+@pytest.mark.parametrize("companion_stop", [True, False])
+def test_companion_stop_test_keeps_rounds_going_while_the_companion_still_fools(
+    mnist_backdoor, monkeypatch, companion_stop
+):
+    """The detecting (mask) family's fresh trigger stops fooling after one round, but the
+    additive companion still reaches the target: with ``companion_stop`` a second round runs
+    and the loop stops only once the companion's probe falls under its level; without it the
+    loop stops after one round as before. Fooling rates are scripted: 0 for masks, 1 for the
+    additive family until two rounds of unlearning have run."""
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    rounds_run = []
+    original = BIBAU._unlearn
+
+    def count(self, *a, **k):
+        rounds_run.append(1)
+        return original(self, *a, **k)
+
+    def scripted(model, trig, *a, **k):
+        still = trig.kind == "additive" and len(rounds_run) < 2
+        return torch.tensor([1.0 if still else 0.0])
+
+    monkeypatch.setattr(BIBAU, "_unlearn", count)
+    monkeypatch.setattr(bibau_mod, "fooling_rate", scripted)
+    cfg = dict(FAST, rounds=4, companion=True, companion_stop=companion_stop)
+    _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    comp = report.diagnostics["companion"]
+    assert comp["stop_test"] is companion_stop
+    if companion_stop:
+        assert len(rounds_run) == 2
+        assert comp["probe_fooling_per_round"] == [1.0, 0.0]
+        assert 0 < comp["probe_eps"] <= 0.1 and comp["probe_eps_trail"]
+        assert 0.05 <= comp["stop_fooling"] < 1
+        assert "companion" in report.diagnostics["stopped"]
+    else:
+        assert len(rounds_run) == 1 and comp["probe_fooling_per_round"] == []
+        assert "companion" not in report.diagnostics["stopped"]
+
+
 def test_blind_detection_refuses_fewer_than_four_classes():
     """With three classes NC's anomaly index cannot exceed 0.67 (measured: a 3-digit MNIST
     BadNets model went undetected): the blind mode would always answer "no backdoor", so it
@@ -366,3 +407,17 @@ def test_blind_detection_refuses_fewer_than_four_classes():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 3))
     with pytest.raises(ConfigError, match="at least 4 classes.*target=.*untargeted"):
         unbackdoor.unlearn(model, data, "bibau", **FAST)
+
+
+def test_clean_cross_entropy_weight_ramps_with_the_number_of_images():
+    """No hard-label term on a few hundred images, the full one from 2,000 on, linear between;
+    ``clean_ce_ramp=None`` keeps the weight fixed; a malformed ramp is refused by name."""
+    d = BIBAU(clean_ce_weight=0.8)
+    assert d.ce_weight(400) == 0.0 and d.ce_weight(100) == 0.0
+    assert d.ce_weight(1200) == pytest.approx(0.4)
+    assert d.ce_weight(2000) == pytest.approx(0.8) and d.ce_weight(50_000) == pytest.approx(0.8)
+    assert BIBAU(clean_ce_ramp=None).ce_weight(10) == 1.0
+    assert BIBAU(clean_ce_ramp=[100, 200]).clean_ce_ramp == (100, 200)  # from YAML/JSON
+    for bad in ([2000, 400], [400], [0.5, 1.0]):
+        with pytest.raises(ConfigError, match="clean_ce_ramp"):
+            BIBAU(clean_ce_ramp=bad)

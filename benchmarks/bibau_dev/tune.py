@@ -69,6 +69,7 @@ def main() -> None:
         "fool": d.get("fooling_per_round"),
         "val": d.get("val_clean_acc_per_round"),
         "stopped": d.get("stopped"),
+        "companion": d.get("companion"),
     }
     print(json.dumps(row), flush=True)
     with open(HERE / "results.jsonl", "a") as f:
