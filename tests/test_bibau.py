@@ -362,38 +362,55 @@ def test_companion_stop_test_keeps_rounds_going_while_the_companion_still_fools(
 ):
     """The detecting (mask) family's fresh trigger stops fooling after one round, but the
     additive companion still reaches the target: with ``companion_stop`` a second round runs
-    and the loop stops only once the companion's probe falls under its level; without it the
-    loop stops after one round as before. Fooling rates are scripted: 0 for masks, 1 for the
+    and the loop stops only once the companion's probe (at the budget its search chose, here
+    forced to half of eps 0.1) falls under its level; without it the loop stops after one round
+    as before, and no probe is made. Fooling rates are scripted: 0 for masks, 1 for the
     additive family until two rounds of unlearning have run."""
+    from dataclasses import replace
+
     import unbackdoor.defenses.bibau as bibau_mod
 
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
-    rounds_run = []
-    original = BIBAU._unlearn
+    rounds_run, inversions = [], []
+    original_unlearn, original_invert = BIBAU._unlearn, bibau_mod.invert
+    original_calibrated = bibau_mod.invert_calibrated
 
     def count(self, *a, **k):
         rounds_run.append(1)
-        return original(self, *a, **k)
+        return original_unlearn(self, *a, **k)
 
     def scripted(model, trig, *a, **k):
         still = trig.kind == "additive" and len(rounds_run) < 2
         return torch.tensor([1.0 if still else 0.0])
 
+    def record(model, data, cfg, **k):
+        inversions.append((k.get("desc", ""), cfg.eps))
+        return original_invert(model, data, cfg, **k)
+
+    def halved(model, data, cfg, **k):  # the companion's search: eps 0.1 saturated, 0.05 not
+        if not k.get("desc", "").startswith("bibau: companion budget"):
+            return original_calibrated(model, data, cfg, **k)
+        res, _ = original_calibrated(model, data, replace(cfg, eps=cfg.eps / 2), **k)
+        return res, [{"eps": 0.1, "median_fooling": 0.9}, {"eps": 0.05, "median_fooling": 0.3}]
+
     monkeypatch.setattr(BIBAU, "_unlearn", count)
     monkeypatch.setattr(bibau_mod, "fooling_rate", scripted)
+    monkeypatch.setattr(bibau_mod, "invert", record)
+    monkeypatch.setattr(bibau_mod, "invert_calibrated", halved)
     cfg = dict(FAST, rounds=4, companion=True, companion_stop=companion_stop)
     _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
     comp = report.diagnostics["companion"]
+    probes = [eps for desc, eps in inversions if "companion probe" in desc]
     assert comp["stop_test"] is companion_stop
     if companion_stop:
         assert len(rounds_run) == 2
         assert comp["probe_fooling_per_round"] == [1.0, 0.0]
-        assert 0 < comp["probe_eps"] <= 0.1 and comp["probe_eps_trail"]
-        assert 0.05 <= comp["stop_fooling"] < 1
+        assert comp["probe_eps"] == 0.05 and probes == [0.05, 0.05]
+        assert comp["eps"] == 0.1  # the unlearned companion keeps the largest budget
         assert "companion" in report.diagnostics["stopped"]
     else:
-        assert len(rounds_run) == 1 and comp["probe_fooling_per_round"] == []
+        assert len(rounds_run) == 1 and probes == [] and "probe_eps" not in comp
         assert "companion" not in report.diagnostics["stopped"]
 
 
@@ -418,6 +435,8 @@ def test_clean_cross_entropy_weight_ramps_with_the_number_of_images():
     assert d.ce_weight(2000) == pytest.approx(0.8) and d.ce_weight(50_000) == pytest.approx(0.8)
     assert BIBAU(clean_ce_ramp=None).ce_weight(10) == 1.0
     assert BIBAU(clean_ce_ramp=[100, 200]).clean_ce_ramp == (100, 200)  # from YAML/JSON
-    for bad in ([2000, 400], [400], [0.5, 1.0]):
+    for bad in ([2000, 400], [400], [0.5, 1.0], 2000, [False, True]):
         with pytest.raises(ConfigError, match="clean_ce_ramp"):
             BIBAU(clean_ce_ramp=bad)
+    with pytest.raises(ConfigError, match="companion_stop"):
+        BIBAU(companion_stop=True)  # a stop test for a companion that is not there
