@@ -31,10 +31,12 @@ CRAFTING = {  # name -> (directory, PGD radius on the 0-255 scale)
     "standard (e5ca67e3cc31eec5)": (HOME / "zoo/e5ca67e3cc31eec5", 8),
     "FGSM-RS 8/255": (HOME / "zoo_retired/9aadca589cf01229_robust_eps8_collapsed", 8),
     "FGSM-RS 4/255": (HOME / "zoo/39de2fd74aedccf4", 4),
+    "PGD-3 8/255": (HOME / "zoo/756ec8e6598e12f5", 8),
 }
 VICTIMS = {
     "crafted on the standard model": HOME / "zoo_retired/f1a8092819f3acdb",
     "crafted on FGSM-RS 4/255": HOME / "zoo/243998afef0f4766",
+    "crafted on PGD-3 8/255": HOME / "zoo/efc8990fcf644e33",
 }
 
 

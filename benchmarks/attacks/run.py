@@ -45,10 +45,14 @@ def cell(
     seed: int,
     epochs: int | None,
     options: dict | None = None,
+    rate: float | None = None,
 ) -> dict:
-    """One zoo model (10% poisoning, target 0; clean-label attacks capped by the target class)."""
+    """One zoo model (10% poisoning, target 0; clean-label attacks capped by the target class,
+    or ``rate``)."""
     t0 = time.perf_counter()
-    path, config = zoo_model(dataset, model, attack, seed, epochs=epochs, options=options)
+    path, config = zoo_model(
+        dataset, model, attack, seed, epochs=epochs, options=options, rate=rate
+    )
     metrics = read_json(path / "metrics.json")
     train = read_json(path / "train.json")
     return {
@@ -83,8 +87,11 @@ def main() -> None:
     ap.add_argument(
         "--options", default="{}", help="JSON: attack name -> settings other than its defaults"
     )
+    ap.add_argument(
+        "--rates", default="{}", help="JSON: attack name -> poisoning rate other than its usual one"
+    )
     args = ap.parse_args()
-    options = json.loads(args.options)
+    options, rates = json.loads(args.options), json.loads(args.rates)
     model = args.model or DEFAULT_MODEL[args.dataset]
     names = catalogue() if args.attacks == "all" else args.attacks.split(",")
     out_json = HERE / f"{args.dataset}.json"
@@ -93,7 +100,15 @@ def main() -> None:
     results["clean"] = clean
     for name in names:
         try:
-            row = cell(args.dataset, model, name, args.seed, args.epochs, options.get(name))
+            row = cell(
+                args.dataset,
+                model,
+                name,
+                args.seed,
+                args.epochs,
+                options.get(name),
+                rates.get(name),
+            )
             row["verdict"] = verdict(row, clean["clean_acc"])
         except Exception as e:  # noqa: BLE001  (record the failure, go on with the grid)
             row = {
