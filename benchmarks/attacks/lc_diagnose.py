@@ -37,6 +37,7 @@ VICTIMS = {
     "crafted on the standard model": HOME / "zoo_retired/f1a8092819f3acdb",
     "crafted on FGSM-RS 4/255": HOME / "zoo/243998afef0f4766",
     "crafted on PGD-3 8/255": HOME / "zoo/efc8990fcf644e33",
+    "crafted on PGD-3 8/255, rate 0.05": HOME / "zoo/64c90cd227654c9b",
 }
 
 
