@@ -1,22 +1,22 @@
 """Label-consistent backdoor: clean-label poisoning with adversarially perturbed target images
 (Turner, Tsipras, Madry, "Label-Consistent Backdoor Attacks", arXiv 1912.02771, 2019).
 
-Only images of the target class are poisoned, and they keep their (correct) label. To make the model
-rely on the trigger rather than on their natural features, each poisoned image is first made hard to
-classify: an L_inf-bounded PGD perturbation (untargeted, maximising the loss of the true label)
-computed against a clean, *adversarially trained* model of the victim architecture, as in the paper.
-When the attack trains that model itself, it trains it adversarially at ``crafting_eps`` (default
-8/255), with FGSM-RS or, with ``crafting_steps`` > 1, PGD (:mod:`unbackdoor.train.adversarial`).
-With the fast net's 12-epoch recipe FGSM-RS overfits catastrophically (0% accuracy under PGD at
-4/255 and 8/255, measured by ``benchmarks/attacks/lc_diagnose.py``); PGD-3 (``crafting_steps=3``)
-gives a truly robust crafting model (71.5% clean, 40.5% under PGD-10 at 8/255), yet the CIFAR-10
-victim poisoned on 95% of the target class *still* classified 100% of its perturbed images as the
-target without the trigger (class-0 test accuracy 47%, ASR 0.26%), and at 50% of the target class
-it kept its accuracy but still fitted every perturbed training image without the trigger (ASR
-0.63%): the fast net's short recipe learns the perturbed images directly
-(``benchmarks/attacks/cifar10.md``). With a
-standard model (``crafting_eps=0``) the perturbations are non-robust features that the victim learns
-as a shortcut: measured on CIFAR-10 (fastnet, 16/255), the victim classified 100% of the perturbed
+Only images of the target class are poisoned, and they keep their (correct) label. To make the
+model rely on the trigger rather than on their natural features, each poisoned image is first made
+hard to classify: an L_inf-bounded PGD perturbation (untargeted, maximising the loss of the true
+label) computed against a clean, *adversarially trained* model of the victim architecture, as in
+the paper. When the attack trains that model itself, it trains it adversarially at ``crafting_eps``
+(default 8/255), with FGSM-RS or, with ``crafting_steps`` > 1, PGD
+(:mod:`unbackdoor.train.adversarial`). With the fast net's 12-epoch recipe FGSM-RS overfits
+catastrophically (0% accuracy under PGD at 4/255 and 8/255, measured by
+``benchmarks/attacks/lc_diagnose.py``); PGD-3 (``crafting_steps=3``) gives a truly robust crafting
+model (71.5% clean, 40.5% under PGD-10 at 8/255), yet the CIFAR-10 victim poisoned on 95% of the
+target class *still* classified 100% of its perturbed images as the target without the trigger
+(class-0 test accuracy 47%, ASR 0.26%), and at 50% of the target class it kept its accuracy but
+still fitted every perturbed training image without the trigger (ASR 0.63%): the fast net's short
+recipe learns the perturbed images directly (``benchmarks/attacks/cifar10.md``). With a standard
+model (``crafting_eps=0``) the perturbations are non-robust features that the victim learns as a
+shortcut: measured on CIFAR-10 (fastnet, 16/255), the victim classified 100% of the perturbed
 images as the target *without* the trigger, lost half its target-class test accuracy (91% -> 46%),
 and the ASR was 0.03%. The trigger is then stamped: the paper's 3x3 black-and-white pattern in all
 four corners (``trigger="all_corners"``; ``"bottom_right"`` is the single-corner variant), added

@@ -500,7 +500,8 @@ class BIBAU(Defense):
         cfg = InversionConfig(
             family=other, steps=self.inversion_steps, eps=self.additive_eps, bf16=self.bf16
         )
-        res, probe, trail, stop_at, first_probe = results.get(other), None, [], 0.0, None
+        res, probe, trail = results.get(other), None, []
+        stop_at, first_probe = self.stop_fooling, None  # the mask family's stop test
         probing = self.companion_stop and self.reinvert == "fresh" and self.inner_steps > 0
         if other == "additive" and probing:
             cal, trail = invert_calibrated(
@@ -512,8 +513,7 @@ class BIBAU(Defense):
                 device=device,
                 desc="bibau: companion budget (additive, all classes)",
             )
-            median_odds = float(cal.costs().median())
-            stop_at = max(self.stop_fooling, 1 / (1 + median_odds / self.min_effect))
+            stop_at = self._additive_stop(cal)
             first_probe = float(cal.fooling[cal.classes.index(z)])
             probe = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, eps=cal.family.eps)
             if cal.family.eps == self.additive_eps:
@@ -531,12 +531,8 @@ class BIBAU(Defense):
         k = res.classes.index(z)
         budget = None
         if other == "mask_pattern":
-            budget = float(res.sizes[k]) * self.budget_scale
-            if len(res.classes) > 1:
-                budget = max(budget, float(res.sizes.median()) / self.min_effect)
-            stop_at = self.stop_fooling
-            first_probe = float(res.fooling[k])
-        elif first_probe is None:
+            budget = self._mask_budget(res, k, widen=len(res.classes) > 1)
+        if first_probe is None:
             first_probe = float(res.fooling[k])
         inner = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, max_size=budget)
         return _Companion(_single(res.family, k), inner, probe, stop_at, trail, first_probe)
@@ -580,15 +576,23 @@ class BIBAU(Defense):
         of images towards any class.
         """
         if first.family.kind != "mask_pattern":
-            stop_at = self.stop_fooling
-            if fresh and targeted:  # fooling at odds min_effect x below the median class's
-                median_odds = float(first.costs().median())
-                stop_at = max(stop_at, 1 / (1 + median_odds / self.min_effect))
+            stop_at = self._additive_stop(first) if fresh and targeted else self.stop_fooling
             return None, stop_at
-        budget = float(first.sizes[k]) * self.budget_scale
-        if fresh and targeted:
-            budget = max(budget, float(first.sizes.median()) / self.min_effect)
-        return budget, self.stop_fooling
+        return self._mask_budget(first, k, fresh and targeted), self.stop_fooling
+
+    def _additive_stop(self, res: Any) -> float:
+        """Fooling at odds ``min_effect`` times below the median class's in ``res`` (at least
+        ``stop_fooling``): a fresh additive trigger that fools less is no longer anomalous."""
+        median_odds = float(res.costs().median())
+        return max(self.stop_fooling, 1 / (1 + median_odds / self.min_effect))
+
+    def _mask_budget(self, res: Any, k: int, widen: bool) -> float:
+        """``budget_scale`` times candidate ``k``'s mask size; with ``widen``, at least the
+        median class's over ``min_effect`` (a trigger that cheap would still be anomalous)."""
+        budget = float(res.sizes[k]) * self.budget_scale
+        if widen:
+            budget = max(budget, float(res.sizes.median()) / self.min_effect)
+        return budget
 
     # --------------------------------------------------------------------------- M-step, outer
     def _unlearn(
@@ -772,22 +776,12 @@ class BIBAU(Defense):
                 "delete it to restart"
             )
         stored = json.loads(state["diag_json"])
-        choices = {  # the first inversion's choices, and the companion's probe budget
-            "family": (stored.get("family"), diag.get("family")),
-            "additive_eps_trail": (
-                stored.get("additive_eps_trail"),
-                diag.get("additive_eps_trail"),
-            ),
-            "companion probe_eps_trail": (
-                (stored.get("companion") or {}).get("probe_eps_trail"),
-                (diag.get("companion") or {}).get("probe_eps_trail"),
-            ),
-        }
-        for key, (was, now) in choices.items():
-            if was != now:
+        was, now = _first_choices(stored), _first_choices(diag)
+        for key in was:
+            if was[key] != now[key]:
                 raise ConfigError(
-                    f"{path}: its first inversion chose {key}={was}, this run's "
-                    f"chose {now}; resuming would mix two triggers; delete it to restart"
+                    f"{path}: its first inversion chose {key}={was[key]}, this run's "
+                    f"chose {now[key]}; resuming would mix two triggers; delete it to restart"
                 )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -804,6 +798,16 @@ class BIBAU(Defense):
             bank.append(b)
         diag.update(stored)
         return int(state["round"])
+
+
+def _first_choices(diag: dict[str, Any]) -> dict[str, Any]:
+    """What a run decided before its rounds (a resumed run must decide the same): the
+    detecting family, the additive budgets tried, the companion's probe budgets."""
+    return {
+        "family": diag.get("family"),
+        "additive_eps_trail": diag.get("additive_eps_trail"),
+        "companion probe_eps_trail": (diag.get("companion") or {}).get("probe_eps_trail"),
+    }
 
 
 @dataclass
