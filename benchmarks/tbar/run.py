@@ -84,21 +84,22 @@ def halves(dataset: str, seed: int):
 
 
 def models(args: argparse.Namespace, attack: str) -> dict[str, Path]:
-    """The clean pretrained model and the two backdoored ones (cached under runs/)."""
+    """The clean pretrained model and the backdoored ones of ``--regimes`` (cached under runs/)."""
     root = HERE / "runs" / args.dataset / f"seed{args.seed}"
     paths = {
         "clean": root / "clean_halfA",
         "finetune": root / f"{attack}_finetune",
         "scratch": root / f"{attack}_scratch",
     }
-    if all(is_artifact(p) for p in paths.values()):
+    wanted = ["clean", *args.regimes.split(",")]
+    if all(is_artifact(paths[k]) for k in wanted):
         return paths
     half_a, half_b, test = halves(args.dataset, args.seed)
     model = DEFAULT_MODEL[args.dataset]
     opts = {"device": args.device}
     if not is_artifact(paths["clean"]):
         train_model(half_a, model, test_data=test, seed=args.seed, out=paths["clean"], **opts)
-    for regime in ("finetune", "scratch"):
+    for regime in wanted[1:]:
         if not is_artifact(paths[regime]):
             ft = regime == "finetune"
             attack_model(
@@ -149,6 +150,22 @@ def tradeoff_curve(model_dir: Path, args: argparse.Namespace, **tbar: Any) -> li
     return out
 
 
+def save(results: dict, out_json: Path) -> None:
+    """Write ``results``, keeping what other runs of this script added since it was read.
+
+    Runs for different attacks may share ``out_json``; a row or curve this run holds wins.
+    """
+    if out_json.exists():
+        disk = read_json(out_json)
+        for part in ("rows", "curves"):
+            for k, v in disk.get(part, {}).items():
+                results[part].setdefault(k, v)
+        for c in disk.get("commands", []):
+            if c not in results.setdefault("commands", []):
+                results["commands"].append(c)
+    atomic_write_json(out_json, results)
+
+
 def run_cell(results: dict, key: str, fn: Any, out_json: Path, *, redo_errors: bool = True) -> None:
     """Run ``fn`` unless ``key`` is done; record its row (or the error) and save the JSON."""
     row = results["rows"].get(key)
@@ -161,7 +178,7 @@ def run_cell(results: dict, key: str, fn: Any, out_json: Path, *, redo_errors: b
             "error": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(limit=6),
         }
-    atomic_write_json(out_json, results)
+    save(results, out_json)
     short = {k: results["rows"][key].get(k) for k in ("clean_acc", "asr", "alpha", "error")}
     print(key, short, file=sys.stderr, flush=True)
 
@@ -243,12 +260,13 @@ def main() -> None:
             continue
         if f"{attack}/floor" not in results["rows"]:
             clean, _ = load_model(paths["clean"])
-            manifest_model, manifest = load_model(paths["finetune"])
+            backdoored = paths[args.regimes.split(",")[0]]  # same attack record in both
+            _, manifest = load_model(backdoored)
             r = retune_attack(
                 clean,
                 load_test_data(manifest, None, "train"),
                 load_test_data(manifest, None, "test"),
-                load_attack(paths["finetune"]),
+                load_attack(backdoored),
                 RetuneConfig(seed=args.seed),
             )
             results["rows"][f"{attack}/floor"] = {
@@ -277,7 +295,7 @@ def main() -> None:
             for v in CURVE_VARIANTS if args.curve else ():
                 if f"{base}/{v}" not in results["curves"]:
                     results["curves"][f"{base}/{v}"] = tradeoff_curve(mdir, args, **VARIANTS[v])
-                    atomic_write_json(out_json, results)
+                    save(results, out_json)
         for n in [int(s) for s in args.sample_sizes.split(",") if s]:
             sub = argparse.Namespace(**{**vars(args), "clean_samples": n})
             for v in args.variants.split(","):
@@ -295,7 +313,7 @@ def main() -> None:
     if results["provenance"]["command"] not in commands:
         commands.append(results["provenance"]["command"])
     results["variants"] = VARIANTS
-    atomic_write_json(out_json, results)
+    save(results, out_json)
     plot_curves(tag, results)
     write_markdown(tag, results)
 
