@@ -287,6 +287,31 @@ def test_recalibrate_batchnorm_and_refit_output_bias():
     assert changed == {"head.3.bias"}  # only the output biases move
 
 
+def test_repair_fine_tunes_each_negated_candidate_on_clean_data():
+    import synth
+    from unbackdoor.defenses.tbar import TBAR
+    from unbackdoor.errors import ConfigError
+    from unbackdoor.eval.metrics import evaluate
+
+    with pytest.raises(ConfigError, match="repair_epochs"):
+        TBAR(repair_epochs=-1)
+    data = synth.blobs(256, classes=4)
+    theta_b = net(0).eval()
+    tau = TaskVector.between(theta_b, net(1))  # a large, arbitrary direction
+    plain = TBAR(recalibrate="none", device="cpu")
+    repair = TBAR(recalibrate="none", repair_epochs=3, repair_lr=0.05, device="cpu")
+    for d in (plain, repair):  # alpha 0 is the model itself, repaired or not
+        same = d.repaired(theta_b, tau, 0.0, data)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(same.state_dict().values(), theta_b.state_dict().values(), strict=True)
+        )
+    hurt = plain.repaired(theta_b, tau, 2.0, data)
+    fixed = repair.repaired(theta_b, tau, 2.0, data)
+    assert not fixed.training and not theta_b.training
+    assert evaluate(fixed, data).clean_acc > evaluate(hurt, data).clean_acc + 0.15
+
+
 # --- the fine-tuning regime: TBAR end to end, and the disentanglement analysis -----------------
 
 

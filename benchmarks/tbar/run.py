@@ -17,7 +17,8 @@ and with each improvement alone: (a) ``a_projection`` (projection off a clean-ta
 (b) ``b_top_layers`` (layers ranked by relative norm), (c) ``c_linearized`` (tangent-space
 fine-tuning), ``d_adam`` (Adam instead of SGD for the trigger fine-tune), ``e_recalibrate``
 (BatchNorm statistics and output biases recalibrated on clean data after negation), and the
-``default`` (``a_target`` + ``e_recalibrate``). All use the defender data ``unlearn`` uses (5% of
+``default`` (``a_target`` + ``e_recalibrate``), and ``f_repair`` (the default plus a short clean
+fine-tune of each negated candidate: ``repair_epochs``). All use the defender data ``unlearn`` uses (5% of
 the training set unless ``--clean-samples``), the same seed and the same alpha rule. Reported:
 test CA, ASR, CA retention (CA after / CA before), the chosen alpha, the re-tuning attack's ASR
 on the purified model (``evaluate --retune``'s defaults; the clean floor is the pretrained clean
@@ -70,6 +71,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "d_adam": {**PLAIN, "optimizer": "adam", "lr": 1e-3},
     "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
     "default": {},  # clean_projection="target", recalibrate="bn+bias"
+    "f_repair": {"repair_epochs": 5},  # default + 5 clean epochs after negation
 }
 CURVE_VARIANTS = ("plain", "default")
 CURVE_ALPHAS = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0]

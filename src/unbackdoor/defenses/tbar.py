@@ -115,6 +115,8 @@ class TBAR(Defense):
     buffers: bool = False
     clean_projection: str | bool = "target"
     recalibrate: str = "bn+bias"
+    repair_epochs: int = 0
+    repair_lr: float = 0.01
     top_layers: float | None = None
     linearized: bool = False
     inversion_steps: int = 300
@@ -129,6 +131,8 @@ class TBAR(Defense):
             self.clean_projection in PROJECTIONS, "clean_projection", f"one of {PROJECTIONS}"
         )
         self._require(self.recalibrate in RECALIBRATIONS, "recalibrate", f"one of {RECALIBRATIONS}")
+        self._require(self.repair_epochs >= 0, "repair_epochs", ">= 0")
+        self._require(self.repair_lr > 0, "repair_lr", "> 0")
         self._require(self.epochs >= 1, "epochs", ">= 1")
         self._require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
         self._require(self.lr > 0, "lr", "> 0")
@@ -267,7 +271,14 @@ class TBAR(Defense):
     def repaired(
         self, theta_b: nn.Module, tau: TaskVector, alpha: float, clean: ImageDataset
     ) -> nn.Module:
-        """``theta_b - alpha tau`` (a new model), recalibrated on ``clean`` per ``recalibrate``."""
+        """``theta_b - alpha tau`` (a new model), recalibrated on ``clean`` per ``recalibrate``.
+
+        Then, with ``repair_epochs``, fine-tuned on ``clean`` for that many epochs (SGD at
+        ``repair_lr``, cosine decay, the data set's augmentation): the repair that gives back
+        the clean accuracy negation took. Clean data cannot teach the trigger, but it can
+        re-expose a backdoor that negation only hid; the held-out sweep judges the repaired
+        model, so such an alpha is not chosen.
+        """
         model = tau.apply_to(copy.deepcopy(theta_b), -alpha)
         if alpha == 0:
             return model
@@ -275,6 +286,18 @@ class TBAR(Defense):
             recalibrate_batchnorm(model, clean, self.batch_size)
         if "bias" in self.recalibrate:
             refit_output_bias(model, clean, self.batch_size)
+        if self.repair_epochs:
+            cfg = TrainConfig(
+                epochs=self.repair_epochs,
+                batch_size=self.batch_size,
+                lr=self.repair_lr,
+                schedule="cosine",
+                warmup=0.0,
+                seed=self.seed,
+                device=self.device,
+            )
+            train(model, clean, cfg, desc=f"tbar: repair at alpha {alpha:g}")
+            model.eval()
         return model
 
     def task_vector(
@@ -431,8 +454,10 @@ class TBAR(Defense):
                 "alpha_sweep": sweep,
                 "val_clean_acc_before": base_ca,
                 "recalibrate": self.recalibrate,
+                "repair_epochs": self.repair_epochs,
                 "result": f"backdoor removed along the trigger vector, alpha {alpha:g}"
-                + ("" if self.recalibrate == "none" else f", recalibrated ({self.recalibrate})"),
+                + ("" if self.recalibrate == "none" else f", recalibrated ({self.recalibrate})")
+                + (f", repaired ({self.repair_epochs} clean epochs)" if self.repair_epochs else ""),
             }
         )
         if self.plot:
