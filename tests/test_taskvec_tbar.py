@@ -298,7 +298,7 @@ def test_repair_fine_tunes_each_negated_candidate_on_clean_data():
     data = synth.blobs(256, classes=4)
     theta_b = net(0).eval()
     tau = TaskVector.between(theta_b, net(1))  # a large, arbitrary direction
-    plain = TBAR(recalibrate="none", device="cpu")
+    plain = TBAR(recalibrate="none", repair_epochs=0, device="cpu")
     repair = TBAR(recalibrate="none", repair_epochs=3, repair_lr=0.05, device="cpu")
     for d in (plain, repair):  # alpha 0 is the model itself, repaired or not
         same = d.repaired(theta_b, tau, 0.0, data)

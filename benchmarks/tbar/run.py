@@ -11,23 +11,23 @@ two stratified halves A and B;
 - *from scratch*: the same architecture trained on the poisoned B from a random init.
 
 Each backdoored model is purified by TBAR, known attack (the trigger from ``attack.json``) and
-unknown attack (inverted trigger), as published (``plain``: no projection, no recalibration)
-and with each improvement alone: (a) ``a_projection`` (projection off a clean-task vector) and
+unknown attack (inverted trigger), as published (``plain``: no projection, no recalibration) and
+with each improvement alone: (a) ``a_projection`` (projection off a clean-task vector) and
 ``a_target`` (off the target-class vector: the same images unstamped, labelled with the target),
 (b) ``b_top_layers`` (layers ranked by relative norm), (c) ``c_linearized`` (tangent-space
 fine-tuning), ``d_adam`` (Adam instead of SGD for the trigger fine-tune), ``e_recalibrate``
-(BatchNorm statistics and output biases recalibrated on clean data after negation), and the
-``default`` (``a_target`` + ``e_recalibrate``), and ``f_repair`` (the default plus a short clean
-fine-tune of each negated candidate: ``repair_epochs``). All use the defender data ``unlearn`` uses (5% of
-the training set unless ``--clean-samples``), the same seed and the same alpha rule. Reported:
-test CA, ASR, CA retention (CA after / CA before), the chosen alpha, the re-tuning attack's ASR
-on the purified model (``evaluate --retune``'s defaults; the clean floor is the pretrained clean
-model's), wall time, and fine-tuning on the same data (``ft``) for the cost comparison.
-``--curve`` adds the test-set trade-off curves (CA and ASR of the defense's output over alpha,
-known attack, ``plain`` and ``default``) for both regimes, plotted in ``<dataset>_curve.png``;
-``--sample-sizes`` the known-attack sweep over the defender's data size. Writes
-``<dataset>.json`` (after every cell, so an interrupted run resumes) and ``<dataset>.md`` (with
-``<dataset>.notes.md`` appended, the reading of the numbers) beside this file; models and
+(BatchNorm statistics and output biases recalibrated on clean data after negation),
+``ae_target_recal`` (``a_target`` + ``e_recalibrate``) and the ``default``: that plus a short clean
+fine-tune of each negated candidate (``repair_epochs``). All use the defender data ``unlearn`` uses
+(5% of the training set unless ``--clean-samples``), the same seed and the same alpha rule.
+Reported: test CA, ASR, CA retention (CA after / CA before), the chosen alpha, the re-tuning
+attack's ASR on the purified model (``evaluate --retune``'s defaults; the clean floor is the
+pretrained clean model's), wall time, and fine-tuning on the same data (``ft``) for the cost
+comparison. ``--curve`` adds the test-set trade-off curves (CA and ASR of the defense's output over
+alpha, known attack, ``plain`` and ``default``) for both regimes, plotted in
+``<dataset>_curve.png``; ``--sample-sizes`` the known-attack sweep over the defender's data size.
+Writes ``<dataset>.json`` (after every cell, so an interrupted run resumes) and ``<dataset>.md``
+(with ``<dataset>.notes.md`` appended, the reading of the numbers) beside this file; models and
 purified models go to ``runs/`` (not committed).
 """
 
@@ -61,7 +61,7 @@ from unbackdoor.unlearn import defender_data, split_defender_data, unlearn_artif
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PLAIN = {"clean_projection": "none", "recalibrate": "none"}  # TBAR as published
+PLAIN = {"clean_projection": "none", "recalibrate": "none", "repair_epochs": 0}  # as published
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
     "a_projection": {**PLAIN, "clean_projection": "task"},
@@ -70,8 +70,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "c_linearized": {**PLAIN, "linearized": True},
     "d_adam": {**PLAIN, "optimizer": "adam", "lr": 1e-3},
     "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
-    "default": {},  # clean_projection="target", recalibrate="bn+bias"
-    "f_repair": {"repair_epochs": 5},  # default + 5 clean epochs after negation
+    "ae_target_recal": {"repair_epochs": 0},  # a_target + e_recalibrate (default until 11-23)
+    "default": {},  # clean_projection="target", recalibrate="bn+bias", repair_epochs=5
 }
 CURVE_VARIANTS = ("plain", "default")
 CURVE_ALPHAS = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0]
