@@ -106,6 +106,7 @@ class TBAR(Defense):
 
     name: ClassVar[str] = "tbar"
     known_attack_capable: ClassVar[bool] = True
+    added_later: ClassVar[dict[str, Any]] = {"repair_epochs": 0, "repair_lr": 0.01}
 
     epochs: int = 5
     optimizer: str = "sgd"
