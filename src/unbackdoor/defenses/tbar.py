@@ -295,18 +295,23 @@ class TBAR(Defense):
         if "bias" in self.recalibrate:
             refit_output_bias(model, clean, self.batch_size)
         if self.repair_epochs:
-            cfg = TrainConfig(
-                epochs=self.repair_epochs,
-                batch_size=self.batch_size,
-                lr=self.repair_lr,
-                schedule="cosine",
-                warmup=0.0,
-                seed=self.seed,
-                device=self.device,
-            )
+            cfg = self._train_config(self.repair_epochs, self.repair_lr)
             train(model, clean, cfg, desc=f"tbar: repair at alpha {alpha:g}")
             model.eval()
         return model
+
+    def _train_config(self, epochs: int, lr: float, **overrides: Any) -> TrainConfig:
+        """TBAR's brief fine-tunes: cosine decay from ``lr``, no warm-up, its batch and seed."""
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=lr,
+            schedule="cosine",
+            warmup=0.0,
+            seed=self.seed,
+            device=self.device,
+            **overrides,
+        )
 
     def task_vector(
         self,
@@ -320,17 +325,8 @@ class TBAR(Defense):
         With ``linearized`` the fine-tuning happens in the tangent space of ``model``
         (:class:`~unbackdoor.taskvec.LinearizedModel`) and the vector covers parameters only.
         """
-        cfg = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=0.9,
-            weight_decay=0.0,
-            schedule="cosine",
-            warmup=0.0,
-            seed=self.seed,
-            device=self.device,
+        cfg = self._train_config(
+            self.epochs, self.lr, optimizer=self.optimizer, momentum=0.9, weight_decay=0.0
         )
         if self.linearized:
             lin = LinearizedModel(model, keys)
