@@ -77,6 +77,11 @@ CURVE_VARIANTS = ("plain", "default")
 CURVE_ALPHAS = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0]
 
 
+def names(csv: str) -> list[str]:
+    """The non-empty names of a comma-separated option (``--variants ""`` runs none)."""
+    return [n for n in csv.split(",") if n]
+
+
 def halves(dataset: str, seed: int):
     """Stratified halves A (clean pretraining) and B (poisoned), named as the data set."""
     train = load_dataset(dataset, "train")
@@ -93,7 +98,7 @@ def models(args: argparse.Namespace, attack: str) -> dict[str, Path]:
         "finetune": root / f"{attack}_finetune",
         "scratch": root / f"{attack}_scratch",
     }
-    wanted = ["clean", *args.regimes.split(",")]
+    wanted = ["clean", *names(args.regimes)]
     if all(is_artifact(paths[k]) for k in wanted):
         return paths
     half_a, half_b, test = halves(args.dataset, args.seed)
@@ -250,19 +255,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    unknown = set(names(args.variants)) - set(VARIANTS)
+    if unknown or not set(names(args.modes)) <= {"known", "unknown"}:
+        ap.error(
+            f"--variants takes names from {sorted(VARIANTS)} (got {args.variants!r}); "
+            f"--modes from known, unknown (got {args.modes!r})"
+        )
+    if not names(args.regimes) or not set(names(args.regimes)) <= {"finetune", "scratch"}:
+        ap.error("--regimes: finetune, scratch or both")
     tag = args.dataset + (f"_n{args.clean_samples}" if args.clean_samples else "")
     out_json = HERE / f"{tag}.json"
     results = read_json(out_json) if out_json.exists() else {"rows": {}, "curves": {}}
     results.setdefault("curves", {})
     runs = HERE / "runs" / tag
-    for attack in args.attacks.split(","):
+    for attack in names(args.attacks):
         paths = models(args, attack)
         if args.models_only:
             print(attack, {k: str(v) for k, v in paths.items()}, flush=True)
             continue
         if f"{attack}/floor" not in results["rows"]:
             clean, _ = load_model(paths["clean"])
-            backdoored = paths[args.regimes.split(",")[0]]  # same attack record in both
+            backdoored = paths[names(args.regimes)[0]]  # same attack record in both
             _, manifest = load_model(backdoored)
             r = retune_attack(
                 clean,
@@ -276,12 +289,12 @@ def main() -> None:
                 "asr": r.before.asr,
                 "retune_asr": r.after.asr,
             }
-        for regime in args.regimes.split(","):
+        for regime in names(args.regimes):
             mdir, base = paths[regime], f"{attack}/{regime}"
             cell = partial(run_cell, results, out_json=out_json)
             cell(f"{base}/none", partial(_undefended, mdir, args))
-            for mode in args.modes.split(","):
-                for v in args.variants.split(","):
+            for mode in names(args.modes):
+                for v in names(args.variants):
                     out = runs / base / mode / v
                     cell(
                         f"{base}/{mode}/{v}",
@@ -300,7 +313,7 @@ def main() -> None:
                     save(results, out_json)
         for n in [int(s) for s in args.sample_sizes.split(",") if s]:
             sub = argparse.Namespace(**{**vars(args), "clean_samples": n})
-            for v in args.variants.split(","):
+            for v in names(args.variants):
                 out = runs / attack / f"n{n}" / v
                 run_cell(
                     results,
