@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unbackdoor.defenses.tbar import choose_alpha
-from unbackdoor.errors import ArtifactError
+from unbackdoor.errors import ArtifactError, ConfigError
 from unbackdoor.models import create_model
 from unbackdoor.taskvec import TaskVector
 
@@ -75,6 +75,13 @@ def test_alpha_rule_on_a_constructed_sweep():
     alpha, rule = choose_alpha(sweep, 0.90, 0.001, 0.95)  # none meets the ASR threshold
     assert alpha == 1.5 and "lowest ASR" in rule
     assert choose_alpha(sweep, 0.99, 0.05, 0.99)[0] == 0.0
+    # inverted trigger: the largest alpha keeping the accuracy, whatever the estimate says
+    alpha, rule = choose_alpha(sweep, 0.90, 0.05, 0.95, "largest")
+    assert alpha == 1.5 and rule.startswith("largest") and "above" not in rule
+    assert "above the threshold" in choose_alpha(sweep, 0.90, 0.001, 0.95, "largest")[1]
+    assert choose_alpha(sweep, 0.99, 0.05, 0.99, "largest")[0] == 0.0
+    with pytest.raises(ConfigError, match="rule"):
+        choose_alpha(sweep, 0.90, 0.05, 0.95, "auto")
 
 
 # --- TBAR: unknown-attack detection, linearized fine-tuning, the alpha sweep -------------------
@@ -195,6 +202,40 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     assert choose_alpha(sweep, base_ca, 0.01, 0.95)[1].startswith("no alpha met")
     img = tbar_mod.sweep_image(sweep, 2.75, 0.855, 0.05, "test")
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
+
+
+def test_largest_rule_sweeps_on_while_accuracy_lasts(monkeypatch):
+    """With an inverted trigger (``auto`` -> ``largest``) the sweep does not stop at the first
+    alpha meeting the ASR threshold: it extends until accuracy falls, then bisects that edge."""
+    import synth
+    import unbackdoor.defenses.tbar as tbar_mod
+    from unbackdoor.eval.metrics import Metrics
+
+    data = synth.blobs(40, classes=4)
+    monkeypatch.setattr(  # ASR 0 from alpha 0.5 on; CA 0.9 up to alpha 3.2, then 0.5
+        tbar_mod,
+        "evaluate",
+        lambda model, val, trigger=None, attack_labels=None: Metrics(
+            clean_acc=0.9 if float(model.head[3].bias[0].detach()) <= 3.2 else 0.5,
+            asr=0.0 if float(model.head[3].bias[0].detach()) >= 0.5 else 1.0,
+        ),
+    )
+    model = net(0)
+    with torch.no_grad():
+        model.head[3].bias.zero_()
+    tau = TaskVector({"head.3.bias": -torch.ones(4)})
+    given = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "given", 0)
+    inverted = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "inverted", 0, anomaly=5.0)
+    defense = tbar_mod.TBAR(alphas=(0.0, 0.5, 1.0), alpha_growth=1.0, alpha_step=1.0)
+    assert defense.rule_for(given) == "smallest" and defense.rule_for(inverted) == "largest"
+    sweep, _ = defense.sweep(model, tau, data, given)
+    assert [s["alpha"] for s in sweep] == [0.0, 0.5, 1.0]
+    sweep, base_ca = defense.sweep(model, tau, data, inverted)
+    assert [s["alpha"] for s in sweep] == [0, 0.5, 1, 2, 3, 4, 5, 3.5, 3.25, 3.125, 3.1875]
+    assert choose_alpha(sweep, base_ca, 0.01, 0.95, "largest")[0] == 3.1875
+    assert tbar_mod.TBAR(alpha_rule="smallest").rule_for(inverted) == "smallest"
+    with pytest.raises(ConfigError, match="alpha_rule"):
+        tbar_mod.TBAR(alpha_rule="biggest")
 
 
 # --- improvements: relative-norm layer ranking, target projection, recalibration -------------

@@ -13,7 +13,9 @@ can be estimated and negated (task arithmetic, Ilharco et al., ICLR 2023):
    beside the purified model); when no alpha of the grid meets the rule the grid is extended
    (by ``alpha_step`` or the factor ``alpha_growth``, whichever is larger) up to ``alpha_max``
    while clean accuracy lasts: a vector fine-tuned by SGD on a saturated backdoor is short and
-   needs alphas of 5 to 10.
+   needs alphas of 5 to 10. With an inverted trigger (unknown attack) the estimated ASR is
+   optimistic, and ``alpha_rule="auto"`` (default) takes the *largest* alpha keeping the
+   accuracy instead (:meth:`TBAR.rule_for`).
 
 In the unknown-attack setting the inversion's anomaly index (Neural Cleanse's MAD score) must
 reach ``anomaly_threshold``; otherwise no backdoor is reported and the model is returned
@@ -78,11 +80,13 @@ from unbackdoor.inversion import InversionConfig, invert
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
+from unbackdoor.utils.config import check_choice
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
 PARAM_SETS = ("all", "no_head")
 PROJECTIONS = ("none", "task", "target")
+ALPHA_RULES = ("auto", "smallest", "largest")
 RECALIBRATIONS = ("none", "bn", "bias", "bn+bias")
 
 
@@ -98,6 +102,11 @@ class TriggerSpec:
     anomaly: float | None = None  # unknown attack: the largest anomaly index
     effect: float | None = None  # unknown attack: that class's effect size (x cheaper)
 
+    @property
+    def inverted(self) -> bool:
+        """Was the trigger found by inversion (unknown attack) rather than given?"""
+        return self.anomaly is not None
+
 
 @register_defense
 @dataclass
@@ -106,7 +115,11 @@ class TBAR(Defense):
 
     name: ClassVar[str] = "tbar"
     known_attack_capable: ClassVar[bool] = True
-    added_later: ClassVar[dict[str, Any]] = {"repair_epochs": 0, "repair_lr": 0.01}
+    added_later: ClassVar[dict[str, Any]] = {
+        "repair_epochs": 0,
+        "repair_lr": 0.01,
+        "alpha_rule": "smallest",
+    }
 
     epochs: int = 5
     optimizer: str = "sgd"
@@ -117,6 +130,7 @@ class TBAR(Defense):
     alpha_step: float = 0.25
     alpha_growth: float = 1.25
     alpha_refine: int = 4
+    alpha_rule: str = "auto"
     asr_threshold: float = 0.01
     ca_retention: float = 0.95
     params: str | list[str] = "all"
@@ -153,6 +167,7 @@ class TBAR(Defense):
         self._require(self.alpha_step > 0, "alpha_step", "> 0")
         self._require(self.alpha_growth >= 1, "alpha_growth", ">= 1")
         self._require(self.alpha_refine >= 0, "alpha_refine", ">= 0")
+        self._require(self.alpha_rule in ALPHA_RULES, "alpha_rule", f"one of {ALPHA_RULES}")
         self._require(0 <= self.asr_threshold <= 1, "asr_threshold", "in [0, 1]")
         self._require(0 < self.ca_retention <= 1, "ca_retention", "in (0, 1]")
         self._require(
@@ -384,15 +399,17 @@ class TBAR(Defense):
         ``recalibrate`` says; without ``clean`` no recalibration happens.
 
         The grid is ``alphas``, extended to ``max(a + alpha_step, a * alpha_growth)`` up to
-        ``alpha_max`` while no alpha meets both the ASR threshold and the accuracy floor and the
-        last two points have not both fallen under the floor. If still no alpha meets both, the
-        gap between the last alpha keeping the accuracy and the next one is bisected up to
+        ``alpha_max`` until the last two points have both fallen under the accuracy floor and,
+        for the ``"smallest"`` rule (:meth:`rule_for`), only while no alpha meets both the ASR
+        threshold and the floor. Then, for ``"largest"`` or while no alpha meets both, the gap
+        between the largest alpha keeping the accuracy and the next one is bisected up to
         ``alpha_refine`` times (a long vector, e.g. from an inverted trigger that fools only
         part of the time, can jump from ASR 80% to 0% and CA 99% to 92% between two grid
         points). Returns the sweep (in evaluation order) and theta_b's CA.
         """
         base = evaluate(theta_b, val, trigger=spec.stamp, attack_labels=spec.labels)
         floor = self.ca_retention * base.clean_acc
+        largest = self.rule_for(spec) == "largest"
 
         def point(a: float) -> dict[str, float]:
             if clean is None:
@@ -402,26 +419,31 @@ class TBAR(Defense):
             m = evaluate(cand, val, trigger=spec.stamp, attack_labels=spec.labels)
             return {"alpha": a, "val_clean_acc": m.clean_acc, "val_asr": float(m.asr or 0.0)}
 
-        def met(s: dict[str, float]) -> bool:
-            return s["val_clean_acc"] >= floor and s["val_asr"] <= self.asr_threshold
+        def done(sweep: list[dict[str, float]]) -> bool:
+            return not largest and any(
+                s["val_clean_acc"] >= floor and s["val_asr"] <= self.asr_threshold for s in sweep
+            )
 
         grid = sorted(set(float(a) for a in self.alphas))
         sweep = [point(a) for a in progress(grid, desc="tbar: alpha sweep")]
         a = grid[-1]
-        while self.alpha_max is not None and not any(met(s) for s in sweep):
+        while self.alpha_max is not None and not done(sweep):
             a = round(max(a + self.alpha_step, a * self.alpha_growth), 4)
             if a > self.alpha_max + 1e-9 or all(s["val_clean_acc"] < floor for s in sweep[-2:]):
                 break
             sweep.append(point(a) | {"extended": True})
         for _ in range(self.alpha_refine):
-            if any(met(s) for s in sweep):
+            if done(sweep):
                 break
             pts = sorted(sweep, key=lambda s: s["alpha"])
+            keeping = [s["alpha"] for s in pts if s["val_clean_acc"] >= floor]
             gap = next(
                 (
                     (lo["alpha"], hi["alpha"])
                     for lo, hi in zip(pts, pts[1:], strict=False)
-                    if lo["val_clean_acc"] >= floor and hi["val_clean_acc"] < floor
+                    if lo["val_clean_acc"] >= floor
+                    and hi["val_clean_acc"] < floor
+                    and (not largest or lo["alpha"] == max(keeping))
                 ),
                 None,
             )
@@ -429,6 +451,20 @@ class TBAR(Defense):
                 break
             sweep.append(point(round((gap[0] + gap[1]) / 2, 6)) | {"refined": True})
         return sweep, base.clean_acc
+
+    def rule_for(self, spec: TriggerSpec) -> str:
+        """``alpha_rule``, with ``"auto"`` resolved: ``"largest"`` for an inverted trigger.
+
+        A given trigger's held-out ASR is the backdoor's, so the smallest alpha that brings it
+        under the threshold is enough. An inverted trigger is easier to unlearn than the
+        backdoor it stands for: on a development model (``benchmarks/tbar/alpha_rule_explore``)
+        its held-out ASR fell under 1% at alpha 0.5 while the real trigger still fooled 38% of
+        the test images, 2.5% at the largest alpha keeping the accuracy floor (3.0). With an
+        inverted trigger the accuracy budget (``ca_retention``) is therefore spent in full.
+        """
+        if self.alpha_rule != "auto":
+            return self.alpha_rule
+        return "largest" if spec.inverted else "smallest"
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None
@@ -449,7 +485,9 @@ class TBAR(Defense):
         theta_b = copy.deepcopy(model)
         tau = self.trigger_vector(model, clean, spec, diag)
         sweep, base_ca = self.sweep(theta_b, tau, val, spec, clean)
-        alpha, rule = choose_alpha(sweep, base_ca, self.asr_threshold, self.ca_retention)
+        alpha, rule = choose_alpha(
+            sweep, base_ca, self.asr_threshold, self.ca_retention, self.rule_for(spec)
+        )
         model.load_state_dict(self.repaired(theta_b, tau, alpha, clean).state_dict())
         diag.update(
             {
@@ -472,15 +510,29 @@ class TBAR(Defense):
 
 
 def choose_alpha(
-    sweep: list[dict[str, float]], base_ca: float, asr_threshold: float, ca_retention: float
+    sweep: list[dict[str, float]],
+    base_ca: float,
+    asr_threshold: float,
+    ca_retention: float,
+    rule: str = "smallest",
 ) -> tuple[float, str]:
-    """The smallest alpha with estimated ASR <= threshold and CA >= retention * base CA.
+    """The alpha of the sweep that ``rule`` picks, and the reason in words.
 
-    If none meets both, the alpha with the lowest ASR among those keeping the accuracy; if
-    none keeps the accuracy, the smallest alpha (a no-op at 0) and the report says so.
+    ``"smallest"``: the smallest alpha with estimated ASR <= threshold and CA >= retention *
+    base CA; if none meets both, the alpha with the lowest ASR among those keeping the
+    accuracy. ``"largest"``: the largest alpha keeping the accuracy (the reason says if its
+    estimated ASR is above the threshold). If none keeps the accuracy, the smallest alpha (a
+    no-op at 0) and the reason says so.
     """
+    check_choice("choose_alpha", "rule", rule, ALPHA_RULES[1:])
     floor = ca_retention * base_ca
     keeps = [s for s in sweep if s["val_clean_acc"] >= floor]
+    if rule == "largest" and keeps:
+        best = max(keeps, key=lambda s: s["alpha"])
+        why = "largest alpha keeping accuracy (inverted trigger)"
+        if best["val_asr"] > asr_threshold:
+            why += f"; its estimated ASR {100 * best['val_asr']:.1f}% is above the threshold"
+        return best["alpha"], why
     good = [s for s in keeps if s["val_asr"] <= asr_threshold]
     if good:
         return min(good, key=lambda s: s["alpha"])["alpha"], "smallest alpha meeting both"
