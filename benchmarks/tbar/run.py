@@ -19,8 +19,9 @@ fine-tuning), ``d_adam`` (Adam instead of SGD for the trigger fine-tune), ``e_re
 (BatchNorm statistics and output biases recalibrated on clean data after negation),
 ``ae_target_recal`` (``a_target`` + ``e_recalibrate``) and the ``default``: that plus a short clean
 fine-tune of each negated candidate (``repair_epochs``), and for an inverted trigger the largest
-alpha keeping the accuracy (``smallest_rule``: the smallest alpha whose estimated ASR is low). All use the defender data ``unlearn`` uses
-(5% of the training set unless ``--clean-samples``), the same seed and the same alpha rule.
+alpha keeping the accuracy (``smallest_rule``: the smallest alpha whose estimated ASR is low).
+All use the defender data ``unlearn`` uses (5% of the training set unless ``--clean-samples``)
+and the same seed.
 Reported: test CA, ASR, CA retention (CA after / CA before), the chosen alpha, the re-tuning
 attack's ASR on the purified model (``evaluate --retune``'s defaults; the clean floor is the
 pretrained clean model's), wall time, and fine-tuning on the same data (``ft``) for the cost
