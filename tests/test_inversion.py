@@ -123,3 +123,46 @@ def test_calibrated_additive_budget_halves_until_the_median_class_is_hard(mnist_
     assert [t["eps"] for t in fixed] == [1.0]
     _, masks = invert_calibrated(model, data, InversionConfig(steps=5), seed=0)
     assert masks == []
+
+
+def test_detect_tries_the_additive_family_only_when_the_mask_finds_nothing():
+    from unbackdoor.inversion import detect
+
+    k = 10
+    plain = torch.full((k,), 20.0) + torch.arange(k)  # no class stands out
+    cheap = plain.clone()
+    cheap[3] = 1.0  # class 3 is 20x cheaper to reach
+    calls = []
+
+    def scripted(mask_sizes, fooling):
+        def fake(model, data, cfg, **kw):
+            calls.append(cfg.family)
+            if cfg.family == "mask_pattern":
+                return InversionResult(
+                    MaskPattern(k, (1, 4, 4)), list(range(k)), mask_sizes, torch.ones(k), plain
+                )
+            return InversionResult(
+                Additive(k, (1, 4, 4), eps=cfg.eps), list(range(k)), plain, fooling, plain
+            )
+
+        return fake
+
+    quiet = torch.full((k,), 0.01)
+    loud = quiet.clone()
+    loud[7] = 0.6
+    cfg = InversionConfig(steps=1)
+    det = detect(None, None, cfg, invert_fn=scripted(cheap, quiet))
+    assert det.found and det.family == "mask_pattern" and det.verdict.klass == 3
+    assert calls == ["mask_pattern"] and det.tried == ["mask_pattern"]
+    calls.clear()
+    det = detect(None, None, cfg, invert_fn=scripted(plain, loud))
+    assert det.found and det.family == "additive" and det.verdict.klass == 7
+    assert calls == ["mask_pattern", "additive"] and set(det.verdicts) == set(det.tried)
+    calls.clear()
+    det = detect(None, None, cfg, invert_fn=scripted(plain, quiet))
+    assert not det.found and det.tried == ["mask_pattern", "additive"]
+    calls.clear()
+    det = detect(None, None, cfg, stop_at_first=True, invert_fn=scripted(plain, loud))
+    assert not det.found and calls == ["mask_pattern"]
+    with pytest.raises(ConfigError, match="family"):
+        detect(None, None, cfg, family="warp")

@@ -120,8 +120,9 @@ def test_unknown_attack_honours_the_anomaly_threshold(monkeypatch, sizes, found)
     assert out.backdoor_found is found and out.anomaly_score == pytest.approx(top)
     if not found:  # the model comes back untouched and no target is named
         assert out.suspected_target is None and "no backdoor" in out.diagnostics["result"]
-        short = "anomaly index" if top < 2 else "effect"
-        assert f"its {short} is too small" in out.diagnostics["result"]
+        failed = "anomaly index and effect" if top < 2 else "effect"  # 1.7x cheaper
+        assert f"its {failed} fall short" in out.diagnostics["result"]
+        assert out.diagnostics["inversion"]["families_tried"] == ["mask_pattern", "additive"]
         assert all(torch.equal(before[k], v) for k, v in out.model.state_dict().items())
     else:
         assert out.suspected_target == 0 and "alpha_sweep" in out.diagnostics

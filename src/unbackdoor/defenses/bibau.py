@@ -80,6 +80,7 @@ from unbackdoor.defenses.registry import register_defense
 from unbackdoor.errors import ConfigError
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_calibrated
+from unbackdoor.inversion.detect import FAMILY_CHOICES, detect
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
 from unbackdoor.utils.io import atomic_write
@@ -87,7 +88,6 @@ from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
 MODES = ("auto", "targeted", "untargeted")
-FAMILY_CHOICES = ("auto", "mask_pattern", "additive")
 REINVERT = ("warm", "fresh")
 # what a stamped image is taught: its true label, or the backdoored model's output on the clean
 # version of the same image (its dark knowledge; the label where that model is right)
@@ -248,40 +248,35 @@ class BIBAU(Defense):
                 f"classes' spread, which needs at least {MIN_BLIND_CLASSES} classes ({clean.name} "
                 f"has {clean.num_classes}); give target=... if it is known, or mode='untargeted'"
             )
-        # "auto": patches and blends first (mask and pattern); if no class is anomalously cheap
-        # to reach that way, a bounded additive perturbation (warps, invisible triggers).
-        tried = ["mask_pattern", "additive"] if self.family == "auto" else [self.family]
-        verdicts: dict[str, dict[str, Any]] = {}
-        results: dict[str, Any] = {}  # each family's first inversion
-        eps_trail: list[dict[str, float]] = []  # additive budgets tried (auto_eps)
-        for family in tried:
-            inv_cfg = InversionConfig(
-                family=family,
+        det = detect(
+            model,
+            clean,
+            InversionConfig(
                 steps=self.inversion_steps,
                 targeted=targeted,
                 eps=self.additive_eps,
                 bf16=self.bf16,
-            )
-            first, trail = invert_calibrated(
-                model,
-                clean,
-                inv_cfg,
-                auto_eps=self.auto_eps and targeted,
-                invert_fn=invert,  # looked up here, so tests can script the inversions
-                seed=self.seed,
-                device=device,
-                desc=f"bibau: blind inversion ({family})",
-            )
-            eps_trail += trail
-            results[family] = first
-            anomaly = first.anomaly_index() if targeted else torch.zeros(1)
-            effect = first.effect_size() if targeted else torch.ones(1)
-            verdict = first.verdict(self.anomaly_threshold, self.min_effect) if targeted else None
-            found = verdict.found if verdict is not None else True
-            if verdict is not None:
-                verdicts[family] = verdict.as_dict()
-            if found or self.target is not None:
-                break
+            ),
+            family=self.family,
+            anomaly_threshold=self.anomaly_threshold,
+            min_effect=self.min_effect,
+            auto_eps=self.auto_eps,
+            stop_at_first=self.target is not None,
+            invert_fn=invert,  # looked up here, so tests can script the inversions
+            seed=self.seed,
+            device=device,
+            desc="bibau: blind inversion",
+        )
+        first, family, tried, verdict, found = (
+            det.result,
+            det.family,
+            det.tried,
+            det.verdict,
+            det.found,
+        )
+        results, verdicts, eps_trail = det.results, det.verdicts, det.eps_trail
+        anomaly = first.anomaly_index() if targeted else torch.zeros(1)
+        effect = first.effect_size() if targeted else torch.ones(1)
         q = self.posterior(anomaly, None) if targeted else torch.ones(1)
         if self.target is not None:
             z, found = self.target, True
@@ -290,7 +285,7 @@ class BIBAU(Defense):
         diag: dict[str, Any] = {
             "mode": "targeted" if targeted else "untargeted",
             "family": family,
-            "families_tried": tried[: tried.index(family) + 1],
+            "families_tried": tried,
             "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
             "additive_eps_trail": eps_trail,
             # the search ran out of halvings with the median class still reached by most images

@@ -17,9 +17,12 @@ can be estimated and negated (task arithmetic, Ilharco et al., ICLR 2023):
    optimistic, and ``alpha_rule="auto"`` (default) takes the *largest* alpha keeping the
    accuracy instead (:meth:`TBAR.rule_for`).
 
-In the unknown-attack setting the inversion's anomaly index (Neural Cleanse's MAD score) must
-reach ``anomaly_threshold``; otherwise no backdoor is reported and the model is returned
-unchanged, as Neural Cleanse does.
+In the unknown-attack setting the trigger comes from :func:`unbackdoor.inversion.detect`, the
+blind detection BI-BAU uses: a mask and pattern first, then, if no class stands out, a bounded
+additive trigger (``family="auto"``; a blend or a warp is often found only that way). The
+suspected class must reach ``anomaly_threshold`` (Neural Cleanse's index) and be ``min_effect``
+times cheaper to reach than the median class; otherwise no backdoor is reported and the model
+is returned unchanged, as Neural Cleanse does.
 
 Why plain TBAR is weak on a saturated backdoor, and the defaults that follow (measured on
 MNIST's fine-tuning regime, ``benchmarks/tbar/mnist.md``): the trigger vector fine-tuned on
@@ -76,7 +79,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import InversionConfig, invert
+from unbackdoor.inversion import FAMILY_CHOICES, InversionConfig, detect, invert
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -101,6 +104,7 @@ class TriggerSpec:
     found: bool | None = None  # unknown attack: did index and effect reach their thresholds
     anomaly: float | None = None  # unknown attack: the largest anomaly index
     effect: float | None = None  # unknown attack: that class's effect size (x cheaper)
+    failed: tuple[str, ...] = ()  # unknown attack: the detection tests that class failed
 
     @property
     def inverted(self) -> bool:
@@ -119,6 +123,7 @@ class TBAR(Defense):
         "repair_epochs": 0,
         "repair_lr": 0.01,
         "alpha_rule": "smallest",
+        "family": "mask_pattern",
     }
 
     epochs: int = 5
@@ -142,6 +147,8 @@ class TBAR(Defense):
     top_layers: float | None = None
     linearized: bool = False
     inversion_steps: int = 300
+    family: str = "auto"
+    additive_eps: float = 0.1
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
     plot: bool = True
@@ -182,6 +189,8 @@ class TBAR(Defense):
         )
         self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
         self._require(self.min_effect >= 1, "min_effect", ">= 1")
+        self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
+        self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
 
     # ----------------------------------------------------------------------------------------
     def key_filter(self, model: nn.Module) -> Callable[[str], bool] | None:
@@ -229,16 +238,21 @@ class TBAR(Defense):
                 {},
                 {},
             )
-        res = invert(
+        det = detect(
             model,
             clean,
-            InversionConfig(steps=self.inversion_steps),
+            InversionConfig(steps=self.inversion_steps, eps=self.additive_eps),
+            family=self.family,
+            anomaly_threshold=self.anomaly_threshold,
+            min_effect=self.min_effect,
+            invert_fn=invert,  # looked up here, so tests can script the inversions
             seed=self.seed,
             device=device,
             desc="tbar: inversion",
         )
+        res, verdict = det.result, det.verdict
+        assert verdict is not None  # a targeted inversion
         anomaly, effect = res.anomaly_index(), res.effect_size()
-        verdict = res.verdict(self.anomaly_threshold, self.min_effect)
         k = res.classes.index(verdict.klass)
         target = verdict.klass
         fam = res.family
@@ -248,6 +262,10 @@ class TBAR(Defense):
 
         diag = {
             "inversion": {
+                "family": det.family,
+                "families_tried": det.tried,
+                "family_verdicts": det.verdicts,
+                "additive_eps_trail": det.eps_trail,
                 "sizes": res.sizes.tolist(),
                 "anomaly": anomaly.tolist(),
                 "effect_size": effect.tolist(),
@@ -259,12 +277,12 @@ class TBAR(Defense):
             TriggerSpec(
                 stamp,
                 lambda y, t=target: torch.full_like(y, t),
-                "inverted (unknown attack)",
+                f"inverted (unknown attack, {det.family})",
                 target,
-                # index and effect only: TBAR never required the trigger to fool half the images
-                found=verdict.checks["anomaly index"] and verdict.checks["effect"],
+                found=verdict.found,
                 anomaly=verdict.anomaly,
                 effect=verdict.effect,
+                failed=tuple(name for name, ok in verdict.checks.items() if not ok),
             ),
             diag,
             images,
@@ -474,12 +492,13 @@ class TBAR(Defense):
         spec, diag, images = self.trigger(model, clean, known_attack, device)
         diag["trigger_source"] = spec.source
         if spec.found is False:
-            short = "anomaly index" if spec.anomaly < self.anomaly_threshold else "effect"
             diag["result"] = (
-                f"no backdoor: class {spec.target} has the largest anomaly index "
+                f"no backdoor ({' and '.join(diag['inversion']['families_tried'])} families): "
+                f"class {spec.target} has the largest anomaly index "
                 f"({spec.anomaly:.2f}; threshold {self.anomaly_threshold:g}) and is "
                 f"{spec.effect:.1f}x cheaper than the median class (needed "
-                f"{self.min_effect:g}x): its {short} is too small; model unchanged"
+                f"{self.min_effect:g}x): its {' and '.join(spec.failed)} fall short; "
+                "model unchanged"
             )
             return DefenseOutput(model, diag, images, None, False, spec.anomaly)
         theta_b = copy.deepcopy(model)

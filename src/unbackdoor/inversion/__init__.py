@@ -1,5 +1,6 @@
 """Trigger reverse-engineering shared by BI-BAU, Neural Cleanse and TBAR's unknown-attack mode."""
 
+from unbackdoor.inversion.detect import FAMILY_CHOICES, Detection, detect
 from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, TriggerFamily
 from unbackdoor.inversion.invert import (
     InversionConfig,
@@ -12,6 +13,9 @@ from unbackdoor.inversion.invert import (
 )
 
 __all__ = [
+    "FAMILY_CHOICES",
+    "Detection",
+    "detect",
     "FAMILIES",
     "Additive",
     "MaskPattern",
