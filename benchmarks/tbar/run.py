@@ -76,8 +76,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},  # clean_projection="target", recalibrate="bn+bias", repair_epochs=5
     # the default's alpha rule before 11-23 for an inverted trigger (known: same as default)
     "smallest_rule": {"alpha_rule": "smallest"},
+    # the default's blind detection before 11-23: mask and pattern only, no additive fallback
+    "mask_family": {"family": "mask_pattern"},
 }
-UNKNOWN_ONLY = {"smallest_rule"}  # the same as the default with a given trigger
+UNKNOWN_ONLY = {"smallest_rule", "mask_family"}  # the same as the default with a given trigger
 CURVE_VARIANTS = ("plain", "default")
 CURVE_ALPHAS = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0]
 
