@@ -63,7 +63,13 @@ from unbackdoor.unlearn import defender_data, split_defender_data, unlearn_artif
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PLAIN = {"clean_projection": "none", "recalibrate": "none", "repair_epochs": 0}  # as published
+PLAIN = {  # as published; for an inverted trigger the smallest-alpha rule and a mask inversion
+    "clean_projection": "none",
+    "recalibrate": "none",
+    "repair_epochs": 0,
+    "alpha_rule": "smallest",
+    "family": "mask_pattern",
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
     "a_projection": {**PLAIN, "clean_projection": "task"},
@@ -72,7 +78,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "c_linearized": {**PLAIN, "linearized": True},
     "d_adam": {**PLAIN, "optimizer": "adam", "lr": 1e-3},
     "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
-    "ae_target_recal": {"repair_epochs": 0},  # a_target + e_recalibrate (default until 11-23)
+    # a_target + e_recalibrate: the default until 11-23
+    "ae_target_recal": {"repair_epochs": 0, "alpha_rule": "smallest", "family": "mask_pattern"},
     "default": {},  # clean_projection="target", recalibrate="bn+bias", repair_epochs=5
     # the default's alpha rule before 11-23 for an inverted trigger (known: same as default)
     "smallest_rule": {"alpha_rule": "smallest"},
