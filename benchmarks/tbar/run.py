@@ -254,7 +254,11 @@ def main() -> None:
     ap.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--retune", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--ft-baseline", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--bibau", action="store_true", help="BI-BAU on the same models too")
+    ap.add_argument(
+        "--bibau",
+        action="store_true",
+        help="BI-BAU (its defaults, bf16 as in benchmarks/cpu_bibau) on the same models too",
+    )
     ap.add_argument(
         "--models-only",
         action="store_true",
@@ -321,7 +325,7 @@ def main() -> None:
             if args.bibau:
                 cell(
                     f"{base}/bibau",
-                    partial(defend, mdir, runs / base / "bibau", "bibau", False, args),
+                    partial(defend, mdir, runs / base / "bibau", "bibau", False, args, bf16=True),
                 )
             for v in CURVE_VARIANTS if args.curve else ():
                 if f"{base}/{v}" not in results["curves"]:
