@@ -101,7 +101,7 @@ class TriggerSpec:
     labels: Any  # y -> attack labels
     source: str
     target: int | None
-    found: bool | None = None  # unknown attack: did index and effect reach their thresholds
+    found: bool | None = None  # unknown attack: did the detection tests pass (Verdict.found)
     anomaly: float | None = None  # unknown attack: the largest anomaly index
     effect: float | None = None  # unknown attack: that class's effect size (x cheaper)
     failed: tuple[str, ...] = ()  # unknown attack: the detection tests that class failed
