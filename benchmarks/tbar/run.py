@@ -410,7 +410,8 @@ def _row_order(key: str) -> tuple:
     kind = kinds.get(parts[2], 5) if len(parts) > 2 else 0
     names = list(VARIANTS)
     variant = names.index(parts[3]) if len(parts) > 3 and parts[3] in names else len(names)
-    return (parts[0], parts[1] != "floor", parts[1], kind, variant, key)
+    size = int(parts[4][1:]) if len(parts) > 4 and parts[4][1:].isdigit() else 0  # nSIZE rows
+    return (parts[0], parts[1] != "floor", parts[1], kind, variant, size, key)
 
 
 def write_markdown(tag: str, results: dict) -> None:
