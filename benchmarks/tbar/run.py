@@ -63,13 +63,9 @@ from unbackdoor.unlearn import defender_data, split_defender_data, unlearn_artif
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PLAIN = {  # as published; for an inverted trigger the smallest-alpha rule and a mask inversion
-    "clean_projection": "none",
-    "recalibrate": "none",
-    "repair_epochs": 0,
-    "alpha_rule": "smallest",
-    "family": "mask_pattern",
-}
+# for an inverted trigger: the alpha rule and blind detection before 11-23 (the paper's rule)
+BEFORE_11_23 = {"alpha_rule": "smallest", "family": "mask_pattern"}
+PLAIN = {"clean_projection": "none", "recalibrate": "none", "repair_epochs": 0, **BEFORE_11_23}
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
     "a_projection": {**PLAIN, "clean_projection": "task"},
@@ -79,7 +75,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "d_adam": {**PLAIN, "optimizer": "adam", "lr": 1e-3},
     "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
     # a_target + e_recalibrate: the default until 11-23
-    "ae_target_recal": {"repair_epochs": 0, "alpha_rule": "smallest", "family": "mask_pattern"},
+    "ae_target_recal": {"repair_epochs": 0, **BEFORE_11_23},
     "default": {},  # clean_projection="target", recalibrate="bn+bias", repair_epochs=5
     # the default's alpha rule before 11-23 for an inverted trigger (known: same as default)
     "smallest_rule": {"alpha_rule": "smallest"},

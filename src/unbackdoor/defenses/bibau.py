@@ -267,14 +267,7 @@ class BIBAU(Defense):
             device=device,
             desc="bibau: blind inversion",
         )
-        first, family, tried, verdict, found = (
-            det.result,
-            det.family,
-            det.tried,
-            det.verdict,
-            det.found,
-        )
-        results, verdicts, eps_trail = det.results, det.verdicts, det.eps_trail
+        first, family, verdict, found = det.result, det.family, det.verdict, det.found
         anomaly = first.anomaly_index() if targeted else torch.zeros(1)
         effect = first.effect_size() if targeted else torch.ones(1)
         q = self.posterior(anomaly, None) if targeted else torch.ones(1)
@@ -285,12 +278,12 @@ class BIBAU(Defense):
         diag: dict[str, Any] = {
             "mode": "targeted" if targeted else "untargeted",
             "family": family,
-            "families_tried": tried,
-            "family_verdicts": verdicts,  # per family: its most anomalous class and the tests
-            "additive_eps_trail": eps_trail,
+            "families_tried": det.tried,
+            "family_verdicts": det.verdicts,  # per family: its most anomalous class and the tests
+            "additive_eps_trail": det.eps_trail,
             # the search ran out of halvings with the median class still reached by most images
             "additive_eps_saturated": bool(
-                eps_trail and eps_trail[-1]["median_fooling"] > SATURATION
+                det.eps_trail and det.eps_trail[-1]["median_fooling"] > SATURATION
             ),
             "first_inversion": {
                 "classes": first.classes,
@@ -312,7 +305,7 @@ class BIBAU(Defense):
             v = verdict
             failed = [name for name, ok in v.checks.items() if not ok]
             diag["stopped"] = (
-                f"no backdoor found ({' and '.join(tried)} families): class {v.klass} stands "
+                f"no backdoor found ({' and '.join(det.tried)} families): class {v.klass} stands "
                 f"out most in the {family} family, but its {', '.join(failed)} falls short "
                 f"(index {v.anomaly:.2f}, needed {self.anomaly_threshold:g}; {v.effect:.1f}x "
                 f"cheaper than the median class, needed {self.min_effect:g}x; fooling "
@@ -335,7 +328,7 @@ class BIBAU(Defense):
         if fresh:
             diag["reinverted_fooling_per_round"] = []
         bank: list[TriggerFamily] = [copy.deepcopy(trigger)]
-        comp = self._companion(model, clean, results, family, z, device) if targeted else None
+        comp = self._companion(model, clean, det.results, family, z, device) if targeted else None
         if comp is not None:
             comp_trigger = comp.trigger
             bank.append(copy.deepcopy(comp_trigger))
