@@ -76,47 +76,41 @@ BIBAU: dict[str, Any] = {
     "inversion_batch_size": 8,
 }
 
+#: TBAR as these rows first ran (2026-11-22), before the repair step, the alpha rule for
+#: inverted triggers and the additive fallback of the blind detection became its defaults
+BEFORE_REPAIR: dict[str, Any] = {"repair_epochs": 0, "alpha_rule": "smallest"}
+TBAR_KNOWN: dict[str, Any] = {"asr_threshold": 0.01, "ca_retention": 0.98, "plot": False}
+#: Adam for the trigger fine-tune (steps that do not scale with the gradient), 10 epochs
+ADAM: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 10}
+TBAR_UNKNOWN: dict[str, Any] = {
+    "asr_threshold": 0.05,
+    "ca_retention": 0.96,
+    "inversion_steps": 60,
+    "inversion_batch_size": 6,
+    "plot": False,
+}
+
 #: (row name, method, known attack, options, (ASR at most, retention at least) or None)
 DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]] = {
-    "tbar-known": (
-        "clip-tbar",
-        True,
-        {"asr_threshold": 0.01, "ca_retention": 0.98, "plot": False},
-        (0.01, 0.98),
-    ),
+    "tbar-known": ("clip-tbar", True, {**TBAR_KNOWN, **BEFORE_REPAIR}, (0.01, 0.98)),
     # TBAR's projection off the target-class vector (the classifier TBAR's default)
     "tbar-known-target": (
         "clip-tbar",
         True,
-        {"asr_threshold": 0.01, "ca_retention": 0.98, "plot": False, "clean_projection": "target"},
+        {**TBAR_KNOWN, **BEFORE_REPAIR, "clean_projection": "target"},
         (0.01, 0.98),
     ),
-    # Adam for the trigger fine-tune (steps that do not scale with the gradient), 10 epochs
-    "tbar-known-adam": (
-        "clip-tbar",
-        True,
-        {
-            "asr_threshold": 0.01,
-            "ca_retention": 0.98,
-            "plot": False,
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "epochs": 10,
-        },
-        (0.01, 0.98),
-    ),
+    "tbar-known-adam": ("clip-tbar", True, {**TBAR_KNOWN, **BEFORE_REPAIR, **ADAM}, (0.01, 0.98)),
     "tbar-unknown": (
         "clip-tbar",
         False,
-        {
-            "asr_threshold": 0.05,
-            "ca_retention": 0.96,
-            "inversion_steps": 60,
-            "inversion_batch_size": 6,
-            "plot": False,
-        },
+        {**TBAR_UNKNOWN, **BEFORE_REPAIR, "family": "mask_pattern"},
         (0.05, 0.96),
     ),
+    # today's defaults: each negated candidate repaired by clean fine-tuning before it is judged
+    "tbar-known-repair": ("clip-tbar", True, TBAR_KNOWN, (0.01, 0.98)),
+    "tbar-known-adam-repair": ("clip-tbar", True, {**TBAR_KNOWN, **ADAM}, (0.01, 0.98)),
+    "tbar-unknown-repair": ("clip-tbar", False, TBAR_UNKNOWN, (0.05, 0.96)),
     "bibau": ("clip-bibau", False, {**BIBAU, "family": "mask_pattern"}, (0.05, 0.96)),
     # BI-BAU's default family: a bounded additive trigger when the mask finds nothing
     "bibau-auto": ("clip-bibau", False, {**BIBAU, "family": "auto"}, (0.05, 0.96)),
