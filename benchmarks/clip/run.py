@@ -20,6 +20,13 @@ Hyperparameters of the defenses are fixed here (``DEFENSES``); each defense pick
 features are memoised per (image, trigger) within one run, so one process does one attack; the
 backdoored model is saved under ``--runs`` and reused by later runs with the same attack
 settings, so the defenses can be run in separate processes (``--defenses``).
+With ``--retune`` every model of the run (the aligned model: the floor; the backdoored one:
+the ceiling; each purified one) also meets the re-tuning attack
+(:func:`unbackdoor.clip.eval.retune.retune_clip`: ``--retune-samples`` pairs from CIFAR-10
+training images that neither the alignment, the attacker nor the defender used, 1% of them
+stamped and captioned with the target, 2 epochs of Adam at 5e-4, the classifier recipe's
+defaults), and the row records the ASR after it (RA-ASR): a backdoor that was removed comes
+back no faster than in the aligned model; one that was only hidden comes back at once.
 Rows go to ``results.json`` beside this file (replacing earlier rows of the same attack and
 defense) and ``results.md`` is rewritten from all rows, each with its command, date, machine,
 seed and versions.
@@ -42,16 +49,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import md_table, provenance  # noqa: E402
 
 from unbackdoor.attacks.registry import create_attack  # noqa: E402
-from unbackdoor.attacks.store import load_attack  # noqa: E402
+from unbackdoor.attacks.store import AttackRecord, load_attack  # noqa: E402
 from unbackdoor.clip.api import clip_train_config  # noqa: E402
 from unbackdoor.clip.attacks.pipeline import backdoor_clip  # noqa: E402
 from unbackdoor.clip.eval import zero_shot_metrics  # noqa: E402
+from unbackdoor.clip.eval.retune import retune_clip  # noqa: E402
 from unbackdoor.clip.model import ClipModel, is_clip_artifact, load_clip  # noqa: E402
 from unbackdoor.clip.model.store import load_clip_manifest  # noqa: E402
 from unbackdoor.clip.pretrained import SHARED_CACHE  # noqa: E402
 from unbackdoor.data import ImageDataset, load_dataset  # noqa: E402
 from unbackdoor.data.dataset import stratified_indices  # noqa: E402
 from unbackdoor.errors import ConfigError  # noqa: E402
+from unbackdoor.eval.retune import RetuneConfig  # noqa: E402
 from unbackdoor.unlearn import unlearn  # noqa: E402
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
@@ -119,9 +128,15 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
 
 
 def split_train(
-    attack_pairs: int, defender: int, seed: int, align_cifar: int, align_seed: int
-) -> tuple[ImageDataset, ImageDataset]:
-    """Disjoint samples of CIFAR-10 train: the attacker's images and the defender's.
+    attack_pairs: int,
+    defender: int,
+    seed: int,
+    align_cifar: int,
+    align_seed: int,
+    retune: int = 0,
+) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+    """Disjoint samples of CIFAR-10 train: the attacker's images, the defender's and the
+    re-tuning attack's pool (``retune`` images; the first two do not depend on it).
 
     Both leave out the ``align_cifar`` images the offline model was aligned on (``align.py``
     takes ``load_dataset("cifar10", "train").sample(align_cifar, align_seed)``), so the
@@ -133,19 +148,36 @@ def split_train(
         n = len(train)
         seen[stratified_indices(train.labels, align_cifar / n, align_seed, total=align_cifar)] = 1
     pool = torch.nonzero(~seen).flatten()
-    if attack_pairs + defender > len(pool):
-        raise ConfigError(f"{attack_pairs} + {defender} images asked of {len(pool)} unseen ones")
+    used = attack_pairs + defender
+    if used + retune > len(pool):
+        raise ConfigError(
+            f"{attack_pairs} + {defender} + {retune} images asked of {len(pool)} unseen ones"
+        )
     perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
     return (
         train.subset(perm[:attack_pairs], "cifar10-attacker"),
-        train.subset(perm[attack_pairs : attack_pairs + defender], "cifar10-defender"),
+        train.subset(perm[attack_pairs:used], "cifar10-defender"),
+        train.subset(perm[used : used + retune], "cifar10-retune"),
     )
 
 
-def measure(model: ClipModel, test: ImageDataset, trigger: Any, target: int) -> dict[str, float]:
-    """Zero-shot CA and ASR on the test images."""
-    m = zero_shot_metrics(model, test, trigger=trigger, target=target)
-    return {"ca": m.clean_acc, "asr": float(m.asr or 0.0)}
+def measure(
+    model: ClipModel,
+    test: ImageDataset,
+    record: AttackRecord,
+    retune_pool: ImageDataset | None = None,
+    retune: RetuneConfig | None = None,
+) -> dict[str, Any]:
+    """Zero-shot CA and ASR on the test images; with a pool, the ASR after the re-tuning attack."""
+    target = int(record.policy.target)
+    m = zero_shot_metrics(model, test, trigger=record.trigger, target=target)
+    out: dict[str, Any] = {"ca": m.clean_acc, "asr": float(m.asr or 0.0)}
+    if retune_pool is not None and len(retune_pool):
+        r = retune_clip(model, retune_pool, test, record, retune)
+        out["ra_asr"] = float(r.after.asr or 0.0)
+        out["ra_ca"] = r.after.clean_acc
+        out["retune"] = r.config
+    return out
 
 
 def row_md(r: dict[str, Any]) -> list[Any]:
@@ -157,6 +189,7 @@ def row_md(r: dict[str, Any]) -> list[Any]:
         f"{100 * r['ca']:.2f}%",
         f"{100 * r['asr']:.2f}%",
         "-" if r.get("retention") is None else f"{100 * r['retention']:.1f}%",
+        "-" if r.get("ra_asr") is None else f"{100 * r['ra_asr']:.2f}%",
         r.get("clean_pairs") or "-",
         "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f} s",
         "-" if met is None else ("yes" if met else "no"),
@@ -165,7 +198,8 @@ def row_md(r: dict[str, Any]) -> list[Any]:
 
 def write_md(rows: list[dict[str, Any]]) -> None:
     """``results.md`` from every stored row."""
-    header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "clean pairs", "wall"]
+    header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "RA-ASR", "clean pairs"]
+    header.append("wall")
     header.append("target met")
     runs: dict[str, dict[str, Any]] = {}  # one line per process: its command and rows
     for r in rows:
@@ -178,9 +212,11 @@ def write_md(rows: list[dict[str, Any]]) -> None:
         "`benchmarks/clip/align.py`), backdoored by contrastive fine-tuning on poisoned CIFAR-10",
         "pairs, then purified. Targets (issue 7): TBAR known attack ASR <= 1% at retention >= 98%;",
         "TBAR unknown attack and BI-BAU ASR <= 5% at retention >= 96%. Retention: zero-shot CA",
-        "after / CA of the backdoored model. Clean pairs: what the defense was given (training",
-        "and held-out parts together). Produced by `benchmarks/clip/run.py`; raw rows with their",
-        "configurations in `results.json`.",
+        "after / CA of the backdoored model. RA-ASR: the ASR after the re-tuning attack",
+        "(`--retune`; the aligned model's row is the floor, the backdoored one's the ceiling; '-':",
+        "not measured). Clean pairs: what the defense was given (training and held-out parts",
+        "together). Produced by `benchmarks/clip/run.py`; raw rows with their configurations in",
+        "`results.json`.",
         "",
         md_table(header, [row_md(r) for r in rows]),
         "",
@@ -247,6 +283,13 @@ def main() -> None:
         "--attack-option", action="append", default=[], help="KEY=VALUE (JSON) for the trigger"
     )
     ap.add_argument("--no-store", action="store_true", help="print the rows, store nothing")
+    ap.add_argument(
+        "--retune", action="store_true", help="also the ASR after the re-tuning attack (RA-ASR)"
+    )
+    ap.add_argument("--retune-samples", type=int, default=1000, help="the re-tuning attack's pairs")
+    ap.add_argument("--retune-rate", type=float, default=0.01, help="its share of poisoned pairs")
+    ap.add_argument("--retune-lr", type=float, default=5e-4, help="its Adam learning rate")
+    ap.add_argument("--retune-epochs", type=int, default=2, help="its epochs")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
@@ -267,8 +310,17 @@ def main() -> None:
         except json.JSONDecodeError:
             options[key] = value
     model, man = load_clip(a.model)
-    attacker, defender = split_train(
-        a.attack_pairs, a.defender, a.seed, a.align_cifar, a.align_seed
+    attacker, defender, retune_pool = split_train(
+        a.attack_pairs,
+        a.defender,
+        a.seed,
+        a.align_cifar,
+        a.align_seed,
+        a.retune_samples if a.retune else 0,
+    )
+    pool = retune_pool if a.retune else None
+    recipe = RetuneConfig(
+        samples=a.retune_samples, poison_rate=a.retune_rate, lr=a.retune_lr, epochs=a.retune_epochs
     )
     test = load_dataset("cifar10", "test")
     if 0 < a.test < len(test):
@@ -307,7 +359,6 @@ def main() -> None:
         attack_s = time.perf_counter() - t0
         backdoored, record = made.model, made.record
         atomic_write_json(saved / "bench.json", {"attack_s": attack_s})
-    trigger = record.trigger
     features = saved / "features.safetensors"  # the trunk's features of this attack's images
     if features.is_file():
         SHARED_CACHE.load(features)
@@ -315,10 +366,10 @@ def main() -> None:
         {
             **base,
             "defense": "clean (aligned)",
-            **measure(load_clip(a.model)[0], test, trigger, a.target),
+            **measure(load_clip(a.model)[0], test, record, pool, recipe),
         }
     ]
-    before = measure(backdoored, test, trigger, a.target)
+    before = measure(backdoored, test, record, pool, recipe)
     rows.append(
         {
             **base,
@@ -343,7 +394,7 @@ def main() -> None:
             device="cpu",
             **options,
         )
-        after = measure(purified, test, trigger, a.target)
+        after = measure(purified, test, record, pool, recipe)
         retention = after["ca"] / before["ca"]
         row = {
             **base,
@@ -370,7 +421,8 @@ def main() -> None:
             },
         }
         rows.append(row)
-        print({k: row[k] for k in ("defense", "ca", "asr", "retention", "wall_s")}, flush=True)
+        shown = ("defense", "ca", "asr", "retention", "ra_asr", "wall_s")
+        print({k: row.get(k) for k in shown}, flush=True)
         if not a.no_store:
             store(rows)
     if not a.no_store:
