@@ -24,9 +24,11 @@ With ``--retune`` every model of the run (the aligned model: the floor; the back
 the ceiling; each purified one) also meets the re-tuning attack
 (:func:`unbackdoor.clip.eval.retune.retune_clip`: ``--retune-samples`` pairs from CIFAR-10
 training images that neither the alignment, the attacker nor the defender used, 1% of them
-stamped and captioned with the target, 2 epochs of Adam at 5e-4, the classifier recipe's
-defaults), and the row records the ASR after it (RA-ASR): a backdoor that was removed comes
-back no faster than in the aligned model; one that was only hidden comes back at once.
+stamped and captioned with the target, 2 epochs of Adam at ``--retune-lr``), and the row
+records the ASR after it (RA-ASR): a backdoor that was removed comes back no faster than in the
+aligned model; one that was only hidden comes back at once. The classifier recipe's 5e-4 erodes
+this model's backdoor instead (BadNets: 56% -> 16% after it); 5e-5 keeps the ceiling (49%) and
+the floor (5.2%), chosen by the comparison in ``results.notes.md``.
 Rows go to ``results.json`` beside this file (replacing earlier rows of the same attack and
 defense) and ``results.md`` is rewritten from all rows, each with its command, date, machine,
 seed and versions.
@@ -198,9 +200,8 @@ def row_md(r: dict[str, Any]) -> list[Any]:
 
 def write_md(rows: list[dict[str, Any]]) -> None:
     """``results.md`` from every stored row."""
-    header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "RA-ASR", "clean pairs"]
-    header.append("wall")
-    header.append("target met")
+    header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "RA-ASR"]
+    header += ["clean pairs", "wall", "target met"]
     runs: dict[str, dict[str, Any]] = {}  # one line per process: its command and rows
     for r in rows:
         p = r["provenance"]
@@ -288,7 +289,7 @@ def main() -> None:
     )
     ap.add_argument("--retune-samples", type=int, default=1000, help="the re-tuning attack's pairs")
     ap.add_argument("--retune-rate", type=float, default=0.01, help="its share of poisoned pairs")
-    ap.add_argument("--retune-lr", type=float, default=5e-4, help="its Adam learning rate")
+    ap.add_argument("--retune-lr", type=float, default=5e-5, help="its Adam learning rate")
     ap.add_argument("--retune-epochs", type=int, default=2, help="its epochs")
     a = ap.parse_args()
     torch.set_num_threads(1)
