@@ -319,7 +319,6 @@ def main() -> None:
         a.align_seed,
         a.retune_samples if a.retune else 0,
     )
-    pool = retune_pool if a.retune else None
     recipe = RetuneConfig(
         samples=a.retune_samples, poison_rate=a.retune_rate, lr=a.retune_lr, epochs=a.retune_epochs
     )
@@ -367,10 +366,10 @@ def main() -> None:
         {
             **base,
             "defense": "clean (aligned)",
-            **measure(load_clip(a.model)[0], test, record, pool, recipe),
+            **measure(load_clip(a.model)[0], test, record, retune_pool, recipe),
         }
     ]
-    before = measure(backdoored, test, record, pool, recipe)
+    before = measure(backdoored, test, record, retune_pool, recipe)
     rows.append(
         {
             **base,
@@ -395,7 +394,7 @@ def main() -> None:
             device="cpu",
             **options,
         )
-        after = measure(purified, test, record, pool, recipe)
+        after = measure(purified, test, record, retune_pool, recipe)
         retention = after["ca"] / before["ca"]
         row = {
             **base,
