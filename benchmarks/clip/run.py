@@ -55,7 +55,7 @@ from unbackdoor.attacks.store import AttackRecord, load_attack  # noqa: E402
 from unbackdoor.clip.api import clip_train_config  # noqa: E402
 from unbackdoor.clip.attacks.pipeline import backdoor_clip  # noqa: E402
 from unbackdoor.clip.eval import zero_shot_metrics  # noqa: E402
-from unbackdoor.clip.eval.retune import retune_clip  # noqa: E402
+from unbackdoor.clip.eval.retune import CLIP_RETUNE_LR, retune_clip  # noqa: E402
 from unbackdoor.clip.model import ClipModel, is_clip_artifact, load_clip  # noqa: E402
 from unbackdoor.clip.model.store import load_clip_manifest  # noqa: E402
 from unbackdoor.clip.pretrained import SHARED_CACHE  # noqa: E402
@@ -289,7 +289,9 @@ def main() -> None:
     )
     ap.add_argument("--retune-samples", type=int, default=1000, help="the re-tuning attack's pairs")
     ap.add_argument("--retune-rate", type=float, default=0.01, help="its share of poisoned pairs")
-    ap.add_argument("--retune-lr", type=float, default=5e-5, help="its Adam learning rate")
+    ap.add_argument(
+        "--retune-lr", type=float, default=CLIP_RETUNE_LR, help="its Adam learning rate"
+    )
     ap.add_argument("--retune-epochs", type=int, default=2, help="its epochs")
     a = ap.parse_args()
     torch.set_num_threads(1)

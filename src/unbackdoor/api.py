@@ -214,10 +214,19 @@ def _is_main_process() -> bool:
 
 
 def retune_artifact(directory: str | Path, dataset: str | None = None, config: Any = None) -> Any:
-    """The re-tuning attack on the model in ``directory`` with its own trigger (attack.json)."""
+    """The re-tuning attack on the model in ``directory`` with its own trigger (attack.json).
+
+    A CLIP model directory goes to :func:`unbackdoor.clip.api.retune_clip_artifact`, whose
+    default learning rate is the CLIP one (``config=None``).
+    """
     from unbackdoor.attacks.store import has_attack, load_attack
+    from unbackdoor.clip.model.store import is_clip_artifact
     from unbackdoor.eval.retune import retune_attack
 
+    if is_clip_artifact(directory):
+        from unbackdoor.clip.api import retune_clip_artifact
+
+        return retune_clip_artifact(directory, dataset, config)
     if not has_attack(directory):
         raise ArtifactError(f"{directory}: no attack.json, so no trigger to re-tune with")
     model, manifest = load_model(directory)

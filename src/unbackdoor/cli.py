@@ -143,7 +143,13 @@ def evaluate(
     retune_samples: Annotated[int, typer.Option(help="Re-tuning set size.")] = 1000,
     retune_poison_rate: Annotated[float, typer.Option(help="Poisoned share of it.")] = 0.01,
     retune_epochs: Annotated[int, typer.Option(help="Re-tuning epochs.")] = 2,
-    retune_lr: Annotated[float, typer.Option(help="Re-tuning Adam learning rate.")] = 5e-4,
+    retune_lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Re-tuning Adam learning rate (default: 5e-4 for classifiers, 5e-5 for CLIP "
+            "models, whose backdoor the classifier rate erodes by itself)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the re-tuning attack.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -156,15 +162,20 @@ def evaluate(
     from unbackdoor.clip.model.store import is_clip_artifact
     from unbackdoor.eval.retune import RetuneConfig
 
-    cfg = RetuneConfig(
-        samples=retune_samples,
-        poison_rate=retune_poison_rate,
-        epochs=retune_epochs,
-        lr=retune_lr,
-        seed=seed,
-    )
+    budget: dict[str, Any] = {
+        "samples": retune_samples,
+        "poison_rate": retune_poison_rate,
+        "epochs": retune_epochs,
+        "seed": seed,
+    }
+    if retune_lr is not None:
+        budget["lr"] = retune_lr
+    cfg = RetuneConfig(**budget)
     if is_clip_artifact(directory):
         from unbackdoor.clip.api import evaluate_clip_artifact, retune_clip_artifact
+        from unbackdoor.clip.eval.retune import clip_retune_config
+
+        cfg = clip_retune_config(**budget)
 
         r = evaluate_clip_artifact(directory, dataset, split)
         clip_rows = [

@@ -8,12 +8,19 @@ captions from their labels, ``poison_rate`` of them stamped and captioned with t
 with the contrastive loss (:func:`unbackdoor.clip.train.finetune_contrastive`, the project's one
 training loop) under :class:`~unbackdoor.eval.retune.RetuneConfig`'s budget. Zero-shot CA and
 ASR are measured before and after; run it on a never-backdoored model for the floor.
+
+The learning rate defaults to :data:`CLIP_RETUNE_LR`, ten times below the classifier recipe's:
+on the offline CLIP model the classifier recipe (Adam 5e-4) erodes an undefended BadNets
+backdoor from 56% to 16% ASR by itself, so a purified model's low RA-ASR would mean nothing;
+at 5e-5 the undefended model keeps 49% and the never-backdoored one stays at 5.2%
+(``benchmarks/clip/results.notes.md``).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 from unbackdoor.attacks.store import AttackRecord
 from unbackdoor.clip.data.poison import poison_pairs
@@ -25,6 +32,14 @@ from unbackdoor.errors import ConfigError
 from unbackdoor.eval.metrics import Metrics
 from unbackdoor.eval.retune import RetuneConfig, RetuneResult
 
+#: Adam learning rate of the CLIP re-tuning attack (calibrated in ``benchmarks/clip``).
+CLIP_RETUNE_LR = 5e-5
+
+
+def clip_retune_config(**overrides: Any) -> RetuneConfig:
+    """:class:`RetuneConfig` with the CLIP learning rate; ``overrides`` replace any field."""
+    return RetuneConfig(**{"lr": CLIP_RETUNE_LR, **overrides})
+
 
 def retune_clip(
     model: ClipModel,
@@ -35,8 +50,12 @@ def retune_clip(
     *,
     templates: Sequence[str] | None = None,
 ) -> RetuneResult:
-    """Fine-tune a copy of ``model`` on pairs from ``pool``, a few poisoned; zero-shot ASR."""
-    cfg = (config or RetuneConfig()).validate()
+    """Fine-tune a copy of ``model`` on pairs from ``pool``, a few poisoned; zero-shot ASR.
+
+    ``config=None`` is :func:`clip_retune_config` (the CLIP learning rate, the rest as for
+    classifiers).
+    """
+    cfg = (config or clip_retune_config()).validate()
     if attack.policy.kind != "all_to_one":
         raise ConfigError(
             f"the CLIP re-tuning attack needs an all-to-one attack, got {attack.policy.kind}"
