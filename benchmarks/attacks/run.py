@@ -21,12 +21,12 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import md_table, provenance  # noqa: E402
+from common import md_table, provenance, update_json  # noqa: E402
 
 from unbackdoor.attacks import list_attacks  # noqa: E402
 from unbackdoor.bench.cells import zoo_model  # noqa: E402
 from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
-from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from unbackdoor.utils.io import atomic_write_text, read_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 POISON_LABEL_TARGET, CLEAN_LABEL_TARGET, CA_TOLERANCE = 0.95, 0.80, 0.015
@@ -95,9 +95,8 @@ def main() -> None:
     model = args.model or DEFAULT_MODEL[args.dataset]
     names = catalogue() if args.attacks == "all" else args.attacks.split(",")
     out_json = HERE / f"{args.dataset}.json"
-    results = read_json(out_json) if out_json.exists() else {"rows": {}, "notes": {}}
     clean = cell(args.dataset, model, None, args.seed, args.epochs)
-    results["clean"] = clean
+    results: dict = {}
     for name in names:
         try:
             row = cell(
@@ -116,18 +115,37 @@ def main() -> None:
                 "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc(limit=5),
             }
-        results["rows"][name] = row
-        results["provenance"] = provenance(args.seed)
-        atomic_write_json(out_json, results)
+        results = record(out_json, clean, name, row, provenance(args.seed))
         print(
             name, {k: row.get(k) for k in ("clean_acc", "asr", "verdict", "error")}, file=sys.stderr
         )
-    write_markdown(args.dataset, model, results)
+    write_markdown(args.dataset, model, results or read_json(out_json))
+
+
+def record(out_json: Path, clean: dict, name: str, row: dict, prov: dict) -> dict:
+    """Store one attack's row with the command that made it; returns the whole file.
+
+    Runs for different attacks may go on in parallel: the update re-reads the file under a
+    lock, so no run drops the rows another wrote since it started.
+    """
+    row["command"], row["date"] = prov["command"], prov["date"]
+
+    def update(results: dict) -> None:
+        results["clean"] = clean
+        results["rows"][name] = row
+        results["provenance"] = prov
+        commands = results.setdefault("commands", [])
+        if prov["command"] not in commands:
+            commands.append(prov["command"])
+
+    return update_json(out_json, update, default=lambda: {"rows": {}, "notes": {}})
 
 
 def write_markdown(dataset: str, model: str, results: dict) -> None:
     clean = results["clean"]
     p = results["provenance"]
+    commands = results.get("commands") or [p["command"]]
+    produced = ", ".join(f"`{c}`" for c in commands)
     rows = []
     for name, r in results["rows"].items():
         if "error" in r:
@@ -150,7 +168,8 @@ def write_markdown(dataset: str, model: str, results: dict) -> None:
         )
     text = f"""# Attack catalogue on {dataset} ({model})
 
-Produced by `{p["command"]}` on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
+Produced by {produced} (each row's own command is in `{dataset}.json`),
+last on {p["date"]} ({p["cpu"]}, {p["hardware"]["cpu_count"]} cores,
 torch {p["versions"]["torch"]}). Every model uses {model}'s default recipe, target class 0,
 seed {clean["seed"]}; the clean reference model reaches **{100 * clean["clean_acc"]:.2f}%** in
 {clean["train_seconds"] / 60:.1f} min. Targets: CA within 1.5 points of the clean model, ASR

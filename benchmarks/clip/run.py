@@ -37,10 +37,8 @@ seed and versions.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import md_table, provenance  # noqa: E402
+from common import locked, md_table, provenance  # noqa: E402
 
 from unbackdoor.attacks.registry import create_attack  # noqa: E402
 from unbackdoor.attacks.store import AttackRecord, load_attack  # noqa: E402
@@ -242,8 +240,7 @@ def store(rows: list[dict[str, Any]]) -> None:
 
     Runs of different attacks may go on in parallel: the update holds a file lock.
     """
-    with open(Path(tempfile.gettempdir()) / "unbackdoor-clip-results.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(HERE / "results.json"):
         _store(rows)
 
 
