@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from unbackdoor.defenses.tbar import choose_alpha
 from unbackdoor.errors import ArtifactError, ConfigError
@@ -355,6 +356,38 @@ def test_repair_fine_tunes_each_negated_candidate_on_clean_data():
     fixed = repair.repaired(theta_b, tau, 2.0, data)
     assert not fixed.training and not theta_b.training
     assert evaluate(fixed, data).clean_acc > evaluate(hurt, data).clean_acc + 0.15
+
+
+def test_repair_distill_pulls_the_candidate_towards_the_backdoored_models_outputs():
+    import synth
+    from unbackdoor.data.loader import Batch
+    from unbackdoor.defenses.tbar import TBAR
+    from unbackdoor.errors import ConfigError
+    from unbackdoor.train.losses import cross_entropy_with_teacher, kl_to_teacher
+
+    with pytest.raises(ConfigError, match="repair_distill"):
+        TBAR(repair_distill=-0.5)
+    data = synth.blobs(256, classes=4)
+    x = data.images.float() / 255
+    theta_b = net(0).eval()
+    before = {k: v.clone() for k, v in theta_b.state_dict().items()}
+    # the term is zero when the student is the teacher, so the loss is the cross-entropy
+    loss = cross_entropy_with_teacher(theta_b, 1.0)
+    batch = Batch(x[:32], data.labels[:32], torch.arange(32))
+    with torch.no_grad():
+        ce = F.cross_entropy(theta_b(x[:32]), data.labels[:32])
+        assert loss(theta_b, batch).item() == pytest.approx(ce.item(), rel=1e-5)
+
+    tau = TaskVector.between(theta_b, net(1))
+    kw = {"recalibrate": "none", "repair_epochs": 3, "repair_lr": 0.05, "device": "cpu"}
+    plain, distilled = TBAR(**kw), TBAR(**kw, repair_distill=1.0)
+    candidates = [d.repaired(theta_b, tau, 2.0, data) for d in (plain, distilled)]
+    with torch.no_grad():
+        teacher = theta_b(x)
+        gaps = [kl_to_teacher(c(x), teacher).item() for c in candidates]
+    assert gaps[1] < 0.5 * gaps[0], gaps
+    assert all(torch.equal(v, before[k]) for k, v in theta_b.state_dict().items())
+    assert all(p.requires_grad for p in theta_b.parameters())
 
 
 # --- the fine-tuning regime: TBAR end to end, and the disentanglement analysis -----------------

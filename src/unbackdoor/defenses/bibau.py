@@ -83,6 +83,7 @@ from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_c
 from unbackdoor.inversion.detect import FAMILY_CHOICES, detect
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
+from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
@@ -609,13 +610,13 @@ class BIBAU(Defense):
                 f_all = None if feats.value is None else feats.value.float()
                 clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
                 if self.stamped_target == "teacher":
-                    loss = _distill(stamped_logits, t_logits[:n_s])
+                    loss = kl_to_teacher(stamped_logits, t_logits[:n_s])
                 else:
                     loss = F.cross_entropy(stamped_logits, y[:n_s])
                 if ce_weight:
                     loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
                 if self.kl_weight:
-                    loss = loss + self.kl_weight * _distill(clean_logits, t_logits)
+                    loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
                 if self.feature_weight and f_all is not None:
                     f_clean = f_all[:n_s].detach()
                     f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
@@ -824,16 +825,6 @@ def _param_groups(model: nn.Module, lr: float, norm_scale: float) -> list[dict[s
         {"params": [p for p in params if id(p) in norm], "lr": lr * norm_scale},
     ]
     return [g for g in groups if g["params"]]
-
-
-def _distill(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per sample, averaged: the consistency term."""
-    return F.kl_div(
-        student_logits.log_softmax(1),
-        teacher_logits.log_softmax(1),
-        log_target=True,
-        reduction="batchmean",
-    )
 
 
 def _single(family: TriggerFamily, k: int) -> TriggerFamily:
