@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smallest_rule": {"alpha_rule": "smallest"},
     # the default's blind detection before 11-23: mask and pattern only, no additive fallback
     "mask_family": {"family": "mask_pattern"},
+    # the default plus a consistency term to theta_b's clean outputs in the repair (12-02)
+    "kd_repair": {"repair_distill": 1.0},
 }
 UNKNOWN_ONLY = {"smallest_rule", "mask_family"}  # the same as the default with a given trigger
 CURVE_VARIANTS = ("plain", "default")
