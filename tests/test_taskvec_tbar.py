@@ -209,6 +209,34 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
 
 
+def test_refine_smallest_bisects_below_the_first_alpha_meeting_both(monkeypatch):
+    import synth
+    import unbackdoor.defenses.tbar as tbar_mod
+    from unbackdoor.eval.metrics import Metrics
+
+    data = synth.blobs(40, classes=4)
+
+    def fake_eval(model, val, trigger=None, attack_labels=None):  # ASR 0 from alpha 1.2 on
+        a = float(model.head[3].bias[0].detach())
+        return Metrics(clean_acc=0.9 - 0.01 * a, asr=0.0 if a >= 1.2 else 0.8)
+
+    monkeypatch.setattr(tbar_mod, "evaluate", fake_eval)
+    model = net(0)
+    with torch.no_grad():
+        model.head[3].bias.zero_()
+    tau = TaskVector({"head.3.bias": -torch.ones(4)})
+    spec = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "given", 0)
+    grid = dict(alphas=(0.0, 1.0, 1.5, 2.0), alpha_refine=3)
+    sweep, base_ca = tbar_mod.TBAR(**grid).sweep(model, tau, data, spec)
+    assert [s["alpha"] for s in sweep] == [0.0, 1.0, 1.5, 2.0]  # off: the grid's 1.5
+    sweep, base_ca = tbar_mod.TBAR(**grid, refine_smallest=True).sweep(model, tau, data, spec)
+    assert [s["alpha"] for s in sweep] == [0.0, 1.0, 1.5, 2.0, 1.25, 1.125, 1.1875]
+    assert choose_alpha(sweep, base_ca, 0.01, 0.95)[0] == 1.25
+    inverted = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "inverted", 0, anomaly=5.0)
+    sweep, _ = tbar_mod.TBAR(**grid, refine_smallest=True).sweep(model, tau, data, inverted)
+    assert all(s["alpha"] > 2 for s in sweep if s.get("refined"))  # the largest rule: as was
+
+
 def test_largest_rule_sweeps_on_while_accuracy_lasts(monkeypatch):
     """With an inverted trigger (``auto`` -> ``largest``) the sweep does not stop at the first
     alpha meeting the ASR threshold: it extends until accuracy falls, then bisects that edge."""

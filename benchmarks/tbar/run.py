@@ -83,6 +83,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mask_family": {"family": "mask_pattern"},
     # the default plus a consistency term to theta_b's clean outputs in the repair (12-02)
     "kd_repair": {"repair_distill": 1.0},
+    # the default with the smallest alpha located by bisection below the grid point (12-02)
+    "refine_smallest": {"refine_smallest": True},
 }
 UNKNOWN_ONLY = {"smallest_rule", "mask_family"}  # the same as the default with a given trigger
 CURVE_VARIANTS = ("plain", "default")

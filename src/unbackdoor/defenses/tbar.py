@@ -130,6 +130,7 @@ class TBAR(Defense):
         "alpha_rule": "smallest",
         "family": "mask_pattern",
         "repair_distill": 0.0,
+        "refine_smallest": False,
     }
 
     epochs: int = 5
@@ -141,6 +142,7 @@ class TBAR(Defense):
     alpha_step: float = 0.25
     alpha_growth: float = 1.25
     alpha_refine: int = 4
+    refine_smallest: bool = False
     alpha_rule: str = "auto"
     asr_threshold: float = 0.01
     ca_retention: float = 0.95
@@ -436,7 +438,10 @@ class TBAR(Defense):
         between the largest alpha keeping the accuracy and the next one is bisected up to
         ``alpha_refine`` times (a long vector, e.g. from an inverted trigger that fools only
         part of the time, can jump from ASR 80% to 0% and CA 99% to 92% between two grid
-        points). Returns the sweep (in evaluation order) and theta_b's CA.
+        points). With ``refine_smallest`` and the ``"smallest"`` rule, the gap below the smallest
+        alpha meeting both limits is bisected up to ``alpha_refine`` times as well, so that the
+        rule's alpha is located more finely than the grid. Returns the sweep (in evaluation
+        order) and theta_b's CA.
         """
         base = evaluate(theta_b, val, trigger=spec.stamp, attack_labels=spec.labels)
         floor = self.ca_retention * base.clean_acc
@@ -481,6 +486,12 @@ class TBAR(Defense):
             if gap is None:
                 break
             sweep.append(point(round((gap[0] + gap[1]) / 2, 6)) | {"refined": True})
+        if self.refine_smallest and not largest:
+            for _ in range(self.alpha_refine):
+                edge = _smallest_edge(sweep, floor, self.asr_threshold)
+                if edge is None:
+                    break
+                sweep.append(point(round((edge[0] + edge[1]) / 2, 6)) | {"refined": True})
         return sweep, base.clean_acc
 
     def rule_for(self, spec: TriggerSpec) -> str:
@@ -540,6 +551,16 @@ class TBAR(Defense):
                 sweep, alpha, self.ca_retention * base_ca, self.asr_threshold, spec.source
             )
         return DefenseOutput(model, diag, images, spec.target, True, spec.anomaly)
+
+
+def _smallest_edge(
+    sweep: list[dict[str, float]], floor: float, asr_threshold: float
+) -> tuple[float, float] | None:
+    """The grid gap just below the smallest alpha meeting both limits, or None."""
+    pts = sorted(sweep, key=lambda s: s["alpha"])
+    ok = [s["alpha"] for s in pts if s["val_clean_acc"] >= floor and s["val_asr"] <= asr_threshold]
+    below = [s["alpha"] for s in pts if ok and s["alpha"] < ok[0]]
+    return (below[-1], ok[0]) if below else None
 
 
 def choose_alpha(
