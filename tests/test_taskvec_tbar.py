@@ -184,7 +184,7 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
         model.head[3].bias.zero_()
     tau = TaskVector({"head.3.bias": -torch.ones(4)})  # theta_b - alpha tau: bias = alpha
     spec = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "test", 0)
-    grid = dict(alphas=(0.0, 1.0, 2.0), alpha_max=3.0, alpha_step=0.25)
+    grid = dict(alphas=(0.0, 1.0, 2.0), alpha_max=3.0, alpha_step=0.25, refine_smallest=False)
     sweep, base_ca = tbar_mod.TBAR(**grid, alpha_growth=1.0).sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 1.0, 2.0, 2.25, 2.5, 2.75]
     assert choose_alpha(sweep, base_ca, 0.05, 0.95)[0] == 2.75
@@ -199,7 +199,7 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
             asr=max(0.0, 1.0 - float(model.head[3].bias[0].detach()) / 0.15),
         ),
     )
-    coarse = dict(alphas=(0.0, 0.25), alpha_max=None)
+    coarse = dict(alphas=(0.0, 0.25), alpha_max=None, refine_smallest=False)
     sweep, base_ca = tbar_mod.TBAR(**coarse).sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 0.25, 0.125, 0.1875]
     assert choose_alpha(sweep, base_ca, 0.01, 0.95)[0] == 0.1875
@@ -227,9 +227,11 @@ def test_refine_smallest_bisects_below_the_first_alpha_meeting_both(monkeypatch)
     tau = TaskVector({"head.3.bias": -torch.ones(4)})
     spec = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "given", 0)
     grid = dict(alphas=(0.0, 1.0, 1.5, 2.0), alpha_refine=3)
-    sweep, base_ca = tbar_mod.TBAR(**grid).sweep(model, tau, data, spec)
+    off = tbar_mod.TBAR(**grid, refine_smallest=False)
+    sweep, base_ca = off.sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 1.0, 1.5, 2.0]  # off: the grid's 1.5
-    sweep, base_ca = tbar_mod.TBAR(**grid, refine_smallest=True).sweep(model, tau, data, spec)
+    assert tbar_mod.TBAR().refine_smallest  # the default since 2026-12-02
+    sweep, base_ca = tbar_mod.TBAR(**grid).sweep(model, tau, data, spec)
     assert [s["alpha"] for s in sweep] == [0.0, 1.0, 1.5, 2.0, 1.25, 1.125, 1.1875]
     assert choose_alpha(sweep, base_ca, 0.01, 0.95)[0] == 1.25
     inverted = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "inverted", 0, anomaly=5.0)
@@ -259,7 +261,9 @@ def test_largest_rule_sweeps_on_while_accuracy_lasts(monkeypatch):
     tau = TaskVector({"head.3.bias": -torch.ones(4)})
     given = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "given", 0)
     inverted = tbar_mod.TriggerSpec(lambda x, i: x, lambda y: y, "inverted", 0, anomaly=5.0)
-    defense = tbar_mod.TBAR(alphas=(0.0, 0.5, 1.0), alpha_growth=1.0, alpha_step=1.0)
+    defense = tbar_mod.TBAR(
+        alphas=(0.0, 0.5, 1.0), alpha_growth=1.0, alpha_step=1.0, refine_smallest=False
+    )
     assert defense.rule_for(given) == "smallest" and defense.rule_for(inverted) == "largest"
     sweep, _ = defense.sweep(model, tau, data, given)
     assert [s["alpha"] for s in sweep] == [0.0, 0.5, 1.0]

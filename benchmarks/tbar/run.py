@@ -76,7 +76,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "e_recalibrate": {**PLAIN, "recalibrate": "bn+bias"},
     # a_target + e_recalibrate: the default until 11-23
     "ae_target_recal": {"repair_epochs": 0, **BEFORE_11_23},
-    "default": {},  # clean_projection="target", recalibrate="bn+bias", repair_epochs=5
+    # clean_projection="target", recalibrate="bn+bias", repair_epochs=5, refine_smallest=True;
+    # the `default` rows stored before 2026-12-02 ran with refine_smallest=False (`grid_alpha`)
+    "default": {},
+    "grid_alpha": {"refine_smallest": False},
     # the default's alpha rule before 11-23 for an inverted trigger (known: same as default)
     "smallest_rule": {"alpha_rule": "smallest"},
     # the default's blind detection before 11-23: mask and pattern only, no additive fallback

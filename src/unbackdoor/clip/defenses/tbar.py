@@ -38,6 +38,9 @@ class ClipTBAR(TBAR):
     # re-fit); both can still be asked for
     clean_projection: str | bool = False
     recalibrate: str = "none"
+    # the finer alpha search was adopted on classifiers (benchmarks/tbar); CLIP's rows
+    # (benchmarks/clip) were measured on the grid, so it stays off here until measured
+    refine_smallest: bool = False
     #: images per class and step of the unknown-attack inversion (None: the inversion's 32)
     inversion_batch_size: int | None = None
 
