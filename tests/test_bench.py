@@ -418,6 +418,21 @@ def test_a_model_fitted_attack_takes_the_zoos_clean_twin(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, twin.name])
 
 
+def test_zoo_trains_clean_models_beside_attacks_that_need_none():
+    """Only the attacks fitted to a clean model wait for the never-backdoored phase: BadNets
+    and Blended train beside the clean model, so a 2-process grid keeps both cores busy."""
+    from unbackdoor.bench.cells import ModelJob
+    from unbackdoor.bench.grid import _model_phases
+
+    clean = ModelJob("cifar10", "fastnet", None, 0)
+    badnets = ModelJob("cifar10", "fastnet", "badnets", 0, 0.1)
+    blended = ModelJob("cifar10", "fastnet", "blended", 0, 0.1)
+    trojan = ModelJob("cifar10", "fastnet", "trojannn", 0, 0.1)
+    first, second = _model_phases([trojan, badnets, clean, blended])
+    assert first == [badnets, clean, blended] and second == [trojan]
+    assert _model_phases([badnets]) == [[badnets], []]
+
+
 def test_label_consistent_crafts_against_an_adversarially_trained_twin():
     """The label-consistent attack's crafting model is the clean twin trained with FGSM-RS at
     ``crafting_eps`` (a separate zoo entry); TrojanNN keeps the victim's plain recipe."""

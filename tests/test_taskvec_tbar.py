@@ -453,8 +453,12 @@ def mnist_ft_backdoor(mnist_clean, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("linearized", [False, True])
-def test_known_attack_tbar_removes_a_finetuned_backdoor(mnist_ft_backdoor, tmp_path, linearized):
+@pytest.mark.parametrize(
+    ("linearized", "bf16"), [(False, False), (True, False), (False, True), (True, True)], ids=str
+)
+def test_known_attack_tbar_removes_a_finetuned_backdoor(
+    mnist_ft_backdoor, tmp_path, linearized, bf16
+):
     import unbackdoor
     from unbackdoor.attacks import load_attack
     from unbackdoor.unlearn import unlearn_artifact
@@ -467,6 +471,7 @@ def test_known_attack_tbar_removes_a_finetuned_backdoor(mnist_ft_backdoor, tmp_p
         clean_samples=500,
         known_attack=True,
         linearized=linearized,
+        bf16=bf16,
     )
     assert report.known_attack and report.backdoor_found
     assert report.diagnostics["trigger_source"] == "known attack (attack.json)"

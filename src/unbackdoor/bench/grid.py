@@ -190,15 +190,13 @@ def _build_models(
         for job in (c.backdoored, c.clean, c.backdoored and c.backdoored.twin()):
             if job is not None:
                 needed.setdefault(str(job.path()), job)
-    # never-backdoored models first: attacks fitted to a clean model take them from the zoo,
-    # and two processes must not train the same one
     listed = [j for j in needed.values() if not (j.path() / "zoo.json").is_file()]
     run.update(models_needed=len(needed), models_trained=len(listed))
     failed: dict[str, str] = {}
     if not listed:
         return failed
     _say(f"training {len(listed)} models for the zoo ({executor.describe()})", quiet)
-    phases = [[j for j in listed if j.attack is None], [j for j in listed if j.attack is not None]]
+    phases = _model_phases(listed)
     results = (  # the executor yields (index, result) as its jobs finish
         (phase[i], result)
         for phase in phases
@@ -215,6 +213,15 @@ def _build_models(
         else:
             _say(f"model {what}: ready ({result['seconds']:.0f} s)", quiet)
     return failed
+
+
+def _model_phases(jobs: list[ModelJob]) -> list[list[ModelJob]]:
+    """``jobs`` in two phases: first the never-backdoored models and the attacks that do not
+    use one (they train side by side), then the attacks fitted to a clean model
+    (label-consistent, TrojanNN), which take their twin from the zoo: two processes must not
+    train the same twin."""
+    fitted = [j for j in jobs if j.attack is not None and j.twin() is not None]
+    return [[j for j in jobs if j not in fitted], fitted]
 
 
 def _record_run(out: Path, cfg: BenchConfig, run: dict[str, Any]) -> None:
