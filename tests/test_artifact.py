@@ -7,7 +7,7 @@ import torch
 
 from unbackdoor.errors import ArtifactError, UnsafeFileError
 from unbackdoor.models import create_model, load_model, load_weights_file, save_model
-from unbackdoor.models.artifact import load_state_checked
+from unbackdoor.models.artifact import load_state_checked, weights_digest
 
 NAMES = [str(i) for i in range(10)]
 
@@ -29,6 +29,17 @@ def test_roundtrip_preserves_outputs_and_manifest(tmp_path):
     assert data["input_size"] == [1, 28, 28]
     assert "torch" in data["versions"]
     assert not list((tmp_path / "a").glob("*.tmp"))
+
+
+def test_weights_digest_tells_trainings_apart(tmp_path):
+    torch.manual_seed(0)
+    save_model(small(), tmp_path / "a", class_names=NAMES)
+    save_model(small(), tmp_path / "b", class_names=NAMES)  # other initial weights
+    da = weights_digest(tmp_path / "a")
+    assert len(da) == 16 and da == weights_digest(tmp_path / "a")
+    assert da != weights_digest(tmp_path / "b")
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        weights_digest(tmp_path)
 
 
 class _Evil:

@@ -136,6 +136,9 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, zoo, monkeypatch
     ft = next(r for r in rows if r["defense"] == "ft" and r["budget"] == 200)
     assert ft["clean_samples_used"] == 200 and ft["der"] is not None
     assert ft["before"]["asr"] == pytest.approx(bd["asr"])
+    assert len(bd["model_weights_sha256"]) == 16
+    assert ft["model_weights_sha256"] == bd["model_weights_sha256"]
+    assert by_role["floor"]["model_weights_sha256"] != bd["model_weights_sha256"]
     assert ft["defense_time"] > 0 and "peak_memory_mb" in ft
 
     third = _counting(monkeypatch)
@@ -367,6 +370,40 @@ def test_report_renders_from_stored_results(tmp_path):
         assert p.is_file() and p.stat().st_size > 1000 and p.name in md
     html = files.html.read_text()
     assert "<table>" in html and "bibau" in html and "<img" in html
+
+
+def test_report_names_rows_measured_on_different_trainings_of_a_zoo_model():
+    """A lost zoo cache is retrained (on another CPU: other weights); the report says which
+    rows measured which training, and stays quiet when they all measured one."""
+    from unbackdoor.bench.report import groups, training_mismatches
+
+    def row(role, defense, attack="badnets", ca=0.8973, asr=0.9754, digest=None, **kw):
+        r = {"status": "ok", "dataset": "cifar10", "model": "fastnet", "attack": attack}
+        r |= {"role": role, "defense": defense, "budget": None, "seed": 0, **kw}
+        if role == "defense":
+            r |= {"before": {"clean_acc": ca, "asr": asr}, "clean_acc": 0.88, "asr": 0.02}
+        else:
+            r |= {"clean_acc": ca, "asr": asr}
+        return r | ({"model_weights_sha256": digest} if digest else {})
+
+    same = [
+        row("ceiling", "none"),
+        row("defense", "bibau"),
+        row("defense", "tbar", digest="abc"),  # a digest beside legacy rows of equal metrics
+        row("floor", "floor", ca=0.9011, asr=0.0124),
+        row("floor", "floor", attack="blended", ca=0.9011, asr=0.36),  # the trigger's ASR differs
+    ]
+    assert training_mismatches(next(iter(groups(same).values()))) == []
+    retrained = [*same, row("defense", "sau", ca=0.8951, asr=0.9702, digest="def")]
+    (text,) = training_mismatches(next(iter(groups(retrained).values())))
+    assert "badnets model of seed 0" in text and "2 different trainings" in text
+    assert "CA 89.51% / ASR 97.02% (weights def): sau (badnets)" in text
+    assert "bibau (badnets)" in text and "tbar (badnets)" in text
+    clean_twice = [*same, row("floor", "floor", attack="sig", ca=0.8990, asr=0.05)]
+    (text,) = training_mismatches(next(iter(groups(clean_twice).values())))
+    assert "never-backdoored model" in text
+    digests = [row("ceiling", "none", digest="abc"), row("defense", "ft", digest="xyz")]
+    assert len(training_mismatches(next(iter(groups(digests).values())))) == 1
 
 
 def test_a_rerun_with_another_config_supersedes_the_old_row(tmp_path):

@@ -490,7 +490,13 @@ def _retune(cell: Cell, model: nn.Module, manifest: Any, test: ImageDataset, rec
 
 
 def _model_info(path: Path, cell: Cell, prefix: str = "model") -> dict[str, Any]:
-    info: dict[str, Any] = {f"{prefix}_path": str(path), f"{prefix}_zoo_key": path.name}
+    from unbackdoor.models.artifact import weights_digest
+
+    info: dict[str, Any] = {
+        f"{prefix}_path": str(path),
+        f"{prefix}_zoo_key": path.name,
+        f"{prefix}_weights_sha256": weights_digest(path),
+    }
     train_json = path / "train.json"
     if train_json.is_file():
         t = read_json(train_json)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unbackdoor.bench.config import NONE
 from unbackdoor.bench.store import read_results
 from unbackdoor.utils.io import atomic_write, atomic_write_text, read_json
 
@@ -170,6 +171,73 @@ def main_table(gs: list[Group]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, rows
+
+
+def _trained_model(r: dict[str, Any]) -> tuple[str, str, Any] | None:
+    """Which model a row measured: (attack or "clean", seed, fingerprint), or None.
+
+    Ceiling and defense rows measured the backdoored model (a defense row its ``before``
+    metrics), a floor row the never-backdoored one. The fingerprint is that model's test CA and
+    ASR, plus its weights digest where the row recorded one (rows from before the digest carry
+    the metrics only, which two different trainings practically never share)."""
+    if r["role"] == "floor":
+        metrics, what = r, "clean"
+    elif r["role"] == "ceiling" and r["attack"] != NONE:
+        metrics, what = r, r["attack"]
+    elif r["role"] == "defense" and isinstance(r.get("before"), dict):
+        metrics, what = r["before"], r["attack"]
+    else:
+        return None
+    # a floor row's ASR is the attack's trigger on the clean model: only its CA names the model
+    ca, asr = metrics.get("clean_acc"), None if what == "clean" else metrics.get("asr")
+    if ca is None:
+        return None
+    return what, str(r.get("seed")), (round(ca, 4), None if asr is None else round(asr, 4))
+
+
+def training_mismatches(gs: list[Group]) -> list[str]:
+    """Sentences naming every model that rows of the table measured in more than one training.
+
+    A zoo entry is retrained when the cache is lost, and on another CPU the same config gives
+    other weights; rows of one table must then not be read as one experiment. Rows are of one
+    training when their metrics agree and their weights digests do not differ (a row without
+    a digest joins the digest its metrics agree with)."""
+    seen: dict[tuple[str, str], dict[tuple, dict[str | None, set[str]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(set))
+    )
+    for g in gs:
+        for r in g.rows:
+            t = _trained_model(r)
+            if t is not None:
+                digest = r.get("model_weights_sha256")
+                seen[(t[0], t[1])][t[2]][digest].add(f"{g.label} ({r['attack']})")
+    out = []
+    for (what, seed), by_metrics in seen.items():
+        trainings = []  # (metrics, digest or None, rows)
+        for metrics, by_digest in by_metrics.items():
+            digests = [d for d in by_digest if d]
+            legacy = by_digest.get(None, set())
+            if len(digests) == 1:
+                by_digest[digests[0]] |= legacy
+            elif legacy:
+                trainings.append((metrics, None, legacy))
+            trainings += [(metrics, d, by_digest[d]) for d in digests]
+        if len(trainings) < 2:
+            continue
+        parts = [
+            f"CA {100 * m[0]:.2f}%"
+            + ("" if m[1] is None else f" / ASR {100 * m[1]:.2f}%")
+            + (f" (weights {d})" if d else "")
+            + f": {', '.join(sorted(rows))}"
+            for m, d, rows in trainings
+        ]
+        model = "never-backdoored model" if what == "clean" else f"{what} model"
+        out.append(
+            f"**The {model} of seed {seed} was trained more than once (a lost zoo cache "
+            f"retrained, maybe on another CPU): its rows come from {len(trainings)} different "
+            "trainings and compare only within one.** " + "; ".join(parts) + "."
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- plots
@@ -501,6 +569,7 @@ def build_blocks(results: Path, out: Path) -> tuple[list[Block], list[Path]]:
         blocks.append(("h2", title))
         header, table = main_table(gs)
         blocks.append(("table", header, table))
+        blocks.extend(("p", text) for text in training_mismatches(gs))
         slug = _slug(dataset, model)
         drawers: list[tuple[str, str, Callable[..., Path | None]]] = [
             ("CA vs ASR", "tradeoff", plot_tradeoff),

@@ -11,6 +11,7 @@ has the weights it describes.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,22 @@ class Manifest:
 def is_artifact(directory: str | Path) -> bool:
     d = Path(directory)
     return (d / MANIFEST).is_file() and (d / WEIGHTS).is_file()
+
+
+def weights_digest(directory: str | Path, n: int = 16) -> str:
+    """The first ``n`` hex digits of the SHA-256 of the artifact's weights file.
+
+    Two trainings of the same config on different CPUs give different weights; a benchmark row
+    records this digest so that rows made on different trainings are never compared unawares.
+    """
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {WEIGHTS}, so no weights digest")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
 
 
 def model_spec(model: nn.Module) -> ModelSpec:
