@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from typing import Any
 
 from unbackdoor.bench.report import md_table
 from unbackdoor.bench.store import provenance
-from unbackdoor.utils.io import atomic_write_json, read_json
+from unbackdoor.utils.io import atomic_write_json, file_lock, read_json
 
 __all__ = ["locked", "md_table", "provenance", "update_json"]
 
@@ -25,8 +24,7 @@ def locked(path: Path) -> Iterator[None]:
     read-modify-write of it happens under this lock so that no run drops another's rows.
     """
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"unbackdoor-bench-{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(Path(tempfile.gettempdir()) / f"unbackdoor-bench-{digest}.lock"):
         yield
 
 

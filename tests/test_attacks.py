@@ -162,3 +162,34 @@ def test_zoo_reuses_a_cached_model(tmp_path):
     assert [e.key for e in list_zoo(tmp_path)] == [p1.name]
     assert prune_zoo(keys=[p1.name], root=tmp_path) == [p1.name]
     assert list_zoo(tmp_path) == []
+
+
+def test_two_workers_asking_for_one_zoo_model_train_it_once(tmp_path):
+    """The second asker waits on the entry's lock and takes the first one's model (the grid
+    queues cells behind the models they need on this)."""
+    import threading
+    import time
+
+    from unbackdoor.attacks.zoo import LOCKS, get_or_create, prune_zoo
+
+    calls, started = [], threading.Event()
+
+    def make(path):
+        calls.append(path)
+        started.set()
+        time.sleep(0.5)  # the other asker arrives while this one trains
+        from unbackdoor.models import create_model, save_model
+
+        net = create_model("small_cnn", 4, in_channels=1, input_size=(16, 16))
+        save_model(net, path, class_names=list("abcd"))
+
+    cfg = {"dataset": "synth", "attack": "badnets", "seed": 3}
+    got = []
+    first = threading.Thread(target=lambda: got.append(get_or_create(cfg, make, root=tmp_path)))
+    first.start()
+    assert started.wait(10)
+    got.append(get_or_create(cfg, make, root=tmp_path))  # blocks until the first is done
+    first.join()
+    assert len(calls) == 1 and got[0] == got[1] and (got[0] / "zoo.json").is_file()
+    assert (tmp_path / LOCKS).is_dir()
+    assert prune_zoo(unfinished=True, root=tmp_path) == [] and (tmp_path / LOCKS).is_dir()

@@ -202,6 +202,20 @@ def test_cli_bench_and_report(tmp_path, zoo, capsys):
 
 
 # ----------------------------------------------------------------------------- executors
+def test_pipelined_grid_queues_cells_behind_their_models(tmp_path, capsys):
+    """Two worker processes, an empty zoo: the models and the cells share one queue (a cell
+    waits on the zoo lock for a model another worker trains); each model is trained once."""
+    zoo = tmp_path / "zoo"
+    cfg = tiny(str(zoo), defenses=["none", {"name": "ft", "options": {"epochs": 1}}], budgets=[100])
+    result = run_grid(cfg, out=tmp_path / "grid", workers=2)
+    assert result.computed == 3 and result.failed == 0
+    assert "training 2 models for the zoo, then the cells" in capsys.readouterr().err
+    entries = [p for p in zoo.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2 and all((p / "zoo.json").is_file() for p in entries)
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert grid["runs"][-1]["models_trained"] == 2
+
+
 def test_process_executor_runs_jobs_and_returns_errors():
     ex = ProcessExecutor(workers=2, threads=1)
     results = dict(ex.run(math.sqrt, [4.0, -1.0, 9.0]))
@@ -452,7 +466,8 @@ def test_a_model_fitted_attack_takes_the_zoos_clean_twin(tmp_path, monkeypatch):
     path = job.get()
     twin = ModelJob("mnist", "small_cnn", None, 0, train=spec, zoo=str(tmp_path)).path()
     assert (path / "attack.json").is_file() and (twin / "zoo.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, twin.name])
+    entries = [p.name for p in tmp_path.iterdir() if p.name != ".locks"]
+    assert sorted(entries) == sorted([path.name, twin.name])
 
 
 def test_zoo_trains_clean_models_beside_attacks_that_need_none():

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.models.artifact import is_artifact
-from unbackdoor.utils.io import atomic_write_json, read_json
+from unbackdoor.utils.io import atomic_write_json, file_lock, read_json
 
 ZOO_JSON = "zoo.json"
+LOCKS = ".locks"
 ZOO_FORMAT = 1
 
 
@@ -52,12 +53,29 @@ class ZooEntry:
 def get_or_create(
     config: dict[str, Any], make: Callable[[Path], None], root: Path | None = None
 ) -> Path:
-    """The artifact for ``config``: cached if present, else ``make(path)`` builds it there."""
-    path = (root or zoo_root()) / zoo_key(config)
-    if is_artifact(path) and (path / ZOO_JSON).is_file():
+    """The artifact for ``config``: cached if present, else ``make(path)`` builds it there.
+
+    Building holds a lock on the entry (``<root>/.locks/<key>.lock``): a second process of the
+    machine asking for the same model waits for it instead of training it again.
+    """
+    root = root or zoo_root()
+    path = root / zoo_key(config)
+    if _finished(path):
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    make(path)
+    with file_lock(root / LOCKS / f"{path.name}.lock"):
+        if _finished(path):  # built by the process that held the lock
+            return path
+        path.mkdir(parents=True, exist_ok=True)
+        make(path)
+        _write_zoo_json(path, config)
+    return path
+
+
+def _finished(path: Path) -> bool:
+    return is_artifact(path) and (path / ZOO_JSON).is_file()
+
+
+def _write_zoo_json(path: Path, config: dict[str, Any]) -> None:
     atomic_write_json(
         path / ZOO_JSON,
         {
@@ -66,7 +84,6 @@ def get_or_create(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return path
 
 
 def list_zoo(root: Path | None = None) -> list[ZooEntry]:
@@ -100,7 +117,7 @@ def prune_zoo(
         return []
     now = _dt.datetime.now(_dt.timezone.utc)
     removed = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != LOCKS):
         finished = (d / ZOO_JSON).is_file()
         drop = everything or (keys is not None and d.name in keys)
         drop = drop or (unfinished and not finished)

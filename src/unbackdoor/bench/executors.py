@@ -25,6 +25,9 @@ class Executor:
     """Runs ``fn`` over jobs and yields ``(index, result or exception)`` in completion order."""
 
     name = "executor"
+    #: may cells be queued behind the models they need? Yes on one machine, where the zoo's
+    #: file lock makes a cell wait for its model; a cluster gets models first, then cells
+    pipelined = True
 
     def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
         raise NotImplementedError
@@ -113,6 +116,7 @@ class SubmititExecutor(Executor):
     """
 
     name = "submitit"
+    pipelined = False  # a cell job must not hold a cluster slot while its model trains
 
     def __init__(self, options: dict[str, Any], folder: Path) -> None:
         try:

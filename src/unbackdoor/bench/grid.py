@@ -181,10 +181,8 @@ def _matches(key: str, glob: str) -> bool:
     return fnmatch.fnmatchcase(key, glob) or fnmatch.fnmatchcase(key.partition("#")[0], glob)
 
 
-def _build_models(
-    cells: list[Cell], executor: Any, quiet: bool, run: dict[str, Any]
-) -> dict[str, str]:
-    """Train the models the cells need (zoo misses only); returns zoo path -> error."""
+def _models_to_train(cells: list[Cell], run: dict[str, Any]) -> list[ModelJob]:
+    """The models the cells need that the zoo lacks, in the order to train them."""
     needed: dict[str, ModelJob] = {}
     for c in cells:
         for job in (c.backdoored, c.clean, c.backdoored and c.backdoored.twin()):
@@ -192,27 +190,40 @@ def _build_models(
                 needed.setdefault(str(job.path()), job)
     listed = [j for j in needed.values() if not (j.path() / "zoo.json").is_file()]
     run.update(models_needed=len(needed), models_trained=len(listed))
+    return [j for phase in _model_phases(listed) for j in phase]
+
+
+def _build_models(models: list[ModelJob], executor: Any, quiet: bool) -> dict[str, str]:
+    """Train ``models`` before any cell (phase by phase); returns zoo path -> error."""
     failed: dict[str, str] = {}
-    if not listed:
+    if not models:
         return failed
-    _say(f"training {len(listed)} models for the zoo ({executor.describe()})", quiet)
-    phases = _model_phases(listed)
+    _say(f"training {len(models)} models for the zoo ({executor.describe()})", quiet)
     results = (  # the executor yields (index, result) as its jobs finish
         (phase[i], result)
-        for phase in phases
+        for phase in _model_phases(models)
         if phase
         for i, result in executor.run(build_model, phase)
     )
-    for job, result in progress(results, desc="models", total=len(listed)):
-        what = f"{job.dataset}/{job.model}/{job.attack or 'clean'}/s{job.seed}"
-        if isinstance(result, BaseException):
-            result = {"error": f"{type(result).__name__}: {result}"}
-        if "error" in result:
-            failed[str(job.path())] = result["error"]
-            _say(f"model {what}: FAILED {result['error']}", quiet)
-        else:
-            _say(f"model {what}: ready ({result['seconds']:.0f} s)", quiet)
+    for job, result in progress(results, desc="models", total=len(models)):
+        _model_done(job, result, failed, quiet)
     return failed
+
+
+def _model_done(job: ModelJob, result: Any, failed: dict[str, str], quiet: bool) -> None:
+    what = f"{job.dataset}/{job.model}/{job.attack or 'clean'}/s{job.seed}"
+    if isinstance(result, BaseException):
+        result = {"error": f"{type(result).__name__}: {result}"}
+    if "error" in result:
+        failed[str(job.path())] = result["error"]
+        _say(f"model {what}: FAILED {result['error']}", quiet)
+    else:
+        _say(f"model {what}: ready ({result['seconds']:.0f} s)", quiet)
+
+
+def grid_job(item: ModelJob | Cell) -> dict[str, Any]:
+    """Run in a worker: train a zoo model or run a cell (the pipelined grid mixes both)."""
+    return build_model(item) if isinstance(item, ModelJob) else run_cell(item)
 
 
 def _model_phases(jobs: list[ModelJob]) -> list[list[ModelJob]]:
@@ -322,8 +333,17 @@ def run_grid(
             quiet,
         )
         skipped += len(later)
-        failed_models = _build_models(pending, executor, quiet, run)
-        runnable = []
+        models = _models_to_train(pending, run)
+        failed_models: dict[str, str] = {}
+        jobs: list[ModelJob | Cell] = []
+        if executor.pipelined:
+            # models first, cells behind them in the same queue: a cell starts as soon as a
+            # worker is free, and one whose model is still training waits on the zoo's lock
+            jobs = [*models, *pending]
+            if models:
+                _say(f"training {len(models)} models for the zoo, then the cells", quiet)
+        else:
+            failed_models = _build_models(models, executor, quiet)
         for c in pending:
             bad = [
                 failed_models[str(j.path())]
@@ -335,12 +355,17 @@ def run_grid(
                 store.append(row)
                 written.append(row)
                 _say(describe_row(row), quiet)
-            else:
-                runnable.append(c)
-        bar = progress(executor.run(run_cell, runnable), desc="cells", total=len(runnable))
+            elif not executor.pipelined:
+                jobs.append(c)
+        desc = "models+cells" if models and executor.pipelined else "cells"
+        bar = progress(executor.run(grid_job, jobs), desc=desc, total=len(jobs))
         for i, result in bar:
+            item = jobs[i]
+            if isinstance(item, ModelJob):
+                _model_done(item, result, failed_models, quiet)
+                continue
             if isinstance(result, BaseException):
-                row = _error_row(runnable[i], f"{type(result).__name__}: {result}")
+                row = _error_row(item, f"{type(result).__name__}: {result}")
             else:
                 row = result
             store.append(row)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,25 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if missing).
+
+    Processes of one machine that share a cache (grid workers training and reading the same zoo
+    model) take turns through it. POSIX only (``fcntl``); elsewhere it locks nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; callers still re-check what they find
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
