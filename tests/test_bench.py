@@ -247,6 +247,24 @@ def test_submitit_executor(tmp_path, zoo, monkeypatch):
     assert (tmp_path / "grid" / "submitit").is_dir()
 
 
+def test_cli_bench_takes_the_executor_from_the_command_line(tmp_path, zoo, capsys):
+    """``--executor``/``--executor-option`` override the config (no YAML edit for a cluster)."""
+    import yaml
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(tiny(zoo, defenses=["none"], floor=False)))
+    out = tmp_path / "out"
+    args = ["bench", str(path), "--out", str(out), "--quiet"]
+    assert main([*args, "--executor-option", "timeout_min=5"]) == 2
+    assert "only for executor 'submitit'" in capsys.readouterr().err
+    pytest.importorskip("submitit")
+    assert main([*args, "--executor", "submitit", "--executor-option", "cluster=debug"]) == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["config"]["executor"] == "submitit"
+    assert grid["config"]["executor_options"] == {"cluster": "debug"}
+    assert (out / "submitit").is_dir() and len(read_results(out / "results.jsonl")) == 1
+
+
 def test_local_executor_rejects_cluster_options(tmp_path):
     with pytest.raises(ConfigError, match="only for executor 'submitit'"):
         make_executor("local", 1, None, {"timeout_min": 5}, tmp_path)

@@ -29,7 +29,8 @@ def test_clip_config_has_the_clip_rate_and_keeps_overrides():
 
 def _fake_result(config: RetuneConfig) -> RetuneResult:
     m = Metrics(clean_acc=0.9, asr=0.1)
-    return RetuneResult(m, m, [], {**config.__dict__, "poisoned": 0})
+    curve = [{"step": 0, "asr": 0.1, "clean_acc": 0.9}, {"step": 16, "asr": 0.6, "clean_acc": 0.8}]
+    return RetuneResult(m, m, curve, {**config.__dict__, "poisoned": 0})
 
 
 @pytest.fixture
@@ -72,6 +73,17 @@ def test_evaluate_retune_lr_default_follows_the_model_kind(seen, tmp_path, capsy
     assert code == 0, capsys.readouterr().out
     cfg = seen[kind]
     assert cfg.lr == pytest.approx(lr) and cfg.samples == 200
+
+
+def test_evaluate_retune_curve_points_and_plot(seen, tmp_path, capsys):
+    png = tmp_path / "curve.png"
+    args = ["--retune", "--retune-eval-every", "4", "--retune-plot", str(png), "--json"]
+    assert main(["evaluate", str(tmp_path / "classifier"), *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen["classifier"].eval_every == 4 and out["retune_plot"] == str(png)
+    assert png.is_file() and png.stat().st_size > 1000
+    assert main(["evaluate", str(tmp_path / "classifier"), "--retune-plot", str(png)]) == 2
+    assert "--retune-plot needs --retune" in capsys.readouterr().err
 
 
 def test_evaluate_retune_json_records_the_rate(seen, tmp_path, capsys):

@@ -150,6 +150,17 @@ def evaluate(
             "models, whose backdoor the classifier rate erodes by itself)."
         ),
     ] = None,
+    retune_eval_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Measure ASR and CA every this many re-tuning steps (the curve; default: "
+            "before and after only; classifiers, CLIP measures the ends).",
+            min=1,
+        ),
+    ] = None,
+    retune_plot: Annotated[
+        Path | None, typer.Option(help="Draw the re-tuning curve into this PNG.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the re-tuning attack.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -170,6 +181,10 @@ def evaluate(
     }
     if retune_lr is not None:
         budget["lr"] = retune_lr
+    if retune_eval_every is not None:
+        budget["eval_every"] = retune_eval_every
+    if retune_plot is not None and not retune:
+        raise typer.BadParameter("--retune-plot needs --retune", param_hint="--retune-plot")
     cfg = RetuneConfig(**budget)
     if is_clip_artifact(directory):
         from unbackdoor.clip.api import evaluate_clip_artifact, retune_clip_artifact
@@ -185,7 +200,7 @@ def evaluate(
         ]
         if retune:
             rt = retune_clip_artifact(directory, dataset, cfg)
-            r.update(_retune_fields(rt))
+            r.update(_retune_fields(rt, retune_plot, directory))
             clip_rows += [
                 ("ASR after re-tuning", _pct(rt.after.asr)),
                 ("CA after re-tuning", _pct(rt.after.clean_acc)),
@@ -206,7 +221,7 @@ def evaluate(
     ]
     if retune:
         r = retune_artifact(directory, dataset, cfg)
-        result.update(_retune_fields(r))
+        result.update(_retune_fields(r, retune_plot, directory))
         rows += [
             ("ASR after re-tuning", _pct(r.after.asr)),
             ("CA after re-tuning", _pct(r.after.clean_acc)),
@@ -217,14 +232,20 @@ def evaluate(
         _table(rows, title=str(directory))
 
 
-def _retune_fields(r: Any) -> dict[str, Any]:
-    """The re-tuning attack's result as the keys ``evaluate --json`` prints."""
-    return {
+def _retune_fields(r: Any, plot: Path | None = None, directory: Path | None = None) -> dict:
+    """The re-tuning attack's result as the keys ``evaluate --json`` prints; ``plot``: the
+    curve drawn into that PNG too."""
+    fields = {
         "retune_asr": r.after.asr,
         "retune_clean_acc": r.after.clean_acc,
         "retune_curve": r.curve,
         "retune_config": r.config,
     }
+    if plot is not None:
+        from unbackdoor.bench.report import plot_retune_curve
+
+        fields["retune_plot"] = str(plot_retune_curve(r.curve, plot, str(directory or "")))
+    return fields
 
 
 def _parse_options(options: list[str] | None) -> dict[str, Any]:
@@ -568,12 +589,32 @@ def bench(
             "'*/wanet/*'; repeat for several); the others stay pending for a later call."
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="local or submitit (a cluster scheduler; default: the config's)."),
+    ] = None,
+    executor_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE for the executor, over the config's executor_options (submitit: "
+            "e.g. slurm_partition=gpu, timeout_min=120, gpus_per_node=1); repeat for several."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a benchmark grid; rerun the same command to resume an interrupted one."""
     from unbackdoor.bench import run_grid
 
-    r = run_grid(config, out, workers=workers, quiet=quiet, rerun=rerun, only=only)
+    r = run_grid(
+        config,
+        out,
+        workers=workers,
+        quiet=quiet,
+        rerun=rerun,
+        only=only,
+        executor=executor,
+        executor_options=_parse_options(executor_option),
+    )
     summary = {k: getattr(r, k) for k in ("cells", "computed", "skipped", "failed", "wall_time")}
     if json_out:
         _echo_json({"results": str(r.results), **summary})

@@ -271,12 +271,16 @@ def run_grid(
     workers: int | None = None,
     rerun: str | None = None,
     only: str | Sequence[str] | None = None,
+    executor: str | None = None,
+    executor_options: Mapping[str, Any] | None = None,
 ) -> GridResult:
     """Run (or resume) the grid of ``config`` into ``out``; returns what this call did.
 
     ``config`` is a YAML path, a mapping or a :class:`BenchConfig`; ``workers`` overrides the
-    config's. Cells already in ``out/results.jsonl`` without an error are skipped; failed cells
-    are recorded with their error and traceback and retried by the next call. ``rerun`` (a
+    config's, and ``executor`` (``local`` or ``submitit``) its executor; ``executor_options``
+    are merged over the config's (for submitit: its ``update_parameters``). Cells already in
+    ``out/results.jsonl`` without an error are skipped; failed cells are recorded with their
+    error and traceback and retried by the next call. ``rerun`` (a
     glob over cell keys such as ``"*/badnets/bibau/*"``) runs matching cells again although
     they are done: for a change of the code that the method's config does not show; the new
     rows supersede the old. ``only`` (globs over cell keys) runs just the matching cells now,
@@ -288,16 +292,22 @@ def run_grid(
     cfg = load_config(config)
     if workers is not None:
         cfg = dataclasses.replace(cfg, workers=workers).validate()
+    if executor is not None or executor_options:
+        cfg = dataclasses.replace(
+            cfg,
+            executor=executor or cfg.executor,
+            executor_options={**cfg.executor_options, **(executor_options or {})},
+        ).validate()
     check_registries(cfg)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     zoo = str(Path(cfg.zoo).expanduser().resolve()) if cfg.zoo else str(zoo_root())
-    executor = make_executor(
+    pool = make_executor(
         cfg.executor, cfg.workers, cfg.threads, dict(cfg.executor_options), out / "submitit"
     )
     store = ResultStore(out / RESULTS)
     t0 = time.perf_counter()
-    run = {**provenance(), "started": now_iso(), "executor": executor.describe()}
+    run = {**provenance(), "started": now_iso(), "executor": pool.describe()}
     written: list[dict[str, Any]] = []
     status = "interrupted"
     restore = _stop_on_sigterm()
@@ -336,14 +346,14 @@ def run_grid(
         models = _models_to_train(pending, run)
         failed_models: dict[str, str] = {}
         jobs: list[ModelJob | Cell] = []
-        if executor.pipelined:
+        if pool.pipelined:
             # models first, cells behind them in the same queue: a cell starts as soon as a
             # worker is free, and one whose model is still training waits on the zoo's lock
             jobs = [*models, *pending]
             if models:
                 _say(f"training {len(models)} models for the zoo, then the cells", quiet)
         else:
-            failed_models = _build_models(models, executor, quiet)
+            failed_models = _build_models(models, pool, quiet)
         for c in pending:
             bad = [
                 failed_models[str(j.path())]
@@ -355,10 +365,10 @@ def run_grid(
                 store.append(row)
                 written.append(row)
                 _say(describe_row(row), quiet)
-            elif not executor.pipelined:
+            elif not pool.pipelined:
                 jobs.append(c)
-        desc = "models+cells" if models and executor.pipelined else "cells"
-        bar = progress(executor.run(grid_job, jobs), desc=desc, total=len(jobs))
+        desc = "models+cells" if models and pool.pipelined else "cells"
+        bar = progress(pool.run(grid_job, jobs), desc=desc, total=len(jobs))
         for i, result in bar:
             item = jobs[i]
             if isinstance(item, ModelJob):

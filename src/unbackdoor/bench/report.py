@@ -402,6 +402,19 @@ def plot_retune(gs: list[Group], title: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_retune_curve(curve: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """One model's re-tuning curve (``RetuneResult.curve``): ASR and CA against the step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    steps = [p["step"] for p in curve]
+    asr = [p.get("asr") for p in curve]
+    if all(v is not None for v in asr):
+        ax.plot(steps, [100 * v for v in asr], "o-", color="tab:red", label="ASR")
+    ax.plot(steps, [100 * p["clean_acc"] for p in curve], "s-", color="tab:blue", label="CA")
+    _percent_axes(ax, "re-tuning step", "%", f"Re-tuning attack: {title}")
+    return _save(fig, path)
+
+
 def plot_alpha(gs: list[Group], title: str, path: Path) -> Path | None:
     """TBAR's alpha sweeps on the defender's held-out data (first seed of each cell)."""
     sweeps = [(g, r) for g in gs for r in g.rows[:1] if r.get("alpha_sweep")]
