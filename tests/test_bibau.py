@@ -170,10 +170,18 @@ def test_non_finite_unlearning_loss_is_a_clear_error(mnist_backdoor):
 
 
 def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
+    import shutil
+
     before = unbackdoor.evaluate_artifact(mnist_backdoor)
+    # the method must never read attack.json: give it an unreadable one, carried over unchanged
+    blind = tmp_path / "blind"
+    shutil.copytree(mnist_backdoor, blind)
+    (blind / "attack.json").write_bytes(b"{ not json: the defense must not read this")
     out = tmp_path / "purified"
-    _, report = unlearn_artifact(mnist_backdoor, "bibau", out=out, clean_samples=600, **FAST)
-    after = unbackdoor.evaluate_artifact(out)  # attack.json was carried over
+    _, report = unlearn_artifact(blind, "bibau", out=out, clean_samples=600, **FAST)
+    assert (out / "attack.json").read_bytes() == (blind / "attack.json").read_bytes()
+    shutil.copy(mnist_backdoor / "attack.json", out / "attack.json")
+    after = unbackdoor.evaluate_artifact(out)  # with the real attack.json
     assert before.asr > 0.9 and after.asr < 0.2
     assert after.clean_acc > before.clean_acc - 0.05
     assert report.backdoor_found and report.suspected_target == 0
@@ -184,7 +192,6 @@ def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     # a patch is found by the mask-and-pattern family: the additive one is not tried
     assert saved["diagnostics"]["families_tried"] == ["mask_pattern"]
     assert (out / "inverted_trigger.png").is_file()
-    assert (out / "attack.json").read_bytes() == (mnist_backdoor / "attack.json").read_bytes()
 
 
 def _scripted_bibau(monkeypatch, fooled: list[float]):
@@ -238,6 +245,17 @@ def test_fresh_reinversion_stops_before_unlearning_once_the_model_resists(monkey
     calls2, (train, val), _ = _scripted_bibau(monkeypatch, [])
     BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path)).run(model, train, val)
     assert calls2["unlearn"] == 0
+
+
+def test_time_budget_stops_the_rounds_after_the_first(monkeypatch):
+    # every fresh trigger still fools (0.4): only the time budget can end the loop early
+    calls, (train, val), model = _scripted_bibau(monkeypatch, [0.4] * 20)
+    out = BIBAU(family="mask_pattern", rounds=6, time_budget=1e-6).run(model, train, val)
+    assert calls["unlearn"] == 1  # one round always runs: a found backdoor is never left as is
+    assert out.diagnostics["stopped"] == "time budget 0s spent"
+    calls, (train, val), model = _scripted_bibau(monkeypatch, [0.4] * 20)
+    BIBAU(family="mask_pattern", rounds=6, time_budget=3600).run(model, train, val)
+    assert calls["unlearn"] == 6
 
 
 def test_warm_reinversion_keeps_the_first_design(monkeypatch):

@@ -85,6 +85,29 @@ def test_tbar_known_attack_removes_the_backdoor(tiny_backdoor):
         assert torch.equal(v, made.model.text.state_dict()[k])
 
 
+def test_unlearn_clip_artifact_writes_the_report_and_its_pictures(
+    tiny_backdoor, tmp_path, monkeypatch
+):
+    """Like a classifier's, a purified CLIP directory holds report.json, attack.json and the
+    defense's pictures (here TBAR's alpha sweep)."""
+    import json
+
+    import unbackdoor.clip.api as clip_api
+
+    _, bd, _, _, _ = tiny_backdoor
+    monkeypatch.setattr(clip_api, "_dataset_name", lambda man, given: "tinted")
+    monkeypatch.setattr(clip_api, "_load", lambda name, split, man: tinted(200, 2))
+    out = tmp_path / "purified"
+    _, report = clip_api.unlearn_clip_artifact(
+        bd, "clip-tbar", out=out, clean_samples=160, known_attack=True
+    )
+    assert "alpha_sweep" in report.images
+    for name in report.images:
+        assert (out / f"{name}.png").stat().st_size > 100
+    assert json.loads((out / "report.json").read_text())["method"] == "clip-tbar"
+    assert (out / "attack.json").is_file()
+
+
 def test_cleanclip_lowers_asr(tiny_backdoor):
     made, _, test, clean, val = tiny_backdoor
     out = create_defense("cleanclip", epochs=10, lr=3e-3).run(copy.deepcopy(made.model), clean, val)

@@ -61,6 +61,47 @@ def test_mismatched_architectures_are_refused():
         TaskVector.between(net(0), other)
 
 
+def test_task_vectors_between_saved_artifacts(tmp_path):
+    """Paths to artifacts work wherever modules do; a corrupt artifact is refused by name."""
+    from unbackdoor.models import save_model
+
+    a, b = net(0), net(1)
+    for name, m in (("a", a), ("b", b)):
+        save_model(m, tmp_path / name, class_names=list("wxyz"))
+    from_disk = TaskVector.between(tmp_path / "a", str(tmp_path / "b"))
+    in_memory = TaskVector.between(a, b)
+    assert from_disk.deltas.keys() == in_memory.deltas.keys()
+    assert all(torch.equal(from_disk.deltas[k], in_memory.deltas[k]) for k in in_memory.deltas)
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        TaskVector.between(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("params", "kept"),
+    [
+        ("all", lambda k: True),
+        ("no_head", lambda k: not k.startswith("head.3.")),
+        (["features.0."], lambda k: k.startswith("features.0.")),
+    ],
+)
+def test_tbar_params_choose_the_entries_of_the_vector(params, kept):
+    """``params``: all parameters, all but the last linear layer, or name prefixes; BatchNorm
+    running statistics only with ``buffers``."""
+    from unbackdoor.defenses import create_defense
+
+    model = net(0)
+    names = [n for n, _ in model.named_parameters()]
+    keys = create_defense("tbar", params=params).key_filter(model)
+    chosen = [k for k in model.state_dict() if keys(k)]
+    assert chosen == [n for n in names if kept(n)] and chosen
+    assert not any("running_" in k for k in chosen)
+    with_buffers = create_defense("tbar", params="all", buffers=True).key_filter(model)
+    assert with_buffers is None  # every float entry, buffers included
+    with pytest.raises(ConfigError, match="params"):
+        create_defense("tbar", params="head_only")
+
+
 def test_alpha_rule_on_a_constructed_sweep():
     sweep = [
         {"alpha": a, "val_clean_acc": ca, "val_asr": asr}

@@ -211,10 +211,17 @@ def unlearn_artifact(
             extra={"unlearned_from": str(directory), "method": method},
         )
         copy_attack(directory, out_dir)
-        for name, img in report.images.items():
-            _save_image(img, out_dir / f"{name}.png")
+        save_report_images(report, out_dir)
         atomic_write_json(out_dir / "report.json", {**report.to_dict(), "source": str(directory)})
     return purified, report
+
+
+def save_report_images(report: UnlearnReport, directory: Path) -> list[Path]:
+    """The report's pictures (inverted triggers, alpha sweep, ...) as ``<name>.png`` files."""
+    paths = [directory / f"{name}.png" for name in report.images]
+    for path, img in zip(paths, report.images.values(), strict=True):
+        _save_image(img, path)
+    return paths
 
 
 def _save_image(img: torch.Tensor, path: Path) -> None:

@@ -162,7 +162,7 @@ def unlearn_clip_artifact(
     """Purify the CLIP model in ``directory`` with a CLIP defense; write it to ``out``."""
     from unbackdoor.clip.defenses import CLIP_DEFENSES
     from unbackdoor.defenses.registry import DEFENSES
-    from unbackdoor.unlearn import unlearn
+    from unbackdoor.unlearn import save_report_images, unlearn
 
     DEFENSES.get(method)  # an unknown name is an error that lists the known ones
     if method not in CLIP_DEFENSES:
@@ -193,6 +193,7 @@ def unlearn_clip_artifact(
             extra={**man.extra, "unlearned_from": str(directory), "method": method},
         )
         copy_attack(directory, out)
+        save_report_images(report, out)
         atomic_write_json(
             out / "report.json",
             json.loads(json.dumps({**report.to_dict(), "source": str(directory)}, default=str)),

@@ -133,6 +133,7 @@ class BIBAU(Defense):
     mode: str = "auto"
     target: int | None = None
     rounds: int = 8
+    #: seconds from the start after which no new round begins (the first always runs)
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
@@ -382,7 +383,8 @@ class BIBAU(Defense):
         for rnd in range(start_round, self.rounds):
             if "stopped" in diag:  # resumed after the stop rule fired
                 break
-            if self.time_budget and time.perf_counter() - t0 > self.time_budget:
+            spent = time.perf_counter() - t0
+            if self.time_budget and rnd > 0 and spent > self.time_budget:  # one round always
                 diag["stopped"] = f"time budget {self.time_budget:.0f}s spent"
                 break
             if rnd > 0 and self.inner_steps:  # M-step, inner: re-invert against current model
