@@ -143,6 +143,41 @@ def test_attack_then_evaluate_and_zoo(tmp_path, capsys, monkeypatch):
     assert code == 2 and "unknown key 'sise'" in err
 
 
+def _image_folder(root, data):
+    """``data`` written as the ``<class>/<image>.png`` folder a defender brings."""
+    from PIL import Image
+
+    for i, (img, y) in enumerate(zip(data.images, data.labels, strict=True)):
+        d = root / data.class_names[int(y)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_unlearn_bibau_from_the_command_line_with_an_image_folder(mnist_backdoor, tmp_path, capsys):
+    """Issue 4's command: BI-BAU on the user's own folder of clean images."""
+    import unbackdoor
+
+    train = unbackdoor.load_dataset("mnist", "train").sample(300, 5)
+    folder = _image_folder(tmp_path / "mine", train)
+    fast = ["inversion_steps=100", "inner_steps=10", "outer_steps=30", "rounds=2"]
+    args = ["unlearn", str(mnist_backdoor), "--method", "bibau", "--clean-data", str(folder)]
+    args += [x for kv in fast for x in ("--option", kv)]
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "bibau"), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["method"] == "bibau" and summary["clean_samples_used"] == 300
+    report = json.loads((tmp_path / "bibau" / "report.json").read_text())
+    assert report["backdoor_found"] and report["suspected_target"] == 0
+    assert (tmp_path / "bibau" / "inverted_trigger.png").is_file()
+    # a folder with other classes than the model's is refused before any work, by name
+    (folder / "horse").mkdir()
+    moved = next((folder / train.class_names[0]).iterdir())
+    moved.rename(folder / "horse" / moved.name)
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "no")], capsys)
+    assert code == 2 and "horse" in err and not (tmp_path / "no").exists()
+
+
 def test_unlearn_command_writes_purified_model_and_report(mnist_backdoor, tmp_path, capsys):
     out_dir = tmp_path / "ft"
     code, out, _ = run_cli(

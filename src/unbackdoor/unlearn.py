@@ -194,10 +194,10 @@ def unlearn_artifact(
     from unbackdoor.models import load_model, save_model
     from unbackdoor.utils.io import atomic_write_json
 
-    out_dir = prepare_out(out, overwrite)
     model, manifest = load_model(directory)
     data = defender_data(manifest, clean_data, clean_samples, clean_fraction, seed)
     record = load_attack(directory) if known_attack else None
+    out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
     purified, report = unlearn(
         model, data, method, seed=seed, known_attack=record, device=device, **config
     )
