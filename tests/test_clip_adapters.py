@@ -118,6 +118,38 @@ def test_openai_state_dict_matches_an_independent_reference(tmp_path, fmt):
     assert torch.allclose(back.encode_image(x), ours, atol=1e-6)
 
 
+def test_cli_evaluates_and_purifies_raw_openai_weights(tmp_path, capsys):
+    """An OpenAI / open_clip weights file goes to ``evaluate`` and ``unlearn`` as it is, like a
+    CLIP artifact (heads at width / 64, the OpenAI convention, so nothing else is needed)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from unbackdoor.cli import main
+
+    vocab, _ = write_tokenizer(tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    cfg = OpenAIConfig(**{**TINY, "vision_width": 64, "vision_heads": 1}, vocab_size=vocab)
+    cfg = OpenAIConfig(**{**cfg.__dict__, "text_width": 64, "text_heads": 1})
+    src = OpenAIClip(cfg, FileTokenizer(tmp_path / "tokenizer.json", 16))
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    assert main(["evaluate", str(weights)]) == 2
+    assert "pass --dataset" in capsys.readouterr().err
+    assert main(["evaluate", str(weights), "--dataset", "mnist", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["kind"] == "openai" and out["n_clean"] == 10000
+    purified = tmp_path / "purified"
+    args = ["unlearn", str(weights), "--method", "cleanclip", "--clean-data", "mnist"]
+    args += ["--clean-samples", "100", "--option", "epochs=1", "--out", str(purified)]
+    assert main(args) == 0
+    assert (purified / "clip.json").is_file() and (purified / "report.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(purified), "--json"]) == 0  # the data set was recorded
+    back = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert back["n_clean"] == 10000
+
+
 def test_openai_loader_errors(tmp_path):
     torch.manual_seed(0)
     cfg = OpenAIConfig(**TINY, vocab_size=64)

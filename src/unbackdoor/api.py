@@ -220,10 +220,10 @@ def retune_artifact(directory: str | Path, dataset: str | None = None, config: A
     default learning rate is the CLIP one (``config=None``).
     """
     from unbackdoor.attacks.store import has_attack, load_attack
-    from unbackdoor.clip.model.store import is_clip_artifact
+    from unbackdoor.clip.model.store import is_clip_source
     from unbackdoor.eval.retune import retune_attack
 
-    if is_clip_artifact(directory):
+    if is_clip_source(directory):
         from unbackdoor.clip.api import retune_clip_artifact
 
         return retune_clip_artifact(directory, dataset, config)

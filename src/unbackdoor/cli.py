@@ -167,10 +167,12 @@ def evaluate(
 ) -> None:
     """Evaluate a model directory: clean accuracy, and ASR/RA when it carries an attack.
 
-    A CLIP model directory (clip.json) is evaluated zero-shot, with retrieval recall@k.
+    A CLIP model is evaluated zero-shot, with retrieval recall@k: an unbackdoor CLIP directory
+    (clip.json), a Hugging Face CLIP directory or an OpenAI / open_clip weights file with its
+    tokenizer.json beside it (the last two name no data set: pass --dataset).
     """
     from unbackdoor.api import evaluate_artifact, retune_artifact
-    from unbackdoor.clip.model.store import is_clip_artifact
+    from unbackdoor.clip.model.store import is_clip_source
     from unbackdoor.eval.retune import RetuneConfig
 
     budget: dict[str, Any] = {
@@ -186,7 +188,7 @@ def evaluate(
     if retune_plot is not None and not retune:
         raise typer.BadParameter("--retune-plot needs --retune", param_hint="--retune-plot")
     cfg = RetuneConfig(**budget)
-    if is_clip_artifact(directory):
+    if is_clip_source(directory):
         from unbackdoor.clip.api import evaluate_clip_artifact, retune_clip_artifact
         from unbackdoor.clip.eval.retune import clip_retune_config
 
@@ -431,13 +433,14 @@ def unlearn(
 ) -> None:
     """Remove a backdoor: writes the purified model, report.json and trigger pictures.
 
-    CLIP model directories take the CLIP defenses: clip-bibau, clip-tbar, cleanclip.
+    CLIP models (an unbackdoor CLIP directory, a Hugging Face CLIP directory or an OpenAI /
+    open_clip weights file) take the CLIP defenses: clip-bibau, clip-tbar, cleanclip.
     """
-    from unbackdoor.clip.model.store import is_clip_artifact
+    from unbackdoor.clip.model.store import is_clip_source
     from unbackdoor.unlearn import unlearn_artifact
 
     run = unlearn_artifact
-    if is_clip_artifact(directory):
+    if is_clip_source(directory):
         from unbackdoor.clip.api import unlearn_clip_artifact as run
     _, report = run(
         directory,

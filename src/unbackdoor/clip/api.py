@@ -173,7 +173,8 @@ def unlearn_clip_artifact(
     if out is not None and is_clip_artifact(out) and not overwrite:
         raise ArtifactError(f"{out}: already holds a CLIP model; pass overwrite (--force)")
     model, man = load_clip(directory)
-    data = _load(_dataset_name(man, clean_data), "train", man)
+    name = _dataset_name(man, clean_data)
+    data = _load(name, "train", man)
     if clean_samples is None:
         clean_samples = max(10, round(clean_fraction * len(data)))
     if clean_samples > len(data):
@@ -188,9 +189,15 @@ def unlearn_clip_artifact(
         save_clip(
             purified,
             out,
-            class_names=man.class_names,
+            class_names=man.class_names or data.class_names,
             templates=man.templates,
-            extra={**man.extra, "unlearned_from": str(directory), "method": method},
+            # a raw source (HF directory, OpenAI weights) names no data set: record the one used
+            extra={
+                "dataset": name,
+                **man.extra,
+                "unlearned_from": str(directory),
+                "method": method,
+            },
         )
         copy_attack(directory, out)
         save_report_images(report, out)

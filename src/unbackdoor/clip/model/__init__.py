@@ -5,6 +5,7 @@ from unbackdoor.clip.model.openai import OpenAIClip, OpenAIConfig, config_from_s
 from unbackdoor.clip.model.store import (
     ClipManifest,
     is_clip_artifact,
+    is_clip_source,
     load_clip,
     load_clip_manifest,
     save_clip,
@@ -20,6 +21,7 @@ __all__ = [
     "config_from_state_dict",
     "ClipManifest",
     "is_clip_artifact",
+    "is_clip_source",
     "load_clip",
     "load_clip_manifest",
     "save_clip",

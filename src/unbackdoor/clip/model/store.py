@@ -126,6 +126,16 @@ def is_clip_artifact(path: str | Path) -> bool:
     return (Path(path) / CLIP_JSON).is_file()
 
 
+def is_clip_source(path: str | Path) -> bool:
+    """Whether ``path`` is a CLIP model that :func:`load_clip` reads: an unbackdoor CLIP
+    artifact, a Hugging Face CLIP directory, or a weights file (an OpenAI / open_clip state
+    dict: classifier artifacts are always directories)."""
+    from unbackdoor.clip.model.hf import is_hf_clip_dir
+
+    path = Path(path)
+    return path.is_file() or is_clip_artifact(path) or (path.is_dir() and is_hf_clip_dir(path))
+
+
 def load_clip_manifest(directory: str | Path) -> ClipManifest:
     path = Path(directory) / CLIP_JSON
     d = read_json(path)
