@@ -227,7 +227,7 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
 
     data = synth.blobs(40, classes=4)
 
-    def fake_eval(model, val, trigger=None, attack_labels=None):  # ASR falls with alpha
+    def fake_eval(model, val, trigger=None, attack_labels=None, bf16=False):  # ASR falls with alpha
         a = float(model.head[3].bias[0].detach())  # the bias is alpha, see tau below
         return Metrics(clean_acc=0.9, asr=max(0.0, 1.0 - a / 2.7))
 
@@ -247,7 +247,7 @@ def test_sweep_extends_the_grid_until_the_rule_is_met(monkeypatch):
     monkeypatch.setattr(
         tbar_mod,
         "evaluate",
-        lambda model, val, trigger=None, attack_labels=None: Metrics(
+        lambda model, val, trigger=None, attack_labels=None, bf16=False: Metrics(
             clean_acc=0.9 if float(model.head[3].bias[0].detach()) < 0.2 else 0.5,
             asr=max(0.0, 1.0 - float(model.head[3].bias[0].detach()) / 0.15),
         ),
@@ -269,7 +269,8 @@ def test_refine_smallest_bisects_below_the_first_alpha_meeting_both(monkeypatch)
 
     data = synth.blobs(40, classes=4)
 
-    def fake_eval(model, val, trigger=None, attack_labels=None):  # ASR 0 from alpha 1.2 on
+    def fake_eval(model, val, trigger=None, attack_labels=None, bf16=False):
+        # ASR 0 from alpha 1.2 on
         a = float(model.head[3].bias[0].detach())
         return Metrics(clean_acc=0.9 - 0.01 * a, asr=0.0 if a >= 1.2 else 0.8)
 
@@ -303,7 +304,7 @@ def test_largest_rule_sweeps_on_while_accuracy_lasts(monkeypatch):
     monkeypatch.setattr(  # ASR 0 from alpha 0.5 on; CA 0.9 up to alpha 3.2, then 0.5
         tbar_mod,
         "evaluate",
-        lambda model, val, trigger=None, attack_labels=None: Metrics(
+        lambda model, val, trigger=None, attack_labels=None, bf16=False: Metrics(
             clean_acc=0.9 if float(model.head[3].bias[0].detach()) <= 3.2 else 0.5,
             asr=0.0 if float(model.head[3].bias[0].detach()) >= 0.5 else 1.0,
         ),
