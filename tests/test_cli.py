@@ -202,3 +202,17 @@ def test_unlearn_command_writes_purified_model_and_report(mnist_backdoor, tmp_pa
     assert (out_dir / "report.json").is_file() and (out_dir / "attack.json").is_file()
     code, out, _ = run_cli(["list", "defenses"], capsys)
     assert {"bibau", "tbar", "ft", "nc"} <= {line.split()[0] for line in out.splitlines()}
+
+
+@pytest.mark.slow  # the README's main job end to end: 2-5 min on this project's 2-core CPU
+def test_demo_runs_the_main_job_end_to_end(tmp_path, capsys):
+    code, out, err = run_cli(["demo", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 0, err
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines() if "%" in line}
+    before, after = (float(v.rstrip("%")) for v in rows["attack success rate"])
+    assert before > 90 and after < 5, out
+    ca_before, ca_after = (float(v.rstrip("%")) for v in rows["clean accuracy"])
+    assert ca_after > ca_before - 1.5, out
+    assert float(rows["ASR after re-tuning"][1].rstrip("%")) < 10, out
+    assert "backdoor found: yes; suspected target: 0" in out
+    assert (tmp_path / "demo" / "purified" / "inverted_trigger.png").is_file()
