@@ -216,6 +216,30 @@ def test_pipelined_grid_queues_cells_behind_their_models(tmp_path, capsys):
     assert grid["runs"][-1]["models_trained"] == 2
 
 
+def test_a_model_that_fails_to_train_fails_its_queued_cells_without_retraining(
+    tmp_path, monkeypatch
+):
+    """Pipelined: the cells queued behind a model whose training failed fail at once with its
+    error, instead of each training it again; the next run tries the model again."""
+    from unbackdoor.bench.cells import ModelJob
+
+    tries = []
+
+    def broken(self, path):
+        tries.append(self.attack)
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(ModelJob, "_make", broken)
+    cfg = tiny(str(tmp_path / "zoo"), budgets=[100])
+    result = run_grid(cfg, out=tmp_path / "grid", quiet=True)
+    assert sorted(tries, key=str) == sorted([None, "badnets"], key=str)  # each model once
+    rows = read_results(tmp_path / "grid" / "results.jsonl")
+    assert result.failed == len(rows) == 3
+    assert all("model training failed: RuntimeError: out of memory" in r["error"] for r in rows)
+    run_grid(cfg, out=tmp_path / "grid", quiet=True)
+    assert len(tries) == 4  # tried again, once per model
+
+
 def test_process_executor_runs_jobs_and_returns_errors():
     ex = ProcessExecutor(workers=2, threads=1)
     results = dict(ex.run(math.sqrt, [4.0, -1.0, 9.0]))

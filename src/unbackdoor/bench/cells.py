@@ -36,6 +36,8 @@ from unbackdoor.data import ImageDataset
 from unbackdoor.errors import ConfigError
 from unbackdoor.utils.io import atomic_write_json, read_json
 
+FAILED_MARKER = ".failed"  # in a zoo entry whose training failed in this grid run
+
 CELLS_DIR = "cells"
 ROW_JSON = "row.json"
 TEST_SUBSET_SEED = 2024
@@ -157,11 +159,21 @@ class ModelJob:
         )
 
     def get(self) -> Path:
-        """The trained model's directory, trained (and cached) if the zoo lacks it."""
+        """The trained model's directory, trained (and cached) if the zoo lacks it.
+
+        Raises at once if this grid run's own attempt to train it failed (a marker
+        :func:`build_model` leaves, and removes when it tries again): the cells queued behind
+        a model in the pipelined grid do not each train it again."""
         from unbackdoor.attacks.zoo import get_or_create
 
         root = Path(self.zoo) if self.zoo else None
         self.check_cached_attack()
+        failed = self.path() / FAILED_MARKER
+        if failed.is_file() and not (self.path() / "zoo.json").is_file():
+            raise RuntimeError(
+                f"model training failed: {failed.read_text().strip()} (the next run of the grid "
+                f"tries again; or remove {failed})"
+            )
         return get_or_create(self.zoo_config(), self._make, root)
 
     def attack_config(self) -> dict[str, Any] | None:
@@ -308,14 +320,21 @@ def retune_with_trigger(model_dir: str | Path, attack_dir: str | Path, config: A
 
 
 def build_model(job: ModelJob) -> dict[str, Any]:
-    """Run in a worker: make sure the zoo holds ``job``'s model; never raises."""
+    """Run in a worker: make sure the zoo holds ``job``'s model; never raises. A failure
+    leaves a marker in the entry (see :meth:`ModelJob.get`) until the next attempt."""
     t0 = time.perf_counter()
+    marker = job.path() / FAILED_MARKER
     try:
+        marker.unlink(missing_ok=True)
         cached = (job.path() / "zoo.json").is_file()
         path = job.get()
         return {"path": str(path), "cached": cached, "seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001  (the grid records it on every cell that needs it)
-        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        error = f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(error + "\n")
+        return {"error": error, "traceback": traceback.format_exc()}
 
 
 # ----------------------------------------------------------------------------- cells
