@@ -511,9 +511,11 @@ def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
         text += (
             f" over {len(runs)} runs of the grid (resumed)." if len(runs) > 1 else " in one run."
         )
-        text += (
-            f" Of the {needed} models the grid needed, {trained} were trained in these runs and "
-            f"{max(0, needed - trained)} taken from the zoo cache."
+        text += f" The grid needed {needed} models; " + (
+            f"{trained} trainings were started in these runs (one a run interrupted resumes "
+            "in the next), the rest came from the zoo cache."
+            if trained
+            else "all came from the zoo cache."
         )
         total = int(runs[-1].get("cells") or 0)
         if runs[-1].get("status") == "partial":
