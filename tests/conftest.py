@@ -50,3 +50,27 @@ def mnist_clean(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zoo") / "mnist_clean"
     train_model("mnist", "small_cnn", epochs=1, train_samples=3000, batch_size=64, out=out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def mnist_a2a(tmp_path_factory) -> Path:
+    """A small MNIST all-to-all BadNets model (y -> y+1; 6,000 images, three epochs: with
+    ``mnist_backdoor``'s 3,000 images and one epoch the shifted labels are not learned)."""
+    from unbackdoor.attacks.pipeline import attack_model
+
+    out = tmp_path_factory.mktemp("zoo") / "mnist_badnets_a2a"
+    trained, _ = attack_model(
+        "mnist",
+        "small_cnn",
+        "badnets",
+        rate=0.1,
+        policy="all_to_all",
+        epochs=3,
+        train_samples=6000,
+        batch_size=64,
+        out=out,
+        seed=0,
+        picture=False,
+    )
+    assert trained.metrics.asr > 0.85, trained.metrics
+    return out

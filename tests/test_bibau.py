@@ -192,6 +192,16 @@ def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     # a patch is found by the mask-and-pattern family: the additive one is not tried
     assert saved["diagnostics"]["families_tried"] == ["mask_pattern"]
     assert (out / "inverted_trigger.png").is_file()
+    # the E-step after each round: the target's first trigger stops reaching it, so its
+    # evidence falls while q(z), held by memory, still points at it
+    diag = saved["diagnostics"]
+    rounds = len(diag["fooling_per_round"])
+    assert len(diag["q_per_round"]) == len(diag["evidence_per_round"]) == rounds + 1
+    assert diag["reach_per_round"][0][0] > 0.5 and diag["reach_per_round"][-1][0] < 0.2
+    assert diag["evidence_per_round"][-1][0] < diag["evidence_per_round"][0][0] - 2
+    assert diag["q_per_round"][-1][0] < diag["q_per_round"][0][0]
+    assert max(range(10), key=lambda k: diag["q_per_round"][-1][k]) == 0
+    assert (out / "rounds.png").is_file()
 
 
 def _scripted_bibau(monkeypatch, fooled: list[float]):
@@ -245,6 +255,58 @@ def test_fresh_reinversion_stops_before_unlearning_once_the_model_resists(monkey
     calls2, (train, val), _ = _scripted_bibau(monkeypatch, [])
     BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path)).run(model, train, val)
     assert calls2["unlearn"] == 0
+
+
+def test_e_step_rescores_every_class_after_each_round(monkeypatch):
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    # the first triggers' fooling rates on the held-out images: before round 1 every class's
+    # trigger works; after round 1 the target's (class 0) works on 30%, after round 2 on none
+    reach = iter([torch.full((10,), 0.9), torch.tensor([0.3] + [0.9] * 9)])
+    reach_after_2 = torch.tensor([0.0] + [0.9] * 9)
+    monkeypatch.setattr(bibau_mod, "remeasure", lambda *a, **k: next(reach, reach_after_2).clone())
+    calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.4, 0.3, 0.01])
+    diag = BIBAU(family="mask_pattern", rounds=6).run(model, train, val).diagnostics
+    ev, q = diag["evidence_per_round"], diag["q_per_round"]
+    assert len(ev) == len(q) == 3 and calls["unlearn"] == 2
+    # before unlearning: class 0's 0.5-pixel trigger is far cheaper than the others' ~17
+    assert ev[0][0] > 10
+    # size x odds: 0.5 x (0.7 / 0.3) is still cheap; 0.5 x 999 is no longer anomalous
+    assert 2 < ev[1][0] < ev[0][0] and ev[2][0] < 0
+    assert q[0][0] > 0.99 and q[2][0] <= q[1][0] <= q[0][0]
+    assert diag["reach_per_round"][2][0] == 0.0
+
+
+def test_untargeted_bibau_reads_the_all_to_all_shift_and_removes_it(mnist_a2a):
+    from unbackdoor.attacks.store import load_attack
+
+    model, _ = unbackdoor.load_model(mnist_a2a)
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
+    test = unbackdoor.load_dataset("mnist", "test").sample(1000, 0)
+    record = load_attack(mnist_a2a)
+    before = unbackdoor.evaluate(
+        model, test, trigger=record.trigger, attack_labels=record.attack_labels
+    )
+    purified, report = unbackdoor.unlearn(
+        model, data, "bibau", mode="untargeted", **dict(FAST, inner_steps=30)
+    )
+    after = unbackdoor.evaluate(
+        purified, test, trigger=record.trigger, attack_labels=record.attack_labels
+    )
+    assert before.asr > 0.85 and after.asr < 0.1
+    assert after.clean_acc > before.clean_acc - 0.05
+    diag = report.diagnostics
+    assert report.suspected_target is None and "q_per_round" in diag
+    # the per-sample posterior of the first trigger follows the attack's y -> y+1 shift
+    first = torch.tensor(diag["transitions_per_round"][0])
+    assert first.shape == (10, 10) and torch.allclose(first.sum(1), torch.ones(10), atol=1e-3)
+    shift = first[torch.arange(10), (torch.arange(10) + 1) % 10].mean()
+    assert shift > 0.4
+    assert len(diag["posterior_spread_per_round"]) == len(diag["transitions_per_round"])
+    if len(diag["transitions_per_round"]) > 1:  # a fresh trigger no longer finds the shift
+        last = torch.tensor(diag["transitions_per_round"][-1])
+        assert last[torch.arange(10), (torch.arange(10) + 1) % 10].mean() < shift
+    assert "transitions" in report.images and "rounds" not in report.images
 
 
 def test_time_budget_stops_the_rounds_after_the_first(monkeypatch):

@@ -12,14 +12,20 @@ objective:
 
 - E-step: a posterior q(z) over candidate targets from how cheaply each class is reached by
   the first blind inversion (:mod:`unbackdoor.inversion`: MAD anomaly index on the mask sizes,
-  or on the odds against fooling for the additive family); ``posterior`` can mix it with a
-  previous round's q (``memory``), but re-scoring every class each round would cost a full
-  inversion per round, so the loop commits to q's mode. A backdoor is reported only if the
+  or on the odds against fooling for the additive family). After every round each class's
+  first trigger is sent through the current model again on the held-out images
+  (:mod:`unbackdoor.inversion.posterior`: size times odds against fooling, a full inversion per
+  round would cost too much) and q is updated from that evidence with ``memory``; the loop
+  commits to the first q's mode, and ``q_per_round`` / ``evidence_per_round`` show the
+  evidence for it fading (``rounds.png``). A backdoor is reported only if the
   most anomalous class also needs a trigger ``min_effect`` (4) times cheaper than the median
   class: with 10 classes NC's index alone (> 2) flags a never-backdoored model about a third
   of the time, because the MAD rests on ten numbers (``benchmarks/bibau_dev``). Targeted:
   one-hot on the detected (or given) target. Untargeted / all-to-all: one shared trigger that
-  moves images off their label, unlearned towards their true labels (no target is named).
+  moves images off their label, unlearned towards their true labels (no target is named); the
+  posterior is per sample, ``q_i(z)`` proportional to the model's probability of z != y_i on
+  the stamped image (the E-step of the inner objective in closed form), recorded per round
+  averaged per true class (``transitions_per_round``, ``transitions.png``) with its spread.
 - M-step, inner maximisation: before each round after the first, the trigger is re-inverted
   against the current model from a new initialisation (``reinvert="fresh"``), projected every
   step onto a size budget: 1.5x the first trigger's, or the median class's over
@@ -76,10 +82,20 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
 from unbackdoor.data.transforms import default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
+from unbackdoor.defenses.bibau_figures import rounds_image, transitions_image
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.errors import ConfigError
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import InversionConfig, fooling_rate, invert, invert_calibrated
+from unbackdoor.inversion import (
+    InversionConfig,
+    fooling_rate,
+    invert,
+    invert_calibrated,
+    mad_anomaly,
+    reach_costs,
+    remeasure,
+    transitions,
+)
 from unbackdoor.inversion.detect import FAMILY_CHOICES, detect
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
@@ -364,7 +380,13 @@ class BIBAU(Defense):
             momentum=0.9,
             weight_decay=5e-4,
         )
+        if targeted:  # the E-step's evidence on the held-out images, before any unlearning
+            diag["reach_per_round"], diag["evidence_per_round"] = [], []
+            self._rescore(model, first, val, device, diag, None)
+        else:
+            diag["transitions_per_round"], diag["posterior_spread_per_round"] = [], []
         start_round = self._resume(model, opt, bank, diag, comp.trigger if comp else None)
+        q = torch.tensor(diag["q_per_round"][-1])  # a resumed run goes on from its last q
         augment = default_augment(clean.name, clean.images.shape[-1])
         inner = InversionConfig(
             family=family,
@@ -437,10 +459,16 @@ class BIBAU(Defense):
                     bank.append(copy.deepcopy(comp_trigger))
             if comp is not None:
                 diag["companion"]["reinverted_fooling_per_round"].append(fools(comp_trigger))
+            if not targeted:  # the per-sample E-step of the trigger about to be unlearned
+                matrix, spread = transitions(model, trigger, val, device, bf16=self.bf16)
+                diag["transitions_per_round"].append(matrix.round(decimals=4).tolist())
+                diag["posterior_spread_per_round"].append(round(spread, 4))
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
             diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
+            if targeted:  # E-step: re-score every class with its first trigger, update q(z)
+                q = self._rescore(model, first, val, device, diag, q)
             diag["q_per_round"].append(q.tolist())
             if not fresh and fool < stop_at and rnd > 0:
                 diag["stopped"] = f"re-inverted trigger fools {fool:.3f} < {stop_at:.3f}"
@@ -452,6 +480,10 @@ class BIBAU(Defense):
         images.update(
             {f"reinverted_{k}": v[0] for k, v in trigger.images().items() if k == "trigger"}
         )
+        if targeted and diag["fooling_per_round"]:
+            images["rounds"] = rounds_image(diag, first.classes, z, self.anomaly_threshold)
+        elif diag.get("transitions_per_round"):
+            images["transitions"] = transitions_image(diag["transitions_per_round"])
         return DefenseOutput(
             model,
             diag,
@@ -460,6 +492,25 @@ class BIBAU(Defense):
             backdoor_found=True,
             anomaly_score=float(anomaly.max()) if targeted else None,
         )
+
+    def _rescore(
+        self,
+        model: nn.Module,
+        first: Any,
+        val: ImageDataset,
+        device: torch.device,
+        diag: dict[str, Any],
+        q: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The targeted E-step after a round: every class's first trigger sent through the
+        current model on the held-out images (:func:`~unbackdoor.inversion.remeasure`), its
+        reach cost's anomaly index, and q(z) updated from it with ``memory``. Records the
+        fooling rates and indices; with ``q=None`` (before round 1) only records them."""
+        reach = remeasure(model, first, val, device, bf16=self.bf16)
+        evidence = mad_anomaly(reach_costs(first, reach))
+        diag["reach_per_round"].append([round(float(v), 4) for v in reach])
+        diag["evidence_per_round"].append([round(float(v), 3) for v in evidence])
+        return None if q is None else self.posterior(evidence, q)
 
     def _companion(
         self,

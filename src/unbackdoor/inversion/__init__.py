@@ -11,6 +11,7 @@ from unbackdoor.inversion.invert import (
     invert_calibrated,
     mad_anomaly,
 )
+from unbackdoor.inversion.posterior import reach_costs, remeasure, transitions
 
 __all__ = [
     "FAMILY_CHOICES",
@@ -27,4 +28,7 @@ __all__ = [
     "invert_calibrated",
     "fooling_rate",
     "mad_anomaly",
+    "reach_costs",
+    "remeasure",
+    "transitions",
 ]
