@@ -216,6 +216,39 @@ def test_pipelined_grid_queues_cells_behind_their_models(tmp_path, capsys):
     assert grid["runs"][-1]["models_trained"] == 2
 
 
+def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monkeypatch):
+    """A cell queued behind a model in training holds a worker on the zoo lock: the cells
+    whose models are already there go first (here: only the clean twin is to be trained)."""
+    import unbackdoor.bench.grid as grid_mod
+
+    seen = []
+
+    class Recorder:
+        pipelined = True
+
+        def describe(self) -> str:
+            return "recorder"
+
+        def run(self, fn, jobs):
+            seen.extend(jobs)
+            return iter(())
+
+    monkeypatch.setattr(grid_mod, "make_executor", lambda *a, **k: Recorder())
+    real = grid_mod._models_to_train
+    monkeypatch.setattr(
+        grid_mod,
+        "_models_to_train",
+        lambda pending, run: [j for j in real(pending, run) if j.attack is None],
+    )
+    cfg = tiny(str(tmp_path / "zoo"), defenses=["none", "ft"], budgets=[100])
+    run_grid(cfg, out=tmp_path / "grid", quiet=True)
+    model, cells = seen[0], seen[1:]
+    assert type(model).__name__ == "ModelJob" and model.attack is None and len(cells) == 3
+    waits = [grid_mod._needs(c, {str(model.path())}) for c in cells]
+    assert waits == [False, False, True]  # the floor cell, which needs the twin, goes last
+    assert cells[-1].role == "floor"
+
+
 def test_a_model_that_fails_to_train_fails_its_queued_cells_without_retraining(
     tmp_path, monkeypatch
 ):

@@ -235,6 +235,11 @@ def _model_phases(jobs: list[ModelJob]) -> list[list[ModelJob]]:
     return [[j for j in jobs if j not in fitted], fitted]
 
 
+def _needs(cell: Cell, paths: set[str]) -> bool:
+    """Whether ``cell`` uses a zoo model whose path is in ``paths``."""
+    return any(j is not None and str(j.path()) in paths for j in (cell.backdoored, cell.clean))
+
+
 def _record_run(out: Path, cfg: BenchConfig, run: dict[str, Any]) -> None:
     path = out / GRID_JSON
     try:
@@ -348,8 +353,11 @@ def run_grid(
         jobs: list[ModelJob | Cell] = []
         if pool.pipelined:
             # models first, cells behind them in the same queue: a cell starts as soon as a
-            # worker is free, and one whose model is still training waits on the zoo's lock
-            jobs = [*models, *pending]
+            # worker is free, and one whose model is still training waits on the zoo's lock,
+            # so the cells whose models are already in the zoo go first (a free worker would
+            # otherwise sit on a lock while runnable cells wait behind it)
+            training = {str(j.path()) for j in models}
+            jobs = [*models, *sorted(pending, key=lambda c: _needs(c, training))]
             if models:
                 _say(f"training {len(models)} models for the zoo, then the cells", quiet)
         else:
