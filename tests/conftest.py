@@ -23,23 +23,20 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def mnist_backdoor(tmp_path_factory) -> Path:
     """A small MNIST BadNets model (3,000 training images, one epoch): the defenses' test bed."""
-    from unbackdoor.attacks.pipeline import attack_model
-
     out = tmp_path_factory.mktemp("zoo") / "mnist_badnets"
-    trained, _ = attack_model(
-        "mnist",
-        "small_cnn",
-        "badnets",
-        rate=0.1,
-        epochs=1,
-        train_samples=3000,
-        batch_size=64,
-        out=out,
-        seed=0,
-        picture=False,
-    )
+    trained = _mnist_badnets(out)
     assert trained.metrics.asr > 0.9, trained.metrics
     return out
+
+
+def _mnist_badnets(out: Path, **changes):
+    """Train a small MNIST BadNets model into ``out`` (3,000 images, one epoch, unless
+    ``changes`` say otherwise)."""
+    from unbackdoor.attacks.pipeline import attack_model
+
+    options = dict(rate=0.1, epochs=1, train_samples=3000, batch_size=64, seed=0, picture=False)
+    trained, _ = attack_model("mnist", "small_cnn", "badnets", out=out, **{**options, **changes})
+    return trained
 
 
 @pytest.fixture(scope="session")
@@ -56,21 +53,7 @@ def mnist_clean(tmp_path_factory) -> Path:
 def mnist_a2a(tmp_path_factory) -> Path:
     """A small MNIST all-to-all BadNets model (y -> y+1; 6,000 images, three epochs: with
     ``mnist_backdoor``'s 3,000 images and one epoch the shifted labels are not learned)."""
-    from unbackdoor.attacks.pipeline import attack_model
-
     out = tmp_path_factory.mktemp("zoo") / "mnist_badnets_a2a"
-    trained, _ = attack_model(
-        "mnist",
-        "small_cnn",
-        "badnets",
-        rate=0.1,
-        policy="all_to_all",
-        epochs=3,
-        train_samples=6000,
-        batch_size=64,
-        out=out,
-        seed=0,
-        picture=False,
-    )
+    trained = _mnist_badnets(out, policy="all_to_all", epochs=3, train_samples=6000)
     assert trained.metrics.asr > 0.85, trained.metrics
     return out
