@@ -41,7 +41,9 @@ from unbackdoor.unlearn import split_defender_data  # noqa: E402
 from unbackdoor.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / "runs" / "calibration"
+from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
+
+CACHE = RUNS / "calibration"
 MNIST_ATTACKS = ["badnets", "blended", "wanet"]  # the rest were not run (CPU time)
 FAMILIES = ["mask_pattern", "additive"]
 MIN_EFFECT = 4.0  # BI-BAU's default min_effect, fixed before these numbers were read
@@ -61,12 +63,12 @@ def null_quantiles(k: int, n: int = 200_000, seed: int = 0) -> dict[str, float]:
 
 def models() -> list[tuple[str, str, Path, object, int | None]]:
     """(name, dataset, model dir, training data, planted target) of every calibration model."""
-    split = torch.load(HERE / "runs" / "dev_split.pt", weights_only=True)
+    split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     cifar = load_dataset("cifar10", "train").subset(split["train_idx"], "cifar10")
     mnist = load_dataset("mnist", "train")
     out = [
-        ("cifar10 dev clean", "cifar10", HERE / "runs" / "dev_clean", cifar, None),
-        ("cifar10 dev badnets", "cifar10", HERE / "runs" / "dev_badnets", cifar, 0),
+        ("cifar10 dev clean", "cifar10", RUNS / "dev_clean", cifar, None),
+        ("cifar10 dev badnets", "cifar10", RUNS / "dev_badnets", cifar, 0),
     ]
     for attack in [None, *MNIST_ATTACKS]:
         path, _ = zoo_model("mnist", "small_cnn", attack)

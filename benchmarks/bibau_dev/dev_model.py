@@ -2,19 +2,23 @@
 
     python benchmarks/bibau_dev/dev_model.py                    # the BadNets dev model
     python benchmarks/bibau_dev/dev_model.py --clean            # its never-backdoored twin
-    python benchmarks/bibau_dev/dev_model.py --attack blended   # runs/dev_blended
+    python benchmarks/bibau_dev/dev_model.py --attack blended   # dev_blended
 
 A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
 training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
-``tune.py`` scores clean accuracy and ASR. Writes ``runs/dev_split.pt`` and ``runs/dev_badnets``
-(``runs/dev_clean`` with ``--clean``: the same recipe, data and seed without poisoning, on which
-the detection threshold is calibrated, see ``calibrate.py``). ``--attack NAME`` trains the same
-recipe with another attack of the catalogue into ``runs/dev_NAME``; with seed 1, its generated
-trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one.
+``tune.py`` scores clean accuracy and ASR. Writes ``dev_split.pt`` and ``dev_badnets`` under
+``RUNS`` (``dev_clean`` with ``--clean``: the same recipe, data and seed without poisoning, on
+which the detection threshold is calibrated, see ``calibrate.py``). ``--attack NAME`` trains the
+same recipe with another attack of the catalogue into ``dev_NAME``; with seed 1, its generated
+trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one. ``RUNS`` is
+``~/.cache/unbackdoor/bibau_dev`` (beside the zoo; ``UNBACKDOOR_DEV_RUNS`` overrides): until
+2026-12-03 it was ``benchmarks/bibau_dev/runs``, inside the checkout, which every fresh
+checkout lost with an hour of training per model.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,10 +26,13 @@ import torch
 
 from unbackdoor.api import train_model
 from unbackdoor.attacks.pipeline import attack_model
+from unbackdoor.attacks.zoo import zoo_root
 from unbackdoor.data import load_dataset
 from unbackdoor.data.dataset import stratified_indices
 
-RUNS = Path(__file__).resolve().parent / "runs"
+#: where the dev models live: beside the zoo (``UNBACKDOOR_CACHE``, default ~/.cache/unbackdoor),
+#: so that a machine that keeps its zoo keeps them too; ``UNBACKDOOR_DEV_RUNS`` overrides
+RUNS = Path(os.environ.get("UNBACKDOOR_DEV_RUNS") or zoo_root().parent / "bibau_dev")
 
 
 def dev_split() -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,15 @@ from unbackdoor.models import load_model
 
 torch.set_num_threads(1)
 HERE = Path("benchmarks/bibau_dev")
-split = torch.load(HERE / "runs" / "dev_split.pt", weights_only=True)
+from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
+
+split = torch.load(RUNS / "dev_split.pt", weights_only=True)
 train = load_dataset("cifar10", "train")
 tr = train.subset(split["train_idx"], "cifar10")
 dev = train.subset(split["dev_idx"], "cifar10")
-clean, _ = load_model(HERE / "runs" / "dev_clean")
+clean, _ = load_model(RUNS / "dev_clean")
 for name in ("dev_blended", "dev_badnets"):
-    rec = load_attack(HERE / "runs" / name)
+    rec = load_attack(RUNS / name)
     t = time.time()
     r = retune_attack(clean, tr, dev, rec, RetuneConfig(seed=0))
     row = {

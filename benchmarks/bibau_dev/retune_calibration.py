@@ -29,6 +29,8 @@ from unbackdoor.models import load_model
 from unbackdoor.utils.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
+from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
+
 OUT = HERE / "retune_calibration.json"
 RECIPES = {
     "sgd_0.01": {"optimizer": "sgd", "lr": 0.01},
@@ -41,22 +43,22 @@ MAX_FLOOR = 0.10  # a recipe whose floor exceeds this is out (the rule): its oth
 
 def main() -> None:
     torch.set_num_threads(1)
-    split = torch.load(HERE / "runs" / "dev_split.pt", weights_only=True)
+    split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     train = load_dataset("cifar10", "train")
     pool = train.subset(split["train_idx"], "cifar10")
     dev = train.subset(split["dev_idx"], "cifar10")
-    clean, _ = load_model(HERE / "runs" / "dev_clean")
+    clean, _ = load_model(RUNS / "dev_clean")
     rows = json.loads(OUT.read_text()) if OUT.is_file() else []
     done = {(r["recipe"], r["model"], r["trigger_of"]) for r in rows}
     for recipe, opts in RECIPES.items():
         cfg = RetuneConfig(seed=0, eval_every=8, **opts)  # a point per epoch
         for trig in ("dev_blended", "dev_badnets"):
-            rec = load_attack(HERE / "runs" / trig)
+            rec = load_attack(RUNS / trig)
             for name in ("dev_clean", trig):
                 floors = [r for r in rows if r["recipe"] == recipe and r["role"] == "floor"]
                 if (recipe, name, trig) in done or any(r["asr_after"] > MAX_FLOOR for r in floors):
                     continue
-                model = clean if name == "dev_clean" else load_model(HERE / "runs" / name)[0]
+                model = clean if name == "dev_clean" else load_model(RUNS / name)[0]
                 t = time.time()
                 r = retune_attack(model, pool, dev, rec, cfg)
                 rows.append(

@@ -28,18 +28,19 @@ from unbackdoor.models import load_model
 from unbackdoor.unlearn import unlearn
 
 HERE = Path(__file__).resolve().parent
+from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
 
 
 def main() -> None:
     tag, opts = sys.argv[1], json.loads(sys.argv[2])
     n_clean = int(sys.argv[3]) if len(sys.argv) > 3 else 2500
-    split = torch.load(HERE / "runs" / "dev_split.pt", weights_only=True)
+    split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     train = load_dataset("cifar10", "train")
     tr = train.subset(split["train_idx"], "cifar10")
     dev = train.subset(split["dev_idx"], "cifar10")
     dev_model = os.environ.get("DEV_MODEL", "dev_badnets")
-    model, _ = load_model(HERE / "runs" / dev_model)
-    rec = load_attack(HERE / "runs" / dev_model)
+    model, _ = load_model(RUNS / dev_model)
+    rec = load_attack(RUNS / dev_model)
 
     def score(m: torch.nn.Module) -> dict:
         x = evaluate(m, dev, trigger=rec.trigger, attack_labels=rec.attack_labels)
