@@ -520,3 +520,27 @@ def test_clean_cross_entropy_weight_ramps_with_the_number_of_images():
             BIBAU(clean_ce_ramp=bad)
     with pytest.raises(ConfigError, match="companion_stop"):
         BIBAU(companion_stop=True)  # a stop test for a companion that is not there
+
+
+def test_shared_examples_join_the_unlearning_and_are_reported(mnist_backdoor):
+    """``shared_eps`` replaces part of every batch's stamped images by per-sample perturbations
+    that send both the backdoored and the current model to the found target; the round's
+    shared rate is recorded and the backdoor still goes."""
+    from unbackdoor.attacks.store import load_attack
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
+    test = unbackdoor.load_dataset("mnist", "test").sample(1000, 0)
+    record = load_attack(mnist_backdoor)
+    purified, report = unbackdoor.unlearn(
+        model, data, "bibau", **dict(FAST, inner_steps=60, shared_eps=0.3)
+    )
+    rates = report.diagnostics["shared_rate_per_round"]
+    assert len(rates) == len(report.diagnostics["fooling_per_round"]) >= 1
+    assert all(0 <= r <= 1 for r in rates) and rates[0] > 0
+    after = unbackdoor.evaluate(
+        purified, test, trigger=record.trigger, attack_labels=record.attack_labels
+    )
+    assert after.asr < 0.2
+    with pytest.raises(ConfigError, match="shared_eps"):
+        create_defense("bibau", shared_eps=0.0)

@@ -166,3 +166,23 @@ def test_detect_tries_the_additive_family_only_when_the_mask_finds_nothing():
     assert not det.found and calls == ["mask_pattern"]
     with pytest.raises(ConfigError, match="family"):
         detect(None, None, cfg, family="warp")
+
+
+def test_shared_targeted_pgd_stays_in_the_ball_and_reaches_the_target_of_both_models():
+    from torch import nn
+
+    from unbackdoor.inversion.per_sample import shared_targeted_pgd
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()
+    b = nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()
+    x = torch.rand(64, 3, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    adv, rate = shared_targeted_pgd(a, b, x, 3, eps=0.02, steps=3, generator=gen)
+    assert (adv - x).abs().max() <= 0.02 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    small = rate
+    adv, rate = shared_targeted_pgd(a, b, x, 3, eps=1.0, steps=20, generator=gen)
+    both = (a(adv).argmax(1) == 3) & (b(adv).argmax(1) == 3)
+    assert rate == pytest.approx(float(both.float().mean())) and rate > 0.9 > small
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        shared_targeted_pgd(a, b, x, 3, eps=0.0)

@@ -71,6 +71,7 @@ def main() -> None:
         "val": d.get("val_clean_acc_per_round"),
         "stopped": d.get("stopped"),
         "companion": d.get("companion"),
+        "shared": d.get("shared_rate_per_round"),
     }
     print(json.dumps(row), flush=True)
     with open(HERE / "results.jsonl", "a") as f:

@@ -99,6 +99,7 @@ from unbackdoor.inversion import (
 from unbackdoor.inversion.detect import FAMILY_CHOICES, detect
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
+from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
@@ -144,6 +145,7 @@ class BIBAU(Defense):
         "companion": False,
         "companion_stop": False,
         "clean_ce_ramp": None,
+        "shared_eps": None,
     }
 
     mode: str = "auto"
@@ -196,6 +198,14 @@ class BIBAU(Defense):
     #: It also takes the additive companion's first trigger from that search when the search
     #: keeps eps 0.1; with ``reinvert="warm"`` or ``inner_steps=0`` there is no stop test
     companion_stop: bool = False
+    #: L_inf radius of per-sample perturbations that send both the backdoored model and the
+    #: model being purified to the found target (:func:`~unbackdoor.inversion.per_sample.
+    #: shared_targeted_pgd`, after SAU); they replace ``shared_fraction`` of each batch's
+    #: stamped images, so triggers unlike any universal one found (a blend, a warp) are
+    #: unlearned too. None: off. Targeted mode only
+    shared_eps: float | None = None
+    shared_fraction: float = 0.5
+    shared_steps: int = 5
     stamped_target: str = "teacher"
     norm_lr_scale: float = 1.0
     checkpoint_dir: str | None = None
@@ -237,6 +247,11 @@ class BIBAU(Defense):
             self._require(ok, "clean_ce_ramp", "None or two image counts [lo, hi], 0 <= lo < hi")
             self.clean_ce_ramp = (int(ramp[0]), int(ramp[1]))
         self._require(self.norm_lr_scale >= 0, "norm_lr_scale", ">= 0")
+        self._require(
+            self.shared_eps is None or 0 < self.shared_eps <= 1, "shared_eps", "None or in (0, 1]"
+        )
+        self._require(0 < self.shared_fraction <= 1, "shared_fraction", "in (0, 1]")
+        self._require(self.shared_steps >= 1, "shared_steps", ">= 1")
         self._require(
             self.stamped_target in STAMPED_TARGETS, "stamped_target", f"one of {STAMPED_TARGETS}"
         )
@@ -339,6 +354,9 @@ class BIBAU(Defense):
                 anomaly_score=float(anomaly.max()),
             )
         k_idx = first.classes.index(z) if targeted else 0
+        self._shared_target = z if targeted and self.shared_eps else None
+        if self._shared_target is not None:
+            diag["shared_rate_per_round"] = []  # both models sent to z, per-sample examples
         trigger = _single(first.family, k_idx)
         fresh = self.reinvert == "fresh" and self.inner_steps > 0
         budget, stop_at = self._budget(first, k_idx, fresh, targeted)
@@ -463,7 +481,11 @@ class BIBAU(Defense):
                 matrix, spread = transitions(model, trigger, val, device, bf16=self.bf16)
                 diag["transitions_per_round"].append(matrix.round(decimals=4).tolist())
                 diag["posterior_spread_per_round"].append(round(spread, 4))
+            self._shared_rates: list[float] = []
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
+            if self._shared_target is not None:
+                rates = self._shared_rates
+                diag["shared_rate_per_round"].append(round(sum(rates) / max(1, len(rates)), 4))
             fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
             diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
@@ -731,12 +753,9 @@ class BIBAU(Defense):
         trigger drawn from the bank; ``teacher_logits`` are the backdoored model's on the clean
         batch. Puts ``model`` in training mode (BN statistics frozen if asked).
         """
-        model.train()
-        if self.freeze_bn_stats:  # stamped images would otherwise shift the running statistics
-            for m in model.modules():
-                if getattr(m, "running_mean", None) is not None:
-                    m.eval()
+        self._train_mode(model)
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
+        z = getattr(self, "_shared_target", None)
         it, epoch = iter(()), 0
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
@@ -765,7 +784,30 @@ class BIBAU(Defense):
                     xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
                 with autocast(device, self.bf16):
                     t_logits = teacher(x).float()
+            if z is not None:  # the last images of the stamped part: per-sample, shared
+                n_a = max(1, round(self.shared_fraction * n_s))
+                model.eval()
+                xs[n_s - n_a :], rate = shared_targeted_pgd(
+                    model,
+                    teacher,
+                    x[n_s - n_a : n_s],
+                    z,
+                    eps=float(self.shared_eps),
+                    steps=self.shared_steps,
+                    generator=g,
+                    bf16=self.bf16,
+                )
+                self._shared_rates.append(rate)
+                self._train_mode(model)
             yield batch, xs, t_logits
+
+    def _train_mode(self, model: nn.Module) -> None:
+        """Training mode, with BN statistics frozen if asked (stamped images would shift them)."""
+        model.train()
+        if self.freeze_bn_stats:
+            for m in model.modules():
+                if getattr(m, "running_mean", None) is not None:
+                    m.eval()
 
     # --------------------------------------------------------------------------- resume
     def _ckpt_path(self) -> Path | None:
