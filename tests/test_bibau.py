@@ -405,6 +405,7 @@ def test_freeze_bn_stats_keeps_running_statistics(mnist_backdoor):
         assert same is freeze
 
 
+@pytest.mark.slow  # an option off by default (benchmarks/bibau_dev); ~1-2 min on 2 cores
 def test_companion_family_is_unlearned_beside_the_detected_one(
     mnist_backdoor, tmp_path, monkeypatch
 ):
@@ -436,6 +437,7 @@ def test_companion_family_is_unlearned_beside_the_detected_one(
     assert "companion_trigger" in report.images
 
 
+@pytest.mark.slow  # companion_stop failed its dev rule and is off; ~1-2 min per case
 @pytest.mark.parametrize("companion_stop", [True, False])
 def test_companion_stop_test_keeps_rounds_going_while_the_companion_still_fools(
     mnist_backdoor, monkeypatch, companion_stop
