@@ -57,7 +57,11 @@ round). With ``companion`` the other trigger family is inverted for the found ta
 unlearned beside the detecting one (a blend that the mask family finds as a one-pixel shortcut
 is then also unlearned as a full-image perturbation), and with ``companion_stop`` rounds go on
 while either family still reaches the target (measured on the dev Blended model: it does not
-help there, ``benchmarks/bibau_dev``; off by default).
+help there, ``benchmarks/bibau_dev``; off by default). With ``shared_eps`` part of each
+batch's stamped images are per-sample perturbations that send both the backdoored and the
+current model to the found target (after SAU, Wei et al., NeurIPS 2023, which unlearns shared
+adversarial examples without a target): a full-image trigger that no universal trigger found
+matches exactly (a blend) is reached by them too.
 
 Rounds stop when the re-inverted trigger no longer flips the model within its budget, or when
 the budget in rounds or seconds is spent. The loop checkpoints after every round (and at the
