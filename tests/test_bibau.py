@@ -546,3 +546,27 @@ def test_shared_examples_join_the_unlearning_and_are_reported(mnist_backdoor):
     assert after.asr < 0.2
     with pytest.raises(ConfigError, match="shared_eps"):
         create_defense("bibau", shared_eps=0.0)
+    with pytest.raises(ConfigError, match="shared_loss"):
+        create_defense("bibau", shared_loss="label")
+    with pytest.raises(ConfigError, match="shared_loss"):
+        create_defense("clip-bibau", shared_loss="target")
+
+
+def test_shared_examples_taught_only_to_lose_the_target(mnist_backdoor, monkeypatch):
+    """``shared_loss="target"``: the per-sample rows (the last of the stamped part) enter the
+    loss only through the target's probability, the other stamped rows as before."""
+    seen = []
+    original = BIBAU.stamped_batches
+
+    def spy(self, *a, **k):
+        for batch, xs, t in original(self, *a, **k):
+            seen.append((xs.shape[0], self._pgd_rows))
+            yield batch, xs, t
+
+    monkeypatch.setattr(BIBAU, "stamped_batches", spy)
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    cfg = dict(FAST, rounds=1, shared_eps=0.3, shared_loss="target", shared_fraction=0.25)
+    _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    assert seen and all(n_a == max(1, round(0.25 * n)) for n, n_a in seen)
+    assert report.diagnostics["shared_rate_per_round"][0] > 0

@@ -114,6 +114,7 @@ REINVERT = ("warm", "fresh")
 # what a stamped image is taught: its true label, or the backdoored model's output on the clean
 # version of the same image (its dark knowledge; the label where that model is right)
 STAMPED_TARGETS = ("label", "teacher")
+SHARED_LOSSES = ("teacher", "target")
 MIN_BLIND_CLASSES = 4  # fewer: the anomaly index cannot single a class out (see ``run``)
 
 
@@ -150,6 +151,7 @@ class BIBAU(Defense):
         "companion_stop": False,
         "clean_ce_ramp": None,
         "shared_eps": None,
+        "shared_loss": "teacher",
     }
 
     mode: str = "auto"
@@ -210,6 +212,11 @@ class BIBAU(Defense):
     shared_eps: float | None = None
     shared_fraction: float = 0.5
     shared_steps: int = 5
+    #: what a shared example is taught: ``"teacher"``, like a stamped image (the backdoored
+    #: model's output on its clean version, plus the feature term); ``"target"``, only to
+    #: give the target less probability (``-log(1 - p_z)``, SAU's "shared adversarial
+    #: risk"), which asks for no robustness towards the other classes
+    shared_loss: str = "teacher"
     stamped_target: str = "teacher"
     norm_lr_scale: float = 1.0
     checkpoint_dir: str | None = None
@@ -256,6 +263,7 @@ class BIBAU(Defense):
         )
         self._require(0 < self.shared_fraction <= 1, "shared_fraction", "in (0, 1]")
         self._require(self.shared_steps >= 1, "shared_steps", ">= 1")
+        self._require(self.shared_loss in SHARED_LOSSES, "shared_loss", f"one of {SHARED_LOSSES}")
         self._require(
             self.stamped_target in STAMPED_TARGETS, "stamped_target", f"one of {STAMPED_TARGETS}"
         )
@@ -683,20 +691,28 @@ class BIBAU(Defense):
                 model, teacher, clean, bank, augment, device, rnd, desc
             ):
                 x, y = batch.x, batch.y
-                n_s = xs.shape[0]
                 with autocast(device, self.bf16):
                     logits = model(torch.cat([x, xs])).float()
                 f_all = None if feats.value is None else feats.value.float()
                 clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
-                if self.stamped_target == "teacher":
-                    loss = kl_to_teacher(stamped_logits, t_logits[:n_s])
+                # with shared_loss="target" the last n_t stamped rows only lose the target
+                n_t = self._pgd_rows if self.shared_loss == "target" else 0
+                n_s = xs.shape[0] - n_t
+                if not n_s:
+                    loss = stamped_logits.sum() * 0
+                elif self.stamped_target == "teacher":
+                    loss = kl_to_teacher(stamped_logits[:n_s], t_logits[:n_s])
                 else:
-                    loss = F.cross_entropy(stamped_logits, y[:n_s])
+                    loss = F.cross_entropy(stamped_logits[:n_s], y[:n_s])
+                if n_t:
+                    p_z = stamped_logits[n_s:].softmax(1)[:, self._shared_target]
+                    risk = -torch.log1p(-p_z.clamp(max=1 - 1e-6)).mean()
+                    loss = (n_s * loss + n_t * risk) / xs.shape[0]
                 if ce_weight:
                     loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
                 if self.kl_weight:
                     loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
-                if self.feature_weight and f_all is not None:
+                if self.feature_weight and f_all is not None and n_s:
                     f_clean = f_all[:n_s].detach()
                     f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
                     num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
@@ -760,6 +776,7 @@ class BIBAU(Defense):
         self._train_mode(model)
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
         z = getattr(self, "_shared_target", None)
+        self._pgd_rows = 0
         it, epoch = iter(()), 0
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
@@ -802,6 +819,7 @@ class BIBAU(Defense):
                     bf16=self.bf16,
                 )
                 self._shared_rates.append(rate)
+                self._pgd_rows = n_a
                 self._train_mode(model)
             yield batch, xs, t_logits
 
