@@ -70,9 +70,7 @@ class ClipBIBAU(BIBAU):
     def validate(self) -> None:
         super().validate()
         self._require(self.mode != "untargeted", "mode", "'auto' or 'targeted' for CLIP")
-        self._require(
-            self.shared_loss == "teacher", "shared_loss", "'teacher' for CLIP (contrastive unlearning)"
-        )
+        self._require(self.shared_loss == "teacher", "shared_loss", "'teacher' for CLIP")
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None
