@@ -2,6 +2,7 @@
 
     python benchmarks/bibau_dev/tune.py TAG '{"lr": 0.007, "stamped_target": "teacher"}'
     RETUNE=1 python benchmarks/bibau_dev/tune.py ...     # also the re-tuning attack
+    SAMPLE_SEED=1 python benchmarks/bibau_dev/tune.py ...  # another draw of the defender's images
     DEV_MODEL=dev_blended python benchmarks/bibau_dev/tune.py ...   # another dev model
 
 The defender's data is 2,500 images of the dev model's own 45,000 training images; clean accuracy
@@ -48,7 +49,9 @@ def main() -> None:
 
     before = score(model)
     t0 = time.time()
-    clean, rep = unlearn(model, tr.sample(n_clean, 7919), "bibau", seed=0, **{"bf16": True, **opts})
+    # SAMPLE_SEED draws another set of defender images (the logged runs before session 14: 7919)
+    draw = 7919 + int(os.environ.get("SAMPLE_SEED", "0"))
+    clean, rep = unlearn(model, tr.sample(n_clean, draw), "bibau", seed=0, **{"bf16": True, **opts})
     after = score(clean)
     retuned = None
     if os.environ.get("RETUNE") == "1":
@@ -60,6 +63,7 @@ def main() -> None:
         "model": dev_model,
         "opts": opts,
         "n": n_clean,
+        "draw": draw,
         "before": before,
         "after": after,
         "drop": round(100 * (before["ca"] - after["ca"]), 2),
