@@ -771,7 +771,9 @@ class BIBAU(Defense):
 
         ``stamped`` is the first ``stamp_fraction`` of the batch, each image stamped with a
         trigger drawn from the bank; ``teacher_logits`` are the backdoored model's on the clean
-        batch. Puts ``model`` in training mode (BN statistics frozen if asked).
+        batch. With ``shared_eps`` the last ``shared_fraction`` of the stamped images are
+        per-sample shared examples towards the found target instead (their count is
+        ``self._pgd_rows``). Puts ``model`` in training mode (BN statistics frozen if asked).
         """
         self._train_mode(model)
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
