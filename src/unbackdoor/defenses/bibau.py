@@ -493,7 +493,6 @@ class BIBAU(Defense):
                 matrix, spread = transitions(model, trigger, val, device, bf16=self.bf16)
                 diag["transitions_per_round"].append(matrix.round(decimals=4).tolist())
                 diag["posterior_spread_per_round"].append(round(spread, 4))
-            self._shared_rates: list[float] = []
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             if self._shared_target is not None:
                 rates = self._shared_rates
@@ -778,7 +777,7 @@ class BIBAU(Defense):
         self._train_mode(model)
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
         z = getattr(self, "_shared_target", None)
-        self._pgd_rows = 0
+        self._pgd_rows, self._shared_rates = 0, []  # this round's shared examples
         it, epoch = iter(()), 0
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
