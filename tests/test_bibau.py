@@ -570,3 +570,17 @@ def test_shared_examples_taught_only_to_lose_the_target(mnist_backdoor, monkeypa
     _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
     assert seen and all(n_a == max(1, round(0.25 * n)) for n, n_a in seen)
     assert report.diagnostics["shared_rate_per_round"][0] > 0
+
+
+def test_target_risk_leaves_the_target_class_alone():
+    """An image whose true class is the target keeps it: only the other rows lose ``p_z``."""
+    d = create_defense("bibau", shared_eps=0.1, shared_loss="target")
+    d._shared_target = 0
+    logits = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [9.0, 0.0, 0.0]], requires_grad=True)
+    risk = d._target_risk(logits, torch.tensor([0, 1, 2]))
+    p_z = logits.softmax(1)[:, 0].detach()
+    expected = -(torch.log1p(-p_z[1]) + torch.log1p(-p_z[2])) / 2
+    assert torch.allclose(risk, expected)
+    risk.backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[2].abs().sum() > 0
+    assert d._target_risk(logits[:1], torch.tensor([0])) == 0  # only target-class rows: nothing

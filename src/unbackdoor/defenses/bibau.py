@@ -215,7 +215,8 @@ class BIBAU(Defense):
     #: what a shared example is taught: ``"teacher"``, like a stamped image (the backdoored
     #: model's output on its clean version, plus the feature term); ``"target"``, only to
     #: give the target less probability (``-log(1 - p_z)``, SAU's "shared adversarial
-    #: risk"), which asks for no robustness towards the other classes
+    #: risk", on the images whose true class is not z), which asks for no robustness
+    #: towards the other classes
     shared_loss: str = "teacher"
     stamped_target: str = "teacher"
     norm_lr_scale: float = 1.0
@@ -704,9 +705,10 @@ class BIBAU(Defense):
                 else:
                     loss = F.cross_entropy(stamped_logits[:n_s], y[:n_s])
                 if n_t:
-                    p_z = stamped_logits[n_s:].softmax(1)[:, self._shared_target]
-                    risk = -torch.log1p(-p_z.clamp(max=1 - 1e-6)).mean()
-                    loss = (n_s * loss + n_t * risk) / xs.shape[0]
+                    loss = (
+                        n_s * loss
+                        + n_t * self._target_risk(stamped_logits[n_s:], y[n_s : n_s + n_t])
+                    ) / xs.shape[0]
                 if ce_weight:
                     loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
                 if self.kl_weight:
@@ -823,6 +825,17 @@ class BIBAU(Defense):
                 self._pgd_rows = n_a
                 self._train_mode(model)
             yield batch, xs, t_logits
+
+    def _target_risk(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``-log(1 - p_z)`` of the shared examples whose true class is not the target z.
+
+        An image of class z keeps its class (SAU counts only examples pushed to a wrong
+        label): taught to lose z it would cost the target class its clean accuracy, and its
+        ``p_z`` near 1 would make its term the largest of the batch.
+        """
+        keep = (y != self._shared_target).float()
+        p_z = logits.softmax(1)[:, self._shared_target].clamp(max=1 - 1e-6)
+        return -(torch.log1p(-p_z) * keep).sum() / keep.sum().clamp_min(1)
 
     def _train_mode(self, model: nn.Module) -> None:
         """Training mode, with BN statistics frozen if asked (stamped images would shift them)."""
