@@ -64,6 +64,9 @@ class ClipBIBAU(BIBAU):
     # the additive budget search (up to four inversions through the image tower) has not been
     # measured on CLIP: the fixed eps of the benchmarked runs
     auto_eps: bool = False
+    # the classifier's per-sample shared examples have not been measured on CLIP
+    shared_eps: float | None = None
+    shared_loss: str = "teacher"
     #: images per class and step of the inversions (None: the inversion's 32)
     inversion_batch_size: int | None = None
 
