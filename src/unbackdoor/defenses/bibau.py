@@ -372,6 +372,7 @@ class BIBAU(Defense):
             )
         k_idx = first.classes.index(z) if targeted else 0
         self._shared_target = z if targeted and self.shared_eps else None
+        self._pgd_rows, self._shared_rates = 0, []  # stamped_batches sets them each round
         if self._shared_target is not None:
             diag["shared_rate_per_round"] = []  # both models sent to z, per-sample examples
         trigger = _single(first.family, k_idx)
