@@ -61,6 +61,21 @@ def test_max_size_holds_during_inversion(mnist_backdoor):
     assert (res.sizes <= 3.0 + 1e-3).all()
 
 
+def test_scaled_steps_keep_an_additive_trigger_off_the_corners_of_its_box(mnist_backdoor):
+    # lr 0.1 in pixel units crosses an eps-0.05 box in one step: every pixel that has a
+    # gradient ends on +-eps; scaled to eps, a step moves it by a tenth of the box
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 1)
+    corners = {}
+    for scaled in (False, True):
+        cfg = InversionConfig(family="additive", steps=1, eps=0.05, scaled_steps=scaled)
+        res = invert(model, data, cfg, classes=[0, 1], seed=0)
+        d = res.family.delta.detach()
+        assert d.abs().max() <= 0.05 + 1e-6
+        corners[scaled] = float((d.abs() > 0.05 - 1e-4).float().mean())
+    assert corners[False] > 0.5 and corners[True] < 0.01, corners
+
+
 def test_untargeted_fooling_ignores_the_models_own_errors():
     from unbackdoor.data import ImageDataset
     from unbackdoor.inversion import fooling_rate

@@ -44,6 +44,9 @@ HERE = Path(__file__).resolve().parent
 from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
 
 EPS = {False: (0.025, 0.05, 0.1, 0.15), True: (0.05, 0.1, 0.15)}  # by augmentation
+if os.environ.get("EPS"):  # a subset, "0.05,0.1" (both with and without augmentation)
+    EPS = {k: tuple(float(e) for e in os.environ["EPS"].split(",")) for k in EPS}
+LANDING = os.environ.get("LANDING", "1") == "1"
 STEPS = 200
 TARGETED = os.environ.get("TARGETED") == "1"  # slow (10 x the landing) and, on dev BadNets, flat
 
@@ -74,7 +77,7 @@ def class_stats(model: nn.Module, res, data, k_classes: int) -> dict[str, list[f
             ps.append(p[:, k])
         fool.append(round(float(torch.cat(hits).float().mean()), 4))
         prob.append(round(float(torch.cat(ps).mean()), 4))
-    return {"fooling": fool, "mean_prob": prob}
+    return {"fooling": fool, "mean_prob": prob, "size": [round(float(v), 3) for v in res.sizes]}
 
 
 def pgd(model, x, y, eps, steps, targeted):
@@ -103,10 +106,15 @@ def main() -> None:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        row: dict = {"model": name, "samples": len(data), **provenance(0)}
+        row: dict = {
+            "model": name,
+            "samples": len(data),
+            "tag": os.environ.get("TAG", ""),
+            **provenance(0),
+        }
         t0 = time.perf_counter()
         y, images = data.labels, data.float_images()
-        for eps in (2 / 255, 4 / 255, 8 / 255):
+        for eps in (2 / 255, 4 / 255, 8 / 255) if LANDING else ():
             land = pgd(model, images, y, eps, 10, targeted=False)
             moved = land != y
             hist = torch.bincount(land[moved], minlength=k_classes).float()
@@ -122,7 +130,7 @@ def main() -> None:
             row[f"targeted_eps{eps * 255:.0f}"] = rates
         row["pgd_seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({k: v for k, v in row.items() if "eps" in k}), flush=True)
-        for eot in (False, True):
+        for eot in (False, True) if os.environ.get("EOT", "1") == "1" else (False,):
             for eps in EPS[eot]:
                 t0 = time.perf_counter()
                 torch.manual_seed(0)
@@ -137,7 +145,9 @@ def main() -> None:
                 row[key] = {**stats, "seconds": round(time.perf_counter() - t0, 1)}
                 print(key, json.dumps(stats), flush=True)
                 with out.open("a") as f:  # one line per stage: a stopped run keeps its stages
-                    f.write(json.dumps({k: row[k] for k in ("model", "samples", key)}) + "\n")
+                    f.write(
+                        json.dumps({k: row[k] for k in ("model", "samples", "tag", key)}) + "\n"
+                    )
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

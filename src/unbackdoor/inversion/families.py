@@ -28,6 +28,10 @@ class TriggerFamily(nn.Module):
     """K candidate triggers; ``stamp(x, k)`` applies trigger(s) ``k`` to ``x``."""
 
     kind = "family"
+    #: how far one optimiser step may move a parameter, per unit of learning rate: the
+    #: family's natural scale (mask logits: 1; an additive trigger: its budget ``eps``);
+    #: used with ``InversionConfig.scaled_steps``
+    step_scale: float = 1.0
 
     def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
         raise NotImplementedError
@@ -123,6 +127,9 @@ class Additive(TriggerFamily):
     ) -> None:
         super().__init__()
         self.eps = eps
+        # a step of lr 0.1 in pixel units would cross a 0.05 box in one move: the trigger
+        # would only ever sit on the box's corners
+        self.step_scale = eps
         self.delta = nn.Parameter(eps * 0.1 * torch.randn(num, *shape, generator=generator))
 
     def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
