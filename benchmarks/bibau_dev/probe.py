@@ -15,7 +15,10 @@ of the dev model's own training split (the draw ``calibrate.py`` uses), candidat
 - ``targeted`` (with ``TARGETED=1``): how many images per-sample targeted PGD (5 steps) sends
   to each class.
 
-The true trigger is never used. Rows are appended to ``probe.jsonl`` beside this file.
+Environment: ``EPS=0.05,0.1`` (budgets), ``EOT=0|only`` (without / only with the augmentation),
+``LANDING=0`` (skip the landing stage), ``SCALED_STEPS=1`` (``InversionConfig.scaled_steps``),
+``TAG`` (recorded in each row). The true trigger is never used. Rows are appended to
+``probe.jsonl`` beside this file, one per stage and one per model.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ if os.environ.get("EPS"):  # a subset, "0.05,0.1" (both with and without augment
     EPS = {k: tuple(float(e) for e in os.environ["EPS"].split(",")) for k in EPS}
 LANDING = os.environ.get("LANDING", "1") == "1"
 STEPS = 200
+SCALED = os.environ.get("SCALED_STEPS") == "1"  # InversionConfig.scaled_steps
 TARGETED = os.environ.get("TARGETED") == "1"  # slow (10 x the landing) and, on dev BadNets, flat
 
 
@@ -130,12 +134,14 @@ def main() -> None:
             row[f"targeted_eps{eps * 255:.0f}"] = rates
         row["pgd_seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({k: v for k, v in row.items() if "eps" in k}), flush=True)
-        for eot in (False, True) if os.environ.get("EOT", "1") == "1" else (False,):
+        for eot in {"0": (False,), "only": (True,)}.get(os.environ.get("EOT", ""), (False, True)):
             for eps in EPS[eot]:
                 t0 = time.perf_counter()
                 torch.manual_seed(0)
                 seen = Augmented(model) if eot else model
-                cfg = InversionConfig(family="additive", steps=STEPS, eps=eps, bf16=True)
+                cfg = InversionConfig(
+                    family="additive", steps=STEPS, eps=eps, bf16=True, scaled_steps=SCALED
+                )
                 res = invert(seen, data, cfg, seed=0, desc=f"{name} eps {eps} eot {eot}")
                 torch.manual_seed(1)
                 stats = {"plain": class_stats(model, res, data, k_classes)}
