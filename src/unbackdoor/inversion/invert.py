@@ -52,8 +52,8 @@ class InversionConfig:
     #: not ``lr``) and keep, per class, the state a step measured rather than the one after
     #: its update. Off by default: every default up to session 16 was chosen without it, and
     #: with it an additive trigger no longer spends its whole budget, so the additive family's
-    #: cost (the odds against fooling) needs recalibrating first; see "Why the additive
-    #: family misses" in ``benchmarks/bibau_dev/README.md``
+    #: cost (the odds against fooling) needs recalibrating first; see "Session 16: why the
+    #: additive family misses SIG and WaNet" in ``benchmarks/bibau_dev/README.md``
     scaled_steps: bool = False
 
     def validate(self) -> InversionConfig:
