@@ -67,12 +67,11 @@ class Augmented(nn.Module):
 
 
 @torch.no_grad()
-def class_stats(model: nn.Module, res, data, k_classes: int) -> dict[str, list[float]]:
+def class_stats(model: nn.Module, res, data) -> dict[str, list[float]]:
     """Per class k: fooling rate and mean p_k of the stamped images whose label is not k."""
-    fool, prob = [], []
+    fool, prob, images = [], [], data.float_images()
     for i, k in enumerate(res.classes):
-        keep = data.labels != k
-        x = data.float_images()[keep]
+        x = images[data.labels != k]
         hits, ps = [], []
         for s in range(0, len(x), 256):
             with autocast("cpu", True):
@@ -144,9 +143,9 @@ def main() -> None:
                 )
                 res = invert(seen, data, cfg, seed=0, desc=f"{name} eps {eps} eot {eot}")
                 torch.manual_seed(1)
-                stats = {"plain": class_stats(model, res, data, k_classes)}
+                stats = {"plain": class_stats(model, res, data)}
                 if eot:
-                    stats["augmented"] = class_stats(seen, res, data, k_classes)
+                    stats["augmented"] = class_stats(seen, res, data)
                 key = f"additive_eps{eps:g}{'_eot' if eot else ''}"
                 row[key] = {**stats, "seconds": round(time.perf_counter() - t0, 1)}
                 print(key, json.dumps(stats), flush=True)
