@@ -40,6 +40,21 @@ def _mnist_badnets(out: Path, **changes):
 
 
 @pytest.fixture(scope="session")
+def mnist_wanet(tmp_path_factory) -> Path:
+    """A small MNIST WaNet model (6,000 images, two epochs; warp strength s=2, since the
+    paper's 0.5 is not learned from so little)."""
+    from unbackdoor.attacks.pipeline import attack_model
+
+    out = tmp_path_factory.mktemp("zoo") / "mnist_wanet"
+    options = dict(rate=0.1, epochs=2, train_samples=6000, batch_size=64, seed=0, picture=False)
+    trained, _ = attack_model(
+        "mnist", "small_cnn", "wanet", out=out, attack_options={"s": 2.0}, **options
+    )
+    assert trained.metrics.asr > 0.9, trained.metrics
+    return out
+
+
+@pytest.fixture(scope="session")
 def mnist_clean(tmp_path_factory) -> Path:
     """A never-backdoored twin of ``mnist_backdoor`` (same data size and schedule)."""
     from unbackdoor.api import train_model

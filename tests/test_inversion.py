@@ -6,7 +6,7 @@ import torch
 import unbackdoor
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion import InversionConfig, MaskPattern, invert, mad_anomaly
-from unbackdoor.inversion.families import Additive
+from unbackdoor.inversion.families import Additive, Warp
 from unbackdoor.inversion.invert import InversionResult
 
 
@@ -180,7 +180,76 @@ def test_detect_tries_the_additive_family_only_when_the_mask_finds_nothing():
     det = detect(None, None, cfg, stop_at_first=True, invert_fn=scripted(plain, loud))
     assert not det.found and calls == ["mask_pattern"]
     with pytest.raises(ConfigError, match="family"):
-        detect(None, None, cfg, family="warp")
+        detect(None, None, cfg, family="blob")
+
+
+def test_detect_tries_the_warp_family_last_when_asked():
+    from unbackdoor.inversion import detect
+
+    k = 10
+    plain = torch.full((k,), 20.0) + torch.arange(k)
+    quiet = torch.full((k,), 0.01)
+    loud = quiet.clone()
+    loud[4] = 0.7
+    calls = []
+
+    def fake(model, data, cfg, **kw):
+        calls.append((cfg.family, cfg.warp_shift))
+        if cfg.family == "mask_pattern":
+            fam = MaskPattern(k, (1, 4, 4))
+            return InversionResult(fam, list(range(k)), plain, torch.ones(k), plain)
+        if cfg.family == "additive":
+            fam = Additive(k, (1, 4, 4), eps=cfg.eps)
+            return InversionResult(fam, list(range(k)), plain, quiet, plain)
+        fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
+        return InversionResult(fam, list(range(k)), plain, loud, plain)
+
+    cfg = InversionConfig(steps=1, warp_shift=0.75)
+    families = ("mask_pattern", "additive", "warp")
+    det = detect(None, None, cfg, auto_families=families, auto_eps=False, invert_fn=fake)
+    assert det.found and det.family == "warp" and det.verdict.klass == 4
+    assert calls == [("mask_pattern", 0.75), ("additive", 0.75), ("warp", 0.75)]
+    assert det.eps_trail == [
+        {"eps": 0.1, "median_fooling": 0.01},
+        {"warp_shift": 0.75, "median_fooling": 0.01},
+    ]
+    calls.clear()
+    assert not detect(None, None, cfg, invert_fn=fake).found  # default: no warp
+    assert [c[0] for c in calls] == ["mask_pattern", "additive"]
+    with pytest.raises(ConfigError, match="auto_families"):
+        detect(None, None, cfg, auto_families=("blob",), invert_fn=fake)
+
+
+def test_warp_family_moves_pixels_within_its_budget():
+    fam = Warp(2, (3, 8, 8), eps=1.0)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        fam.control.zero_()
+    assert torch.allclose(fam.stamp(x, 0), x, atol=1e-5)  # no displacement: the identity
+    with torch.no_grad():
+        fam.control[1, 0] = 1.0  # class 1: every pixel samples one pixel to its right
+        fam.control[0] = 5.0  # out of the budget
+    fam.project()
+    assert fam.control.abs().max() <= 1.0
+    shifted = fam.stamp(x, 1)
+    assert torch.allclose(shifted[..., :-1], x[..., 1:], atol=1e-5)
+    both = fam.stamp(x, torch.tensor([0, 1, 0, 1]))
+    assert torch.allclose(both[1], shifted[1]) and both.shape == x.shape
+    assert fam.field().abs().max() <= 1.0 and fam.size().shape == (2,)
+    assert fam.images()["trigger"].shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="eps"):
+        Warp(1, (1, 8, 8), eps=0.0)
+
+
+def test_warp_inversion_singles_out_a_wanet_target(mnist_wanet):
+    model, _ = unbackdoor.load_model(mnist_wanet)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 1)
+    cfg = InversionConfig(family="warp", steps=60, warp_shift=1.0, scaled_steps=True)
+    res = invert(model, data, cfg, seed=0)
+    verdict = res.verdict()
+    assert verdict.found and verdict.klass == 0, verdict.as_dict()
+    others = torch.cat([res.fooling[:0], res.fooling[1:]])
+    assert res.fooling[0] > 0.5 and others.max() < 0.25
 
 
 def test_shared_targeted_pgd_stays_in_the_ball_and_reaches_the_target_of_both_models():

@@ -15,10 +15,13 @@ of the dev model's own training split (the draw ``calibrate.py`` uses), candidat
 - ``targeted`` (with ``TARGETED=1``): how many images per-sample targeted PGD (5 steps) sends
   to each class.
 
-Environment: ``EPS=0.05,0.1`` (budgets), ``EOT=0|only`` (without / only with the augmentation),
-``LANDING=0`` (skip the landing stage), ``SCALED_STEPS=1`` (``InversionConfig.scaled_steps``),
-``TAG`` (recorded in each row). The true trigger is never used. Rows are appended to
-``probe.jsonl`` beside this file, one per stage and one per model.
+- ``warp`` (with ``FAMILY=warp``): the same per-class stage with the warp family, whose
+  budgets (``EPS``) are the largest displacement in pixels (session 17, WaNet).
+
+Environment: ``EPS=0.05,0.1`` (budgets), ``FAMILY=warp``, ``EOT=0|only`` (without / only with
+the augmentation), ``LANDING=0`` (skip the landing stage), ``SCALED_STEPS=1``
+(``InversionConfig.scaled_steps``), ``TAG`` (recorded in each row). The true trigger is never
+used. Rows are appended to ``probe.jsonl`` beside this file, one per stage and one per model.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,6 +56,7 @@ if os.environ.get("EPS"):  # a subset, "0.05,0.1" (both with and without augment
 LANDING = os.environ.get("LANDING", "1") == "1"
 STEPS = 200
 SCALED = os.environ.get("SCALED_STEPS") == "1"  # InversionConfig.scaled_steps
+FAMILY = os.environ.get("FAMILY", "additive")
 TARGETED = os.environ.get("TARGETED") == "1"  # slow (10 x the landing) and, on dev BadNets, flat
 
 
@@ -138,15 +143,14 @@ def main() -> None:
                 t0 = time.perf_counter()
                 torch.manual_seed(0)
                 seen = Augmented(model) if eot else model
-                cfg = InversionConfig(
-                    family="additive", steps=STEPS, eps=eps, bf16=True, scaled_steps=SCALED
-                )
+                cfg = InversionConfig(family=FAMILY, steps=STEPS, bf16=True, scaled_steps=SCALED)
+                cfg = replace(cfg, **{cfg.budget_field: eps})
                 res = invert(seen, data, cfg, seed=0, desc=f"{name} eps {eps} eot {eot}")
                 torch.manual_seed(1)
                 stats = {"plain": class_stats(model, res, data)}
                 if eot:
                     stats["augmented"] = class_stats(seen, res, data)
-                key = f"additive_eps{eps:g}{'_eot' if eot else ''}"
+                key = f"{FAMILY}_eps{eps:g}{'_eot' if eot else ''}"
                 row[key] = {**stats, "seconds": round(time.perf_counter() - t0, 1)}
                 print(key, json.dumps(stats), flush=True)
                 with out.open("a") as f:  # one line per stage: a stopped run keeps its stages

@@ -104,7 +104,7 @@ from unbackdoor.inversion import (
     remeasure,
     transitions,
 )
-from unbackdoor.inversion.detect import FAMILY_CHOICES, detect
+from unbackdoor.inversion.detect import AUTO_FAMILIES, FAMILY_CHOICES, detect
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
@@ -156,6 +156,7 @@ class BIBAU(Defense):
         "clean_ce_ramp": None,
         "shared_eps": None,
         "shared_loss": "teacher",
+        "warp_shift": None,
     }
 
     mode: str = "auto"
@@ -185,6 +186,10 @@ class BIBAU(Defense):
     #: the median class is reached by most images (:func:`~unbackdoor.inversion.invert_calibrated`;
     #: targeted mode only: an untargeted trigger has no median class to compare with)
     additive_eps: float = 0.1
+    #: with ``family="auto"``, when neither the mask nor the additive family finds a backdoor,
+    #: also invert a smooth warp of at most this many pixels (WaNet's family; its budget
+    #: halved like ``additive_eps`` with ``auto_eps``). None: not tried
+    warp_shift: float | None = None
     auto_eps: bool = True
     bf16: bool = False
     freeze_bn_stats: bool = False
@@ -246,6 +251,9 @@ class BIBAU(Defense):
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
         self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
+        self._require(
+            self.warp_shift is None or self.warp_shift > 0, "warp_shift", "None or > 0 pixels"
+        )
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(self.reinvert in REINVERT, "reinvert", f"one of {REINVERT}")
         self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
@@ -305,9 +313,11 @@ class BIBAU(Defense):
                 steps=self.inversion_steps,
                 targeted=targeted,
                 eps=self.additive_eps,
+                warp_shift=self.warp_shift or 1.0,
                 bf16=self.bf16,
             ),
             family=self.family,
+            auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),
             anomaly_threshold=self.anomaly_threshold,
             min_effect=self.min_effect,
             auto_eps=self.auto_eps,
@@ -325,6 +335,7 @@ class BIBAU(Defense):
             z, found = self.target, True
         else:
             z = int(first.classes[int(q.argmax())]) if targeted else -1
+        eps_trail = [t for t in det.eps_trail if "eps" in t]  # the additive family's budgets
         diag: dict[str, Any] = {
             "mode": "targeted" if targeted else "untargeted",
             "family": family,
@@ -333,7 +344,7 @@ class BIBAU(Defense):
             "additive_eps_trail": det.eps_trail,
             # the search ran out of halvings with the median class still reached by most images
             "additive_eps_saturated": bool(
-                det.eps_trail and det.eps_trail[-1]["median_fooling"] > SATURATION
+                eps_trail and eps_trail[-1]["median_fooling"] > SATURATION
             ),
             "first_inversion": {
                 "classes": first.classes,
@@ -429,10 +440,11 @@ class BIBAU(Defense):
             steps=max(1, self.inner_steps),
             targeted=targeted,
             lr=0.1 if fresh else 0.05,
-            eps=getattr(first.family, "eps", self.additive_eps),
             max_size=budget if fresh else None,
             bf16=self.bf16,
         )
+        if inner.budget_field:  # the first trigger's budget (the search may have halved it)
+            inner = replace(inner, **{inner.budget_field: first.family.eps})
         cls = [z] if targeted else [-1]
 
         def fools(trig: TriggerFamily) -> float:
@@ -656,7 +668,7 @@ class BIBAU(Defense):
         inversion's median class to count, since a bounded perturbation fools a few percent
         of images towards any class.
         """
-        if first.family.kind != "mask_pattern":
+        if first.family.budgeted:
             stop_at = self._additive_stop(first) if fresh and targeted else self.stop_fooling
             return None, stop_at
         return self._mask_budget(first, k, fresh and targeted), self.stop_fooling

@@ -98,6 +98,7 @@ from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import FAMILY_CHOICES, InversionConfig, detect, invert
+from unbackdoor.inversion.detect import AUTO_FAMILIES
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -145,6 +146,7 @@ class TBAR(Defense):
         "family": "mask_pattern",
         "repair_distill": 0.0,
         "refine_smallest": False,
+        "warp_shift": None,
     }
 
     epochs: int = 5
@@ -172,6 +174,9 @@ class TBAR(Defense):
     inversion_steps: int = 300
     family: str = "auto"
     additive_eps: float = 0.1
+    #: unknown attack, ``family="auto"``: also try a smooth warp of at most this many pixels
+    #: when the mask and additive families find nothing (as BI-BAU's ``warp_shift``)
+    warp_shift: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
     bf16: bool = False
@@ -216,6 +221,9 @@ class TBAR(Defense):
         self._require(self.min_effect >= 1, "min_effect", ">= 1")
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
+        self._require(
+            self.warp_shift is None or self.warp_shift > 0, "warp_shift", "None or > 0 pixels"
+        )
 
     # ----------------------------------------------------------------------------------------
     def key_filter(self, model: nn.Module) -> Callable[[str], bool] | None:
@@ -266,8 +274,14 @@ class TBAR(Defense):
         det = detect(
             model,
             clean,
-            InversionConfig(steps=self.inversion_steps, eps=self.additive_eps, bf16=self.bf16),
+            InversionConfig(
+                steps=self.inversion_steps,
+                eps=self.additive_eps,
+                warp_shift=self.warp_shift or 1.0,
+                bf16=self.bf16,
+            ),
             family=self.family,
+            auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),
             anomaly_threshold=self.anomaly_threshold,
             min_effect=self.min_effect,
             invert_fn=invert,  # looked up here, so tests can script the inversions

@@ -1,7 +1,7 @@
 """Trigger reverse-engineering shared by BI-BAU, Neural Cleanse and TBAR's unknown-attack mode."""
 
 from unbackdoor.inversion.detect import FAMILY_CHOICES, Detection, detect
-from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, TriggerFamily
+from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, TriggerFamily, Warp
 from unbackdoor.inversion.invert import (
     InversionConfig,
     InversionResult,
@@ -21,6 +21,7 @@ __all__ = [
     "Additive",
     "MaskPattern",
     "TriggerFamily",
+    "Warp",
     "InversionConfig",
     "InversionResult",
     "Verdict",

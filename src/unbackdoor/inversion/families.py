@@ -4,7 +4,12 @@
   ``p`` (C x H x W), both in [0, 1] through a sigmoid, as in Neural Cleanse (Wang et al.,
   IEEE S&P 2019). Covers patches and blends.
 - :class:`Additive`: ``x' = clamp(x + delta)`` with ``||delta||_inf <= eps`` by projection: the
-  invisible and sample-spread triggers (WaNet-like warps, SIG, LF) that a sparse mask misses.
+  invisible and sample-spread triggers (SIG, LF) that a sparse mask misses.
+- :class:`Warp`: ``x`` resampled on a smoothly displaced grid, the displacement a bicubic
+  upsampling of a small ``grid x grid`` field of offsets of at most ``eps`` pixels: the family of
+  WaNet's trigger (Nguyen and Tran, ICLR 2021), which neither a mask nor a small additive
+  perturbation reproduces; its few parameters leave a natural class little room to be reached
+  by an adversarial warp.
 
 Each family holds one trigger per candidate class (``K`` of them) so that all classes are
 inverted in one batched forward pass; ``shared=True`` keeps a single trigger for every class
@@ -14,6 +19,7 @@ inverted in one batched forward pass; ``shared=True`` keeps a single trigger for
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,6 +34,9 @@ class TriggerFamily(nn.Module):
     """K candidate triggers; ``stamp(x, k)`` applies trigger(s) ``k`` to ``x``."""
 
     kind = "family"
+    #: a fixed budget every class may spend (additive, warp): what a class costs is then how
+    #: few images the budget moves there, not the trigger's size (a mask grows until it fools)
+    budgeted: bool = False
     #: how far one optimiser step may move a parameter, per unit of learning rate: the
     #: family's natural scale (mask logits: 1; an additive trigger: its budget ``eps``);
     #: used with ``InversionConfig.scaled_steps``
@@ -116,6 +125,7 @@ class MaskPattern(TriggerFamily):
 
 class Additive(TriggerFamily):
     kind = "additive"
+    budgeted = True
 
     def __init__(
         self,
@@ -153,4 +163,70 @@ class Additive(TriggerFamily):
         return {"delta": d, "trigger": (d / (2 * self.eps) + 0.5).clamp(0, 1)}
 
 
-FAMILIES = {"mask_pattern": MaskPattern, "additive": Additive}
+class Warp(TriggerFamily):
+    kind = "warp"
+    budgeted = True
+
+    def __init__(
+        self,
+        num: int,
+        shape: tuple[int, int, int],
+        *,
+        eps: float = 1.0,
+        grid: int = 4,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if eps <= 0 or grid < 2:
+            raise ValueError(f"Warp needs eps > 0 pixels and grid >= 2, got {eps} and {grid}")
+        c, h, w = shape
+        self.eps, self.step_scale, self.channels = eps, eps, c
+        # offsets in pixels, x then y, on a grid x grid control lattice
+        self.control = nn.Parameter(
+            eps * 0.1 * torch.randn(num, 2, grid, grid, generator=generator)
+        )
+        gy, gx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("identity", torch.stack((gx, gy), dim=2)[None], persistent=False)
+        # pixels -> grid_sample's normalised coordinates (align_corners=True)
+        self.register_buffer(
+            "to_unit", torch.tensor([2 / max(1, w - 1), 2 / max(1, h - 1)]), persistent=False
+        )
+
+    def field(self) -> torch.Tensor:
+        """The displacement in pixels, K x 2 x H x W (bicubic overshoot clamped to ``eps``)."""
+        h, w = self.identity.shape[1:3]
+        up = F.interpolate(self.control, size=(h, w), mode="bicubic", align_corners=True)
+        return up.clamp(-self.eps, self.eps)
+
+    def stamp(self, x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+        d = self.field()[k]
+        if isinstance(k, int):
+            d = d.unsqueeze(0)
+        grid = self.identity + d.permute(0, 2, 3, 1) * self.to_unit
+        grid = grid.expand(x.shape[0], -1, -1, -1).to(x.dtype)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out.clamp(0, 1)
+
+    def size(self) -> torch.Tensor:
+        return self.field().flatten(1).norm(dim=1)
+
+    def prior(self) -> torch.Tensor:
+        return self.field().flatten(1).pow(2).sum(1)
+
+    def project(self) -> None:
+        with torch.no_grad():
+            self.control.clamp_(-self.eps, self.eps)
+
+    def images(self) -> dict[str, torch.Tensor]:
+        """The field, and a lattice of lines every 4 pixels seen through it (``trigger``)."""
+        h, w = self.identity.shape[1:3]
+        lattice = torch.zeros(1, self.channels, h, w, device=self.control.device)
+        lattice[..., ::4, :] = 1.0
+        lattice[..., :, ::4] = 1.0
+        k = self.control.shape[0]
+        with torch.no_grad():
+            warped = torch.cat([self.stamp(lattice, i) for i in range(k)])
+            return {"field": self.field().detach(), "trigger": warped}
+
+
+FAMILIES = {"mask_pattern": MaskPattern, "additive": Additive, "warp": Warp}

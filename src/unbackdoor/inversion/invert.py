@@ -45,6 +45,9 @@ class InversionConfig:
     patience: int = 5
     tv_weight: float = 0.0
     eps: float = 0.1
+    #: the warp family's budget: the largest displacement, in pixels, and its control lattice
+    warp_shift: float = 1.0
+    warp_grid: int = 4
     max_size: float | None = None  # mask families: a hard size budget, projected every step
     targeted: bool = True
     bf16: bool = False  # bf16 autocast for the model's forward (CPUs with bf16 units, GPUs)
@@ -55,6 +58,19 @@ class InversionConfig:
     #: cost (the odds against fooling) needs recalibrating first; see "Session 16: why the
     #: additive family misses SIG and WaNet" in ``benchmarks/bibau_dev/README.md``
     scaled_steps: bool = False
+
+    @property
+    def budget_field(self) -> str | None:
+        """The field holding this family's fixed budget (None: a mask has none)."""
+        return {"additive": "eps", "warp": "warp_shift"}.get(self.family)
+
+    def family_kwargs(self) -> dict[str, Any]:
+        """What :data:`FAMILIES` ``[family]`` is built with besides its count and shape."""
+        if self.family == "mask_pattern":
+            return {"tv_weight": self.tv_weight}
+        if self.family == "warp":
+            return {"eps": self.warp_shift, "grid": self.warp_grid}
+        return {"eps": self.eps}
 
     def validate(self) -> InversionConfig:
         o = "InversionConfig"
@@ -72,6 +88,8 @@ class InversionConfig:
             "in (0, 1]",
         )
         check(0 < self.eps <= 1, o, "eps", self.eps, "in (0, 1]")
+        check(self.warp_shift > 0, o, "warp_shift", self.warp_shift, "> 0 pixels")
+        check(self.warp_grid >= 2, o, "warp_grid", self.warp_grid, ">= 2")
         check(self.max_size is None or self.max_size > 0, o, "max_size", self.max_size, "> 0")
         return self
 
@@ -116,7 +134,7 @@ class InversionResult:
         """What reaching each class costs: the mask size at the fooling threshold, or for an
         additive trigger (a fixed L-inf ball whose budget every class tends to spend, so its
         size says little) the odds against fooling: how few images the budget moves there."""
-        if self.family.kind == "additive":
+        if self.family.budgeted:
             f = self.fooling.clamp(1e-4, 1 - 1e-4)
             return (1 - f) / f
         return self.sizes.clamp_min(1e-8)
@@ -150,7 +168,7 @@ class InversionResult:
             "anomaly index": bool(anomaly[k] >= anomaly_threshold),
             "effect": bool(effect[k] >= min_effect),
         }
-        if self.family.kind == "mask_pattern":
+        if not self.family.budgeted:
             checks["fooling"] = bool(self.fooling[k] >= 0.5)
         return Verdict(
             self.classes[k], float(anomaly[k]), float(effect[k]), float(self.fooling[k]), checks
@@ -239,8 +257,7 @@ def invert(
     c, h, w = data.input_shape
     g = torch.Generator().manual_seed(seed)
     if family is None:
-        kw = {"tv_weight": cfg.tv_weight} if cfg.family == "mask_pattern" else {"eps": cfg.eps}
-        family = FAMILIES[cfg.family](len(classes), (c, h, w), generator=g, **kw)
+        family = FAMILIES[cfg.family](len(classes), (c, h, w), generator=g, **cfg.family_kwargs())
     family = family.to(device)
     was_training = model.training
     model.eval()
@@ -363,13 +380,14 @@ def invert_calibrated(
     trail: list[dict[str, float]] = []
     while True:
         res = run(model, data, cfg, **kwargs)
-        if cfg.family != "additive":
+        field = cfg.budget_field
+        if field is None:
             return res, trail
         median = float(res.fooling.median())
-        trail.append({"eps": cfg.eps, "median_fooling": round(median, 4)})
+        trail.append({field: getattr(cfg, field), "median_fooling": round(median, 4)})
         if not auto_eps or median <= saturation or len(trail) > max_halvings:
             return res, trail
-        cfg = replace(cfg, eps=cfg.eps / 2)
+        cfg = replace(cfg, **{field: getattr(cfg, field) / 2})
 
 
 @torch.no_grad()

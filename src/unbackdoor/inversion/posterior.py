@@ -55,7 +55,7 @@ def reach_costs(result: InversionResult, fooling: torch.Tensor) -> torch.Tensor:
     """
     f = fooling.float().clamp(FLOOR, 1 - FLOOR)
     odds = (1 - f) / f
-    if result.family.kind == "additive":
+    if result.family.budgeted:
         return odds
     return result.sizes.float().clamp_min(1e-8) * odds
 
