@@ -373,9 +373,9 @@ def test_clean_model_is_left_alone(mnist_clean):
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
     purified, report = unbackdoor.unlearn(model, data, "bibau", **FAST)
     assert report.backdoor_found is False
-    assert report.diagnostics["families_tried"] == ["mask_pattern", "additive"]
+    assert report.diagnostics["families_tried"] == ["mask_pattern", "additive", "warp"]
     verdicts = report.diagnostics["family_verdicts"]
-    assert set(verdicts) == {"mask_pattern", "additive"}
+    assert set(verdicts) == {"mask_pattern", "additive", "warp"}
     assert not any(v["found"] for v in verdicts.values())
     test = unbackdoor.load_dataset("mnist", "test").sample(2000, 0)
     drop = (

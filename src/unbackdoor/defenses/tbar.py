@@ -176,7 +176,7 @@ class TBAR(Defense):
     additive_eps: float = 0.1
     #: unknown attack, ``family="auto"``: also try a smooth warp of at most this many pixels
     #: when the mask and additive families find nothing (as BI-BAU's ``warp_shift``)
-    warp_shift: float | None = None
+    warp_shift: float | None = 1.0
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
     bf16: bool = False
