@@ -164,7 +164,11 @@ def test_unknown_attack_honours_the_anomaly_threshold(monkeypatch, sizes, found)
         assert out.suspected_target is None and "no backdoor" in out.diagnostics["result"]
         failed = "anomaly index and effect" if top < 2 else "effect"  # 1.7x cheaper
         assert f"its {failed} fall short" in out.diagnostics["result"]
-        assert out.diagnostics["inversion"]["families_tried"] == ["mask_pattern", "additive", "warp"]
+        assert out.diagnostics["inversion"]["families_tried"] == [
+            "mask_pattern",
+            "additive",
+            "warp",
+        ]
         assert all(torch.equal(before[k], v) for k, v in out.model.state_dict().items())
     else:
         assert out.suspected_target == 0 and "alpha_sweep" in out.diagnostics
@@ -177,7 +181,7 @@ def test_tbar_does_not_flag_a_clean_model(mnist_clean):
     data = unbackdoor.load_dataset("mnist", "train").sample(600, 2)
     purified, report = unbackdoor.unlearn(model, data, "tbar", inversion_steps=100)
     assert report.backdoor_found is False and report.suspected_target is None
-    # both families tried; an index over 2 may occur (10 classes), the effect guard holds it
+    # every family tried; an index over 2 may occur (10 classes), the effect guard holds it
     inv = report.diagnostics["inversion"]
     assert inv["families_tried"] == ["mask_pattern", "additive", "warp"]
     assert not any(v["found"] for v in inv["family_verdicts"].values())
