@@ -12,6 +12,12 @@
   Detection of Backdoor Attacks with Arbitrary Backdoor Pattern Types Using a Maximum Margin
   Statistic", IEEE S&P 2024): a backdoor target is expected to reach an anomalously large one.
 
+- ``unlearn``: gradient ascent on the defender's clean images (SGD lr 0.01, momentum 0.9,
+  batch 128, train mode) until their accuracy falls under 20%, as the first step of RNP (Li et
+  al., "Reconstructive Neuron Pruning for Backdoor Defense", ICML 2023), which observes that
+  the backdoor survives this unlearning; here: which class the unlearned model then predicts on
+  held-out defender images, per class share.
+
 Rows go to ``probe_extra.jsonl`` beside this file. The defender images are ``probe.py``'s.
 """
 
@@ -101,17 +107,59 @@ def margin(model: nn.Module, k_classes: int, restarts: int = 20, steps: int = 30
     return [{"stage": "margin", "max_margin": best, "seconds": round(time.perf_counter() - t0)}]
 
 
+def unlearn(model: nn.Module, data, held) -> list[dict]:
+    from unbackdoor.data.loader import iterate
+
+    t0, step, acc = time.perf_counter(), 0, 1.0
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trail = []
+    for epoch in range(20):
+        model.train()
+        for batch in iterate(data, 128, shuffle=True, seed=0, epoch=epoch):
+            with autocast("cpu", True):
+                loss = F.cross_entropy(model(batch.x).float(), batch.y)
+            opt.zero_grad()
+            (-loss).backward()
+            opt.step()
+            step += 1
+        model.eval()
+        with torch.no_grad(), autocast("cpu", True):
+            pred = model(held.float_images()).float().argmax(1)
+        acc = float((pred == held.labels).float().mean())
+        share = torch.bincount(pred, minlength=held.num_classes).float() / len(pred)
+        trail.append({"epoch": epoch + 1, "acc": round(acc, 4), "share": share.tolist()})
+        if acc < 0.2:
+            break
+    return [
+        {
+            "stage": "unlearn",
+            "steps": step,
+            "acc": round(acc, 4),
+            "share": [round(v, 4) for v in trail[-1]["share"]],
+            "trail": trail,
+            "seconds": round(time.perf_counter() - t0),
+        }
+    ]
+
+
 def main() -> None:
     split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     train = load_dataset("cifar10", "train").subset(split["train_idx"], "cifar10")
-    data = split_defender_data(train.sample(2500, 7919), 0.2, 0)[0]
+    data, held = split_defender_data(train.sample(2500, 7919), 0.2, 0)
     stage = os.environ.get("STAGE", "lowres")
     for name in sys.argv[1:]:
         model, _ = load_model(RUNS / name)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        rows = lowres(model, name, data) if stage == "lowres" else margin(model, data.num_classes)
+        if stage == "unlearn":
+            rows = unlearn(model, data, held)
+        else:
+            rows = (
+                lowres(model, name, data) if stage == "lowres" else margin(model, held.num_classes)
+            )
         for row in rows:
             row = {"model": name, **row, **provenance(0)}
             print(json.dumps(row), flush=True)
