@@ -64,12 +64,60 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
     data = synth.blobs(200, classes=10, size=8)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     train_part, val_part = data.split(0.8, 0)
-    defense = BIBAU(family="mask_pattern", rounds=1, outer_steps=1, inner_steps=0)
+    defense = BIBAU(
+        family="mask_pattern", rounds=1, outer_steps=1, inner_steps=0, collapse_check=False
+    )
     out = defense.run(model, train_part, val_part)
     assert out.backdoor_found is found
     if not found:
         assert out.suspected_target is None
         assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
+
+
+@pytest.mark.parametrize(
+    "top, runner_up, found",
+    [(0.6, 0.1, True), (0.35, 0.25, False), (0.25, 0.05, False)],  # ratio 6, 1.4; share 25%
+)
+def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, runner_up, found):
+    import synth
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import InversionResult, MaskPattern
+    from unbackdoor.inversion.collapse import CollapseResult
+
+    flat = torch.tensor([17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2, 16.6])
+    shares = torch.full((10,), (1 - top - runner_up) / 8)
+    shares[3], shares[5] = top, runner_up
+
+    def fake_invert(*a, **k):
+        fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+        return InversionResult(fam, list(range(10)), flat, torch.ones(10), torch.ones(10))
+
+    calls = []
+
+    def fake_collapse(model, train, held, **k):
+        calls.append(len(held))
+        return CollapseResult(shares, [shares.tolist()], [12], [0.45])
+
+    monkeypatch.setattr(bibau_mod, "invert", fake_invert)
+    monkeypatch.setattr(bibau_mod, "collapse", fake_collapse)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
+    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    out = BIBAU(family="mask_pattern", rounds=1, inner_steps=0).run(model, train, val)
+    diag = out.diagnostics
+    assert calls == [len(val)]  # scored on the held-out part, never on the training part
+    assert out.backdoor_found is found and diag["collapse"]["found"] is found
+    if found:
+        assert out.suspected_target == 3 and diag["found_by"] == "collapse"
+        assert diag["q_per_round"][0][3] == pytest.approx(0.6)
+    else:
+        assert out.suspected_target is None
+        assert "collapsed the model onto class 3" in diag["stopped"]
+    # a given target, or the check turned off, never runs it
+    calls.clear()
+    BIBAU(family="mask_pattern", rounds=1, inner_steps=0, target=1).run(model, train, val)
+    BIBAU(family="mask_pattern", rounds=1, collapse_check=False).run(model, train, val)
+    assert calls == []
 
 
 def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):

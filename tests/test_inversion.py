@@ -270,3 +270,24 @@ def test_shared_targeted_pgd_stays_in_the_ball_and_reaches_the_target_of_both_mo
     assert rate == pytest.approx(float(both.float().mean())) and rate > 0.9 > small
     with pytest.raises(ValueError, match="eps must be > 0"):
         shared_targeted_pgd(a, b, x, 3, eps=0.0)
+
+
+def test_collapse_of_the_clean_task_lands_on_the_backdoor_target(mnist_backdoor, mnist_clean):
+    from unbackdoor.inversion.collapse import collapse
+    from unbackdoor.unlearn import split_defender_data
+
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 2)
+    train, held = split_defender_data(data, 0.2, 0)
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = collapse(model, train, held)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
+    assert all(a < 0.5 for a in res.accuracy) and len(res.per_repeat) == 3
+    assert res.shares.sum() == pytest.approx(1.0, abs=1e-4)
+    call = res.verdict(0.3, 2.0)
+    assert call["found"] and call["class"] == 0, call
+    clean, _ = unbackdoor.load_model(mnist_clean)
+    call = collapse(clean, train, held).verdict(0.3, 2.0)
+    assert not call["found"], call
+    with pytest.raises(ConfigError, match="threshold"):
+        collapse(model, train, held, threshold=1.5)
