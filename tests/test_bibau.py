@@ -103,7 +103,8 @@ def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, run
     monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
     train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    out = BIBAU(family="mask_pattern", rounds=1, inner_steps=0).run(model, train, val)
+    defense = BIBAU(family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True)
+    out = defense.run(model, train, val)
     diag = out.diagnostics
     assert calls == [len(val)]  # scored on the held-out part, never on the training part
     assert out.backdoor_found is found and diag["collapse"]["found"] is found
@@ -115,8 +116,10 @@ def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, run
         assert "collapsed the model onto class 3" in diag["stopped"]
     # a given target, or the check turned off, never runs it
     calls.clear()
-    BIBAU(family="mask_pattern", rounds=1, inner_steps=0, target=1).run(model, train, val)
-    BIBAU(family="mask_pattern", rounds=1, collapse_check=False).run(model, train, val)
+    BIBAU(family="mask_pattern", rounds=1, inner_steps=0, target=1, collapse_check=True).run(
+        model, train, val
+    )
+    BIBAU(family="mask_pattern", rounds=1).run(model, train, val)  # off by default
     assert calls == []
 
 

@@ -291,3 +291,26 @@ def test_collapse_of_the_clean_task_lands_on_the_backdoor_target(mnist_backdoor,
     assert not call["found"], call
     with pytest.raises(ConfigError, match="threshold"):
         collapse(model, train, held, threshold=1.5)
+
+
+def test_collapse_breadth_tells_a_target_from_a_natural_sink():
+    from unbackdoor.inversion.collapse import CollapseResult
+
+    k = 5
+    target = torch.zeros(k, k)
+    target[1:, 0] = 10.0  # every other class's forgotten images go to class 0
+    target[0, 1] = 3.0
+    sink = torch.zeros(k, k)
+    sink[[1, 2], 0] = 20.0  # class 0 draws heavily from two look-alikes only
+    sink[[0, 4], 3] = 6.0
+    sink[3, 4] = 5.0
+    for errors, breadth, found in ((target, 1.0, True), (sink, 0.5, False)):
+        shares = errors.sum(0) / errors.sum()
+        res = CollapseResult(shares, [shares.tolist()], [10], [0.45], errors)
+        assert float(res.breadth()[0]) == pytest.approx(breadth)
+        call = res.verdict(0.3, 2.0, 0.75)
+        assert call["class"] == 0 and call["checks"]["share"] and call["found"] is found
+        assert call["checks"]["breadth"] is found
+    assert "breadth" not in CollapseResult(shares, [], [], []).verdict(0.3, 2.0)
+    with pytest.raises(ValueError, match="error counts"):
+        CollapseResult(shares, [], [], []).breadth()

@@ -167,6 +167,7 @@ def main() -> None:
                     "stage": "collapse",
                     **res.as_dict(),
                     "ratio": round(res.ratio(), 3),
+                    "breadth": [round(float(v), 3) for v in res.breadth()],
                     "seconds": round(time.perf_counter() - t0),
                 }
             ]

@@ -45,24 +45,43 @@ class CollapseResult:
     per_repeat: list[list[float]]
     steps: list[int]  # ascent steps each repeat took to fall under the accuracy threshold
     accuracy: list[float]  # held-out accuracy where each repeat stopped
+    #: K x K counts, summed over the repeats: [true class, class it was sent to] of the
+    #: held-out images the collapsed copy gets wrong
+    errors: torch.Tensor | None = None
+
+    def breadth(self) -> torch.Tensor:
+        """Per class k: the share of the other classes whose forgotten images go to k more
+        than anywhere else. A backdoor target draws them from every class; a natural sink
+        (cat, in CIFAR-10) from its look-alikes only."""
+        if self.errors is None:
+            raise ValueError("breadth needs the error counts (errors=None)")
+        k = self.errors.shape[0]
+        rows = self.errors.sum(1) > 0
+        top = self.errors.argmax(1)
+        return torch.stack(
+            [
+                ((top == c) & rows).sum() / (rows.sum() - rows[c].long()).clamp_min(1)
+                for c in range(k)
+            ]
+        ).float()
 
     def ratio(self) -> float:
         """The top class's share over the second's."""
         top2 = self.shares.topk(2).values
         return float(top2[0] / top2[1].clamp_min(1e-6))
 
-    def verdict(self, min_share: float, min_ratio: float) -> dict[str, Any]:
-        """Is the top class a backdoor target? Both tests, kept apart."""
+    def verdict(
+        self, min_share: float, min_ratio: float, min_breadth: float | None = None
+    ) -> dict[str, Any]:
+        """Is the top class a backdoor target? The tests, kept apart."""
         klass = int(self.shares.argmax())
         share, ratio = float(self.shares[klass]), self.ratio()
         checks = {"share": share >= min_share, "ratio": ratio >= min_ratio}
-        return {
-            "class": klass,
-            "share": share,
-            "ratio": ratio,
-            "checks": checks,
-            "found": all(checks.values()),
-        }
+        out: dict[str, Any] = {"class": klass, "share": share, "ratio": ratio}
+        if min_breadth is not None:
+            out["breadth"] = float(self.breadth()[klass])
+            checks["breadth"] = out["breadth"] >= min_breadth
+        return {**out, "checks": checks, "found": all(checks.values())}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +89,7 @@ class CollapseResult:
             "per_repeat": self.per_repeat,
             "steps": self.steps,
             "accuracy": self.accuracy,
+            "errors": None if self.errors is None else self.errors.long().tolist(),
         }
 
 
@@ -122,6 +142,7 @@ def collapse(
     device = torch.device(device)
     k = held.num_classes
     per_repeat, steps, accuracy = [], [], []
+    errors = torch.zeros(k, k)
     bar = progress(None, desc="clean-unlearning collapse", total=repeats * max_steps)
     for r in range(repeats):
         net = copy.deepcopy(model).to(device)
@@ -143,11 +164,13 @@ def collapse(
             acc = float((pred == held.labels).float().mean())
             if acc < threshold or step >= max_steps or not torch.isfinite(loss):
                 break
-        wrong = pred[pred != held.labels]  # where the images it no longer knows went
+        miss = pred != held.labels
+        wrong = pred[miss]  # where the images it no longer knows went
+        errors.index_put_((held.labels[miss], wrong), torch.ones(len(wrong)), accumulate=True)
         share = torch.bincount(wrong, minlength=k).float() / max(1, len(wrong))
         per_repeat.append([round(float(v), 4) for v in share])
         steps.append(step)
         accuracy.append(round(acc, 4))
     bar.close()
     shares = torch.tensor(per_repeat).mean(0)
-    return CollapseResult(shares, per_repeat, steps, accuracy)
+    return CollapseResult(shares, per_repeat, steps, accuracy, errors)
