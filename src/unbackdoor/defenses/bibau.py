@@ -214,11 +214,14 @@ class BIBAU(Defense):
     #: default: share 0.3 and ratio 2 name the dev SIG target (48%, 3.0x) but also flag the
     #: dev clean model's class 3 (34%, 2.2x; ``benchmarks/bibau_dev``, session 17).
     #: ``collapse_breadth`` also asks that the forgotten images of at least that share of the
-    #: other classes go to the flagged class more than anywhere else (None: not asked)
+    #: other classes go to the flagged class more than anywhere else (None: not asked): the
+    #: dev SIG target 0.78, the MNIST BadNets and WaNet targets 0.75 and 1.0, the flagged
+    #: class of the dev clean model 0.375 and of the MNIST clean one 0.38. 0.6 lies between;
+    #: it has seen two never-backdoored models, too few to turn the check on
     collapse_check: bool = False
     collapse_share: float = 0.3
     collapse_ratio: float = 2.0
-    collapse_breadth: float | None = None
+    collapse_breadth: float | None = 0.6
     bf16: bool = False
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
