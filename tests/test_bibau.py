@@ -96,7 +96,8 @@ def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, run
 
     def fake_collapse(model, train, held, **k):
         calls.append(len(held))
-        return CollapseResult(shares, [shares.tolist()], [12], [0.45])
+        errors = (100 * shares).expand(10, 10).clone().fill_diagonal_(0.0)
+        return CollapseResult(shares, [shares.tolist()], [12], [0.45], errors)
 
     monkeypatch.setattr(bibau_mod, "invert", fake_invert)
     monkeypatch.setattr(bibau_mod, "collapse", fake_collapse)
