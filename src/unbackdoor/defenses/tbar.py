@@ -19,7 +19,8 @@ can be estimated and negated (task arithmetic, Ilharco et al., ICLR 2023):
 
 In the unknown-attack setting the trigger comes from :func:`unbackdoor.inversion.detect`, the
 blind detection BI-BAU uses: a mask and pattern first, then, if no class stands out, a bounded
-additive trigger (``family="auto"``; a blend or a warp is often found only that way). The
+additive trigger (``family="auto"``; a blend is often found only that way), then a smooth warp
+of at most ``warp_shift`` pixels (WaNet's family). The
 suspected class must reach ``anomaly_threshold`` (Neural Cleanse's index) and be ``min_effect``
 times cheaper to reach than the median class; otherwise no backdoor is reported and the model
 is returned unchanged, as Neural Cleanse does.
