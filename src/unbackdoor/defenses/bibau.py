@@ -166,8 +166,11 @@ class BIBAU(Defense):
         "shared_eps": None,
         "shared_loss": "teacher",
         "warp_shift": None,
+        # with the check off (as before it existed) its thresholds change nothing
         "collapse_check": False,
-        "collapse_breadth": None,
+        "collapse_share": 0.3,
+        "collapse_ratio": 2.0,
+        "collapse_breadth": 0.6,
     }
 
     mode: str = "auto"
