@@ -430,7 +430,12 @@ class BIBAU(Defense):
                 f"(index {v.anomaly:.2f}, needed {self.anomaly_threshold:g}; {v.effect:.1f}x "
                 f"cheaper than the median class, needed {self.min_effect:g}x; fooling "
                 f"{v.fooling:.2f}{', needed 0.5' if 'fooling' in v.checks else ''})"
-                + _collapse_note(diag["collapse"], self.collapse_share, self.collapse_ratio)
+                + _collapse_note(
+                    diag["collapse"],
+                    self.collapse_share,
+                    self.collapse_ratio,
+                    self.collapse_breadth,
+                )
                 + "; model unchanged"
             )
             return DefenseOutput(
@@ -997,14 +1002,18 @@ class BIBAU(Defense):
         return int(state["round"])
 
 
-def _collapse_note(col: dict[str, Any] | None, share: float, ratio: float) -> str:
+def _collapse_note(
+    col: dict[str, Any] | None, share: float, ratio: float, breadth: float | None
+) -> str:
     """The collapse test's part of the "no backdoor found" message."""
     if col is None:
         return ""
+    wide = "" if breadth is None else f", drawn from {col['breadth']:.0%} of the other classes"
+    need = "" if breadth is None else f" and {breadth:.0%}"
     return (
         f"; unlearning the clean task collapsed the model onto class {col['class']} for "
-        f"{col['share']:.0%} of the held-out images ({col['ratio']:.1f}x the next class; "
-        f"needed {share:.0%} and {ratio:g}x)"
+        f"{col['share']:.0%} of the held-out images ({col['ratio']:.1f}x the next class{wide}; "
+        f"needed {share:.0%}, {ratio:g}x{need})"
     )
 
 
