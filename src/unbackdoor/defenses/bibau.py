@@ -369,7 +369,7 @@ class BIBAU(Defense):
             desc="bibau: blind inversion",
         )
         first, family, verdict, found = det.result, det.family, det.verdict, det.found
-        fallback = None
+        fallback, call = None, None
         if targeted and self.target is None and not found and self.collapse_check:
             fallback = collapse(model, clean, val, seed=self.seed, device=device, bf16=self.bf16)
             call = fallback.verdict(self.collapse_share, self.collapse_ratio, self.collapse_breadth)
@@ -399,7 +399,7 @@ class BIBAU(Defense):
             if fallback is None
             else {
                 **fallback.as_dict(),
-                **fallback.verdict(self.collapse_share, self.collapse_ratio, self.collapse_breadth),
+                **call,
             },
             # what named the target: a trigger family's verdict, the collapse, or the user
             "found_by": "target given"
