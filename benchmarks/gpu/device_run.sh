@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run a benchmark grid on a lent GPU machine (see benchmarks/gpu/README.md): the machine has
+# PyTorch but not this package, and no copy of CIFAR-10, so the tree travels with
+# .gpu/cifar10.tar.xz (the shared JPEG zip re-packed as a solid xz tar, 19 MB). Results,
+# the log and the cells' small files (no weights) go to $OUT.
+#   bash benchmarks/gpu/device_run.sh CONFIG [SECONDS]
+set -u
+CFG=${1:?config}
+LIMIT=${2:-480}
+PY=${PYTHON:-python3}
+OUT=${OUT:?set OUT to the folder that comes back}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export UNBACKDOOR_ZOO=/tmp/ub_zoo UNBACKDOOR_CACHE=/tmp/ub_cache
+if [ -z "${UNBACKDOOR_CIFAR10:-}" ]; then
+  mkdir -p /tmp/ub_cifar && tar xJf .gpu/cifar10.tar.xz -C /tmp/ub_cifar || exit 1
+  export UNBACKDOOR_CIFAR10=/tmp/ub_cifar
+fi
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  "$PY" -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+timeout --signal=INT "$LIMIT" "$PY" -m unbackdoor bench "$CFG" --out /tmp/ub_bench 2>&1 | tee "$OUT/bench.log"
+cp /tmp/ub_bench/results.jsonl /tmp/ub_bench/grid.json "$OUT/" 2>/dev/null
+tar czf "$OUT/cells.tgz" -C /tmp/ub_bench --exclude='*.safetensors' --exclude='*.pt' . 2>/dev/null
+ls -la "$OUT"
