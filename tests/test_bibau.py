@@ -636,3 +636,23 @@ def test_target_risk_leaves_the_target_class_alone():
     risk.backward()
     assert logits.grad[0].abs().sum() == 0 and logits.grad[2].abs().sum() > 0
     assert d._target_risk(logits[:1], torch.tensor([0])) == 0  # only target-class rows: nothing
+
+
+def test_held_out_guard_halves_a_harmful_learning_rate(mnist_backdoor):
+    """A round that costs more than ``max_val_drop`` held-out accuracy is redone at half the lr."""
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
+    cfg = dict(FAST, rounds=1, lr=0.4, max_val_drop=0.03, lr_retries=4)
+    _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
+    d = report.diagnostics
+    halvings = d["lr_halvings"]
+    assert halvings, "lr 0.4 should cost the small model more than 3 held-out points"
+    # each retry starts from the round's starting weights at half the previous try's rate
+    assert [h["lr"] for h in halvings] == pytest.approx(
+        [0.4 * 0.5**i for i in range(1, 5)][: len(halvings)]
+    )
+    assert all(h["val_clean_acc"] < d["val_clean_acc_before"] - 0.03 for h in halvings)
+    kept = d["val_clean_acc_per_round"][0]
+    assert kept >= d["val_clean_acc_before"] - 0.03 or len(halvings) == 4
+    with pytest.raises(ConfigError, match="max_val_drop"):
+        create_defense("bibau", max_val_drop=1.5)

@@ -3,7 +3,9 @@
 # PyTorch but not this package, and no copy of CIFAR-10, so the tree travels with
 # .gpu/cifar10.tar.xz (the shared JPEG zip re-packed as a solid xz tar, 19 MB). Results,
 # the log and the cells' small files (no weights) go to $OUT.
-#   bash benchmarks/gpu/device_run.sh CONFIG [SECONDS]
+#   [ONLY='GLOB GLOB'] bash benchmarks/gpu/device_run.sh CONFIG [SECONDS]
+# With ONLY, one bench run per glob (e.g. one per attack, so that an attack's cells finish
+# before the next model trains), all inside SECONDS.
 set -u
 CFG=${1:?config}
 LIMIT=${2:-480}
@@ -21,7 +23,14 @@ fi
   "$PY" -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
-timeout --signal=INT "$LIMIT" "$PY" -m unbackdoor bench "$CFG" --out /tmp/ub_bench 2>&1 | tee "$OUT/bench.log"
+deadline=$(($(date +%s) + LIMIT))
+set -f  # the globs are cell keys, not file names
+for glob in ${ONLY:-'*'}; do
+  left=$((deadline - $(date +%s)))
+  [ "$left" -gt 20 ] || { echo "deadline: $glob not started" | tee -a "$OUT/bench.log"; continue; }
+  timeout --signal=INT "$left" "$PY" -m unbackdoor bench "$CFG" --out /tmp/ub_bench --only "$glob" 2>&1 | tee -a "$OUT/bench.log"
+done
+set +f
 cp /tmp/ub_bench/results.jsonl /tmp/ub_bench/grid.json "$OUT/" 2>/dev/null
 tar czf "$OUT/cells.tgz" -C /tmp/ub_bench --exclude='*.safetensors' --exclude='*.pt' . 2>/dev/null
 ls -la "$OUT"

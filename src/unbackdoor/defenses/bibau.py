@@ -263,6 +263,14 @@ class BIBAU(Defense):
     shared_loss: str = "target"
     stamped_target: str = "teacher"
     norm_lr_scale: float = 1.0
+    #: the held-out guard: a round whose unlearning lowers clean accuracy on the held-out
+    #: images by more than this (absolute, against the backdoored model) is undone and redone
+    #: at half the learning rate, at most ``lr_retries`` times; the last try is kept and the
+    #: lower rate stays for the rounds after. ``lr`` was chosen on the fast net, whose weights
+    #: tolerate it; PreAct-ResNet18 lost 15 points at it (``benchmarks/gpu_short``). None: off
+    #: (the default until the CPU grid's cells are re-run with it)
+    max_val_drop: float | None = None
+    lr_retries: int = 3
     checkpoint_dir: str | None = None
 
     def validate(self) -> None:
@@ -312,6 +320,12 @@ class BIBAU(Defense):
             self._require(ok, "clean_ce_ramp", "None or two image counts [lo, hi], 0 <= lo < hi")
             self.clean_ce_ramp = (int(ramp[0]), int(ramp[1]))
         self._require(self.norm_lr_scale >= 0, "norm_lr_scale", ">= 0")
+        self._require(
+            self.max_val_drop is None or 0 < self.max_val_drop < 1,
+            "max_val_drop",
+            "None or in (0, 1)",
+        )
+        self._require(self.lr_retries >= 0, "lr_retries", ">= 0")
         self._require(
             self.shared_eps is None or 0 < self.shared_eps <= 1, "shared_eps", "None or in (0, 1]"
         )
@@ -576,13 +590,15 @@ class BIBAU(Defense):
                 matrix, spread = transitions(model, trigger, val, device, bf16=self.bf16)
                 diag["transitions_per_round"].append(matrix.round(decimals=4).tolist())
                 diag["posterior_spread_per_round"].append(round(spread, 4))
-            self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
+            val_acc = self._guarded_unlearn(
+                model, teacher, clean, val, bank, opt, augment, device, rnd, diag
+            )
             if self._shared_target is not None:
                 rates = self._shared_rates
                 diag["shared_rate_per_round"].append(round(sum(rates) / max(1, len(rates)), 4))
             fool = fools(trigger)
             diag["fooling_per_round"].append(fool)
-            diag["val_clean_acc_per_round"].append(evaluate(model, val).clean_acc)
+            diag["val_clean_acc_per_round"].append(val_acc)
             if targeted:  # E-step: re-score every class with its first trigger, update q(z)
                 q = self._rescore(model, first, val, device, diag, q)
             diag["q_per_round"].append(q.tolist())
@@ -753,6 +769,43 @@ class BIBAU(Defense):
         return budget
 
     # --------------------------------------------------------------------------- M-step, outer
+    def _guarded_unlearn(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        clean: ImageDataset,
+        val: ImageDataset,
+        bank: list[TriggerFamily],
+        opt: torch.optim.Optimizer,
+        augment: Any,
+        device: torch.device,
+        rnd: int,
+        diag: dict[str, Any],
+    ) -> float:
+        """One round's M-step under the held-out guard (``max_val_drop``); returns the
+        held-out clean accuracy after it."""
+        if self.max_val_drop is None:
+            self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
+            return evaluate(model, val).clean_acc
+        if "val_clean_acc_before" not in diag:
+            diag["val_clean_acc_before"] = evaluate(teacher, val).clean_acc
+            diag["lr_halvings"] = []
+        floor = diag["val_clean_acc_before"] - self.max_val_drop
+        saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        for attempt in range(self.lr_retries + 1):
+            self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
+            acc = evaluate(model, val).clean_acc
+            if acc >= floor or attempt == self.lr_retries:
+                return acc
+            model.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])  # also the rates the round began with
+            for group in opt.param_groups:
+                group["lr"] *= 0.5 ** (attempt + 1)
+            diag["lr_halvings"].append(
+                {"round": rnd + 1, "val_clean_acc": acc, "lr": opt.param_groups[0]["lr"]}
+            )
+        raise AssertionError("unreachable")
+
     def _unlearn(
         self,
         model: nn.Module,
