@@ -12,6 +12,7 @@ import torch
 
 from unbackdoor.bench import ResultStore, load_config, read_results, render_report, run_grid
 from unbackdoor.bench import cells as cells_mod
+from unbackdoor.bench.config import check_registries
 from unbackdoor.bench.executors import ProcessExecutor, make_executor
 from unbackdoor.cli import main
 from unbackdoor.errors import ConfigError
@@ -75,9 +76,12 @@ def test_config_from_yaml_names_file_and_defers_registry_checks(tmp_path):
 
 def test_committed_configs_parse():
     configs = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
-    for name in ("quick", "cpu", "gpu"):
-        cfg = load_config(configs / f"{name}.yaml")
-        assert cfg.name == name
+    found = sorted(configs.glob("*.yaml"))
+    assert {"quick", "cpu", "gpu", "gpu_short"} <= {p.stem for p in found}
+    for path in found:
+        cfg = load_config(path)
+        assert cfg.name == path.stem
+        check_registries(cfg)  # every attack, model and defense option is a real one
 
 
 # ----------------------------------------------------------------------------- grid
