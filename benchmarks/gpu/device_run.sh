@@ -14,6 +14,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export UNBACKDOOR_ZOO=/tmp/ub_zoo UNBACKDOOR_CACHE=/tmp/ub_cache
 if [ -z "${UNBACKDOOR_CIFAR10:-}" ]; then
+  [ -f .gpu/cifar10.tar.xz ] || { echo "no .gpu/cifar10.tar.xz: run benchmarks/gpu/pack_cifar10.sh here first and carry .gpu" >&2; exit 1; }
   mkdir -p /tmp/ub_cifar && tar xJf .gpu/cifar10.tar.xz -C /tmp/ub_cifar || exit 1
   export UNBACKDOOR_CIFAR10=/tmp/ub_cifar
 fi
