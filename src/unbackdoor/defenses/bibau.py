@@ -174,7 +174,8 @@ class BIBAU(Defense):
         "collapse_ratio": 2.0,
         "collapse_breadth": 0.6,
         # the guard only acts on a round that costs more than 5 held-out points; no stored
-        # BI-BAU cell lost more than 2.7 test points (benchmarks/gpu_short/README.md)
+        # cell of the defaults before it lost more than 2.0 test points on CIFAR-10 or 2.7 on
+        # MNIST, and on the fast net its check found no halving (benchmarks/gpu_short/README.md)
         "max_val_drop": 0.05,
         "lr_retries": 3,
     }
@@ -226,7 +227,9 @@ class BIBAU(Defense):
     #: other classes go to the flagged class more than anywhere else (None: not asked): the
     #: dev SIG target 0.78, the MNIST BadNets and WaNet targets 0.75 and 1.0, the flagged
     #: class of the dev clean model 0.375 and of the MNIST clean one 0.38. 0.6 lies between;
-    #: it has seen two never-backdoored models, too few to turn the check on
+    #: it has seen two never-backdoored models, too few to turn the check on. And it can be
+    #: confidently wrong: the MNIST BadNets test model trained with one thread collapses onto
+    #: class 4, not its target 0 (72%, 3.8x, breadth 0.78; session 18)
     collapse_check: bool = False
     collapse_share: float = 0.3
     collapse_ratio: float = 2.0
