@@ -277,7 +277,7 @@ class BIBAU(Defense):
     #: images by more than this (absolute, against the backdoored model) is undone and redone
     #: at half the learning rate, at most ``lr_retries`` times; the last try is kept and the
     #: lower rate stays for the rounds after. ``lr`` was chosen on the fast net, whose weights
-    #: tolerate it; PreAct-ResNet18 lost 14-16 points at it, 2.6-3.4 with the guard
+    #: tolerate it; PreAct-ResNet18 lost 9-16 points at it, 2.5-3.4 with the guard
     #: (``benchmarks/gpu_short``). None: off
     max_val_drop: float | None = 0.05
     lr_retries: int = 3
