@@ -5,11 +5,14 @@
 # the log and the cells' small files (no weights) go to $OUT.
 #   [ONLY='GLOB GLOB'] bash benchmarks/gpu/device_run.sh CONFIG [SECONDS]
 # With ONLY, one bench run per glob (e.g. one per attack, so that an attack's cells finish
-# before the next model trains), all inside SECONDS.
+# before the next model trains), all inside SECONDS. BENCH_OUT (default /tmp/ub_bench) is the
+# grid's folder: give the committed one (e.g. benchmarks/gpu_short) to go on from its stored
+# rows, since the tree travels with it.
 set -u
 CFG=${1:?config}
 LIMIT=${2:-480}
 PY=${PYTHON:-python3}
+BENCH=${BENCH_OUT:-/tmp/ub_bench}
 OUT=${OUT:?set OUT to the folder that comes back}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export UNBACKDOOR_ZOO=/tmp/ub_zoo UNBACKDOOR_CACHE=/tmp/ub_cache
@@ -29,9 +32,9 @@ set -f  # the globs are cell keys, not file names
 for glob in ${ONLY:-'*'}; do
   left=$((deadline - $(date +%s)))
   [ "$left" -gt 20 ] || { echo "deadline: $glob not started" | tee -a "$OUT/bench.log"; continue; }
-  timeout --signal=INT "$left" "$PY" -m unbackdoor bench "$CFG" --out /tmp/ub_bench --only "$glob" 2>&1 | tee -a "$OUT/bench.log"
+  timeout --signal=INT "$left" "$PY" -m unbackdoor bench "$CFG" --out "$BENCH" --only "$glob" 2>&1 | tee -a "$OUT/bench.log"
 done
 set +f
-cp /tmp/ub_bench/results.jsonl /tmp/ub_bench/grid.json "$OUT/" 2>/dev/null
-tar czf "$OUT/cells.tgz" -C /tmp/ub_bench --exclude='*.safetensors' --exclude='*.pt' . 2>/dev/null
+cp "$BENCH/results.jsonl" "$BENCH/grid.json" "$OUT/" 2>/dev/null
+tar czf "$OUT/cells.tgz" -C "$BENCH" --exclude='*.safetensors' --exclude='*.pt' . 2>/dev/null
 ls -la "$OUT"
