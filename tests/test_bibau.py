@@ -654,5 +654,6 @@ def test_held_out_guard_halves_a_harmful_learning_rate(mnist_backdoor):
     assert all(h["val_clean_acc"] < d["val_clean_acc_before"] - 0.03 for h in halvings)
     kept = d["val_clean_acc_per_round"][0]
     assert kept >= d["val_clean_acc_before"] - 0.03 or len(halvings) == 4
+    assert f"halved the learning rate {len(halvings)} time(s)" in d["notes"][0]
     with pytest.raises(ConfigError, match="max_val_drop"):
         create_defense("bibau", max_val_drop=1.5)

@@ -216,3 +216,24 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, capsys):
     assert float(rows["ASR after re-tuning"][1].rstrip("%")) < 10, out
     assert "backdoor found: yes; suspected target: 0" in out
     assert (tmp_path / "demo" / "purified" / "inverted_trigger.png").is_file()
+
+
+def test_unlearn_prints_the_notes_a_method_leaves(mnist_backdoor, tmp_path, capsys, monkeypatch):
+    """A defense's ``diagnostics["notes"]`` (e.g. BI-BAU's held-out guard) reach the terminal."""
+    import importlib
+
+    unlearn_mod = importlib.import_module("unbackdoor.unlearn")  # the package's name is a function
+
+    note = "round 1: the held-out guard halved the learning rate 2 time(s), to 0.00175"
+
+    def fake(*_a, **_k):
+        report = unlearn_mod.UnlearnReport(
+            "bibau", {}, 300, 60, 1.0, None, False, diagnostics={"notes": [note]}
+        )
+        return None, report
+
+    monkeypatch.setattr(unlearn_mod, "unlearn_artifact", fake)
+    args = ["unlearn", str(mnist_backdoor), "--method", "bibau", "--out", str(tmp_path / "o")]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert f"note: {note}" in out

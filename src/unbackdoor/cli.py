@@ -470,6 +470,8 @@ def unlearn(
         ("saved to", str(out)),
     ]
     _table(rows, title="unlearned")
+    for note in report.diagnostics.get("notes", []):  # what a method wants its user to read
+        typer.echo(f"note: {note}")
     typer.echo(f"evaluate it with: unbackdoor evaluate {out}")
 
 

@@ -806,6 +806,13 @@ class BIBAU(Defense):
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             acc = evaluate(model, val).clean_acc
             if acc >= floor or attempt == self.lr_retries:
+                if attempt:
+                    diag.setdefault("notes", []).append(
+                        f"round {rnd + 1}: the held-out guard halved the learning rate "
+                        f"{attempt} time(s), to {opt.param_groups[0]['lr']:.3g}; held-out "
+                        f"accuracy {diag['val_clean_acc_before']:.3f} -> {acc:.3f}"
+                        + ("" if acc >= floor else f", still below {floor:.3f}")
+                    )
                 return acc
             model.load_state_dict(saved[0])
             opt.load_state_dict(saved[1])  # also the rates the round began with
