@@ -196,14 +196,21 @@ def row_md(r: dict[str, Any]) -> list[Any]:
     ]
 
 
-def write_md(rows: list[dict[str, Any]]) -> None:
-    """``results.md`` from every stored row."""
+def write_md(rows: list[dict[str, Any]], stem: Path) -> None:
+    """``STEM.md`` from every stored row (and ``STEM.notes.md`` appended where it exists)."""
     header = ["attack", "defense", "zero-shot CA", "ASR", "retention", "RA-ASR"]
     header += ["clean pairs", "wall", "target met"]
     runs: dict[str, dict[str, Any]] = {}  # one line per process: its command and rows
     for r in rows:
         p = r["provenance"]
         runs.setdefault(p["command"] + p["date"], {**p, "rows": []})["rows"].append(r["defense"])
+    aligned = sorted(
+        {
+            f"`{c['model']}` ({c['model_config'].get('image_size')} px input)"
+            for r in rows
+            if (c := r.get("config") or {}).get("model_config")
+        }
+    )
     lines = [
         "# CLIP benchmark (issue 7)",
         "",
@@ -215,7 +222,7 @@ def write_md(rows: list[dict[str, Any]]) -> None:
         "(`--retune`; the aligned model's row is the floor, the backdoored one's the ceiling; '-':",
         "not measured). Clean pairs: what the defense was given (training and held-out parts",
         "together). Produced by `benchmarks/clip/run.py`; raw rows with their configurations in",
-        "`results.json`.",
+        f"`{stem.name}.json`. Aligned model: {', '.join(aligned) or 'not recorded'}.",
         "",
         md_table(header, [row_md(r) for r in rows]),
         "",
@@ -229,23 +236,24 @@ def write_md(rows: list[dict[str, Any]]) -> None:
             f"{p['hardware']['torch_threads']} torch thread), seed {p['seed']}, "
             f"torch {p['versions']['torch']}, unbackdoor {p['versions']['unbackdoor']}"
         )
-    notes = HERE / "results.notes.md"
+    notes = stem.with_name(stem.name + ".notes.md")
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
-    atomic_write_text(HERE / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(stem.with_name(stem.name + ".md"), "\n".join(lines) + "\n")
 
 
-def store(rows: list[dict[str, Any]]) -> None:
-    """Replace the stored rows of the same (attack, defense), then rewrite both files.
+def store(rows: list[dict[str, Any]], stem: Path = HERE / "results") -> None:
+    """Replace the stored rows of the same (attack, defense) in ``STEM.json``, then rewrite it
+    and ``STEM.md``.
 
     Runs of different attacks may go on in parallel: the update holds a file lock.
     """
-    with locked(HERE / "results.json"):
-        _store(rows)
+    path = stem.with_name(stem.name + ".json")
+    with locked(path):
+        _store(rows, path, stem)
 
 
-def _store(rows: list[dict[str, Any]]) -> None:
-    path = HERE / "results.json"
+def _store(rows: list[dict[str, Any]], path: Path, stem: Path) -> None:
     old = read_json(path) if path.is_file() else []
     keys = {(r["attack"], r["defense"]) for r in rows}
     merged = [r for r in old if (r["attack"], r["defense"]) not in keys] + rows
@@ -258,7 +266,7 @@ def _store(rows: list[dict[str, Any]]) -> None:
 
     merged.sort(key=rank)
     atomic_write_json(path, merged)
-    write_md(merged)
+    write_md(merged, stem)
 
 
 def main() -> None:
@@ -281,6 +289,11 @@ def main() -> None:
         "--attack-option", action="append", default=[], help="KEY=VALUE (JSON) for the trigger"
     )
     ap.add_argument("--no-store", action="store_true", help="print the rows, store nothing")
+    ap.add_argument(
+        "--results",
+        default=str(HERE / "results"),
+        help="where rows go: STEM.json and STEM.md (another aligned model gets its own stem)",
+    )
     ap.add_argument(
         "--retune", action="store_true", help="also the ASR after the re-tuning attack (RA-ASR)"
     )
@@ -423,9 +436,9 @@ def main() -> None:
         shown = ("defense", "ca", "asr", "retention", "ra_asr", "wall_s")
         print({k: row.get(k) for k in shown}, flush=True)
         if not a.no_store:
-            store(rows)
+            store(rows, Path(a.results))
     if not a.no_store:
-        store(rows)
+        store(rows, Path(a.results))
 
 
 if __name__ == "__main__":
