@@ -77,3 +77,28 @@ def test_attack_table_names_every_command_and_keeps_old_files(tmp_path, monkeypa
     del results["commands"]  # a file written before commands were kept
     run.write_markdown("mnist", "cnn", results)
     assert later["command"] in (tmp_path / "mnist.md").read_text()
+
+
+def test_clip_rows_without_retune_keep_the_stored_ra_asr(tmp_path):
+    run = _load("bench_clip_run", BENCH / "clip" / "run.py")
+    prov = {
+        "command": "python benchmarks/clip/run.py --attack badnets",
+        "date": "2026-12-04T00:00:00+00:00",
+        "cpu": "test cpu",
+        "hardware": {"cpu_count": 2, "torch_threads": 1},
+        "seed": 0,
+        "versions": {"torch": "2.13.0", "unbackdoor": "0.1.0"},
+    }
+    stem = tmp_path / "results96"
+
+    def ref(defense: str, ca: float, **extra) -> dict:
+        return {"attack": "badnets", "defense": defense, "ca": ca, "asr": 0.5, "provenance": prov,
+                **extra}  # fmt: skip
+
+    run.store([ref("clean (aligned)", 0.7, ra_asr=0.02), ref("backdoored", 0.6, ra_asr=0.9)], stem)
+    # a later run without --retune: the same aligned model, a different backdoored one
+    run.store([ref("clean (aligned)", 0.7), ref("backdoored", 0.61)], stem)
+    rows = {r["defense"]: r for r in json.loads((tmp_path / "results96.json").read_text())}
+    assert rows["clean (aligned)"]["ra_asr"] == 0.02
+    assert "ra_asr" not in rows["backdoored"]  # another model: its old RA-ASR would mislead
+    assert "`results96.json`" in (tmp_path / "results96.md").read_text()
