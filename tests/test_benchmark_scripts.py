@@ -100,5 +100,6 @@ def test_clip_rows_without_retune_keep_the_stored_ra_asr(tmp_path):
     run.store([ref("clean (aligned)", 0.7), ref("backdoored", 0.61)], stem)
     rows = {r["defense"]: r for r in json.loads((tmp_path / "results96.json").read_text())}
     assert rows["clean (aligned)"]["ra_asr"] == 0.02
+    assert rows["clean (aligned)"]["retune_provenance"] == prov  # where the RA-ASR was measured
     assert "ra_asr" not in rows["backdoored"]  # another model: its old RA-ASR would mislead
     assert "`results96.json`" in (tmp_path / "results96.md").read_text()

@@ -208,6 +208,9 @@ def write_md(rows: list[dict[str, Any]], stem: Path) -> None:
     for r in rows:
         p = r["provenance"]
         runs.setdefault(p["command"] + p["date"], {**p, "rows": []})["rows"].append(r["defense"])
+        if q := r.get("retune_provenance"):  # its RA-ASR came from an earlier --retune run
+            entry = runs.setdefault(q["command"] + q["date"], {**q, "rows": []})
+            entry["rows"].append(f"{r['defense']} (RA-ASR)")
     aligned = sorted(
         {
             f"`{c['model']}` ({c['model_config'].get('image_size')} px input)"
@@ -269,7 +272,8 @@ def _keep_retune(row: dict[str, Any], old: list[dict[str, Any]]) -> dict[str, An
     for o in old:
         same = (o["attack"], o["defense"], o["ca"], o["asr"])
         if same == (row["attack"], row["defense"], row["ca"], row["asr"]) and "ra_asr" in o:
-            return {**row, **{k: o[k] for k in RETUNE_FIELDS if k in o}}
+            kept = {k: o[k] for k in RETUNE_FIELDS if k in o}
+            return {**row, **kept, "retune_provenance": o.get("retune_provenance", o["provenance"])}
     return row
 
 
