@@ -31,7 +31,9 @@ this model's backdoor instead (BadNets: 56% -> 16% after it); 5e-5 keeps the cei
 the floor (5.2%), chosen by the comparison in ``results.notes.md``.
 Rows go to ``results.json`` beside this file (replacing earlier rows of the same attack and
 defense) and ``results.md`` is rewritten from all rows, each with its command, date, machine,
-seed and versions.
+seed and versions; ``--results STEM`` writes ``STEM.json`` / ``STEM.md`` instead (another
+aligned model, e.g. ``results96`` for the 96 px one). A run without ``--retune`` keeps the
+RA-ASR stored for the same aligned or backdoored model and names the run that measured it.
 """
 
 from __future__ import annotations
