@@ -649,3 +649,67 @@ def _cells_for_attack(attack: str):
     return Cell(
         "ceiling", "mnist", "small_cnn", AttackSpec(attack), None, None, 0, job, None, {}, "out"
     )
+
+
+def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
+    """The summary averages per attack first, measures CA drop against each row's own
+    backdoored model, subtracts the floor's RA-ASR, and adds a table on the common attacks."""
+    from unbackdoor.bench.report import groups, summary_blocks
+
+    def row(role, defense, attack, seed=0, **kw):
+        r = {"status": "ok", "dataset": "cifar10", "model": "fastnet", "attack": attack}
+        return r | {"role": role, "defense": defense, "budget": 0.05, "seed": seed, **kw}
+
+    rows = [
+        row("floor", "floor", "badnets", clean_acc=0.90, asr=0.01, retune_asr=0.02),
+        row("floor", "floor", "blended", clean_acc=0.90, asr=0.0, retune_asr=1.0),
+    ]
+    for seed, asr in ((0, 0.01), (1, 0.03)):  # badnets: mean ASR 2%, CA drop 1 point
+        rows.append(
+            row(
+                "defense",
+                "bibau",
+                "badnets",
+                seed,
+                before={"clean_acc": 0.90},
+                clean_acc=0.89,
+                asr=asr,
+                retune_asr=0.05,
+                defense_time=100.0,
+            )
+        )
+    rows += [
+        row(
+            "defense",
+            "bibau",
+            "blended",
+            before={"clean_acc": 0.91},
+            clean_acc=0.88,
+            asr=0.06,
+            retune_asr=1.0,
+            defense_time=300.0,
+        ),
+        row(
+            "defense",
+            "ft",
+            "badnets",
+            before={"clean_acc": 0.90},
+            clean_acc=0.90,
+            asr=0.5,
+            retune_asr=0.9,
+            defense_time=10.0,
+        ),
+    ]
+    blocks = summary_blocks(next(iter(groups(rows).values())))
+    tables = [b for b in blocks if b[0] == "table"]
+    assert len(tables) == 2  # all attacks, then badnets only (the one ft also ran on)
+    bibau = next(r for r in tables[0][2] if r[0] == "bibau")
+    assert bibau[2] == "badnets, blended"
+    assert bibau[3] == "2.00 pts"  # (1 + 3) / 2
+    assert bibau[4] == "4.00%"  # (2% + 6%) / 2: per attack first, not per row
+    assert bibau[5] == "6.00% (blended)"
+    assert bibau[6] == "52.50%" and bibau[7] == "1.50%"  # (3% + 0%) / 2 above the floors
+    assert bibau[8] == "200 s"
+    common_bibau = next(r for r in tables[1][2] if r[0] == "bibau")
+    assert common_bibau[2] == "badnets" and common_bibau[4] == "2.00%"
+    assert any("every defense ran on (badnets)" in b[1] for b in blocks if b[0] == "p")

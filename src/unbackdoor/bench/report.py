@@ -2,9 +2,10 @@
 
 ``render_report("benchmarks/quick/results.jsonl", out="benchmarks/quick/report")`` writes
 ``report.md``, ``report.html`` and PNG figures: the main table per (data set, model) with
-mean +- std over seeds and the never-backdoored floor, the CA-vs-ASR trade-off per method, ASR
-against the clean-data budget, the re-tuning ASR curves, TBAR's alpha sweeps when present, and
-each attack's true trigger beside the triggers the defenses inverted. The header says how the
+mean +- std over seeds and the never-backdoored floor, a summary per defense over attacks, the
+CA-vs-ASR trade-off per method, ASR against the clean-data budget, the re-tuning ASR curves,
+TBAR's alpha sweeps when present, and each attack's true trigger beside the triggers the
+defenses inverted. The header says how the
 results were made (command, date, machine, wall time) from ``grid.json`` beside the results.
 """
 
@@ -171,6 +172,124 @@ def main_table(gs: list[Group]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, rows
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class AttackSummary:
+    """One defense on one attack, averaged over its seeds (the summary table's unit)."""
+
+    attack: str
+    ca_drop: float | None  # points of CA lost against the backdoored model the row started from
+    asr: float | None
+    retune_asr: float | None
+    above_floor: float | None  # RA-ASR minus the never-backdoored model's, at least 0
+    time: float | None
+
+
+def _attack_summary(g: Group, floor_ra: dict[str, float]) -> AttackSummary:
+    drops = [
+        float(r["before"]["clean_acc"]) - float(r["clean_acc"])
+        for r in g.rows
+        if isinstance(r.get("before"), dict)
+        and _nums([r["before"]], "clean_acc")
+        and _nums([r], "clean_acc")
+    ]
+    ra = _mean(g.values("retune_asr"))
+    floor = floor_ra.get(g.attack)
+    above = None if ra is None or floor is None else max(0.0, ra - floor)
+    return AttackSummary(
+        g.attack,
+        _mean(drops),
+        _mean(g.values("asr")),
+        ra,
+        above,
+        _mean(g.values("defense_time")),
+    )
+
+
+def defense_summaries(gs: list[Group]) -> dict[tuple[str, Any], list[AttackSummary]]:
+    """Per (defense, budget): one :class:`AttackSummary` per attack it ran on."""
+    floor_ra = {}
+    for g in gs:
+        if g.role == "floor" and (m := _mean(g.values("retune_asr"))) is not None:
+            floor_ra[g.attack] = m
+    out: dict[tuple[str, Any], list[AttackSummary]] = defaultdict(list)
+    for g in gs:
+        if g.role == "defense":
+            out[(g.defense, g.budget)].append(_attack_summary(g, floor_ra))
+    return dict(out)
+
+
+def summary_table(
+    summaries: dict[tuple[str, Any], list[AttackSummary]], attacks: set[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Each defense's means over the attacks it ran on (or over ``attacks`` only).
+
+    CA drop is measured per row against the backdoored model that row started from; "RA-ASR
+    above floor" is how far the re-tuning attack brings the backdoor back beyond what it
+    teaches a never-backdoored model (0 for a backdoor as forgotten as one never learned)."""
+    header = ["defense", "budget", "attacks", "mean CA drop", "mean ASR", "worst ASR"]
+    header += ["mean RA-ASR", "RA-ASR above floor", "mean time"]
+    rows = []
+    for (defense, budget), items in summaries.items():
+        items = [s for s in items if attacks is None or s.attack in attacks]
+        if not items:
+            continue
+
+        def mean_of(key: str, items: list[AttackSummary] = items) -> list[float]:
+            m = _mean([v for s in items if (v := getattr(s, key)) is not None])
+            return [] if m is None else [m]
+
+        asr = [s for s in items if s.asr is not None]
+        worst = max(asr, key=lambda s: s.asr or 0.0) if asr else None
+        n_ra = sum(s.retune_asr is not None for s in items)
+        drop = mean_of("ca_drop")
+        rows.append(
+            [
+                defense,
+                _budget_label(budget),
+                ", ".join(s.attack for s in items),
+                f"{100 * drop[0]:.2f} pts" if drop else "-",
+                fmt(mean_of("asr")),
+                f"{fmt([worst.asr or 0.0])} ({worst.attack})" if worst else "-",
+                fmt(mean_of("retune_asr")) + (f" (of {n_ra})" if 0 < n_ra < len(items) else ""),
+                fmt(mean_of("above_floor")),
+                fmt(mean_of("time"), "s"),
+            ]
+        )
+    return header, rows
+
+
+def summary_blocks(gs: list[Group]) -> list[Block]:
+    """The summary table, and the same restricted to the attacks every defense ran on when the
+    defenses cover different attacks (means over different attacks do not compare)."""
+    summaries = defense_summaries(gs)
+    if not summaries:
+        return []
+    header, table = summary_table(summaries)
+    blocks: list[Block] = [
+        (
+            "p",
+            "**Summary by defense**: means over the attacks each defense ran on (each attack "
+            "first averaged over its seeds). CA drop is against the backdoored model each row "
+            "started from; RA-ASR above floor is the re-tuned ASR minus the never-backdoored "
+            "model's under the same attack (0 when the backdoor comes back no faster than in a "
+            "model that never had it).",
+        ),
+        ("table", header, table),
+    ]
+    covered = [{s.attack for s in items} for items in summaries.values()]
+    common = set.intersection(*covered)
+    if common and any(c != common for c in covered):
+        header, table = summary_table(summaries, common)
+        names = ", ".join(a for a in _order(g.attack for g in gs) if a in common)
+        blocks.append(("p", f"The same on the attacks every defense ran on ({names}):"))
+        blocks.append(("table", header, table))
+    return blocks
 
 
 def _trained_model(r: dict[str, Any]) -> tuple[str, str, Any] | None:
@@ -585,6 +704,7 @@ def build_blocks(results: Path, out: Path) -> tuple[list[Block], list[Path]]:
         header, table = main_table(gs)
         blocks.append(("table", header, table))
         blocks.extend(("p", text) for text in training_mismatches(gs))
+        blocks.extend(summary_blocks(gs))
         slug = _slug(dataset, model)
         drawers: list[tuple[str, str, Callable[..., Path | None]]] = [
             ("CA vs ASR", "tradeoff", plot_tradeoff),
