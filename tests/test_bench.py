@@ -664,42 +664,26 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
         row("floor", "floor", "badnets", clean_acc=0.90, asr=0.01, retune_asr=0.02),
         row("floor", "floor", "blended", clean_acc=0.90, asr=0.0, retune_asr=1.0),
     ]
-    for seed, asr in ((0, 0.01), (1, 0.03)):  # badnets: mean ASR 2%, CA drop 1 point
+    defended = [  # (defense, attack, seed, CA before, CA after, ASR, RA-ASR, time)
+        ("bibau", "badnets", 0, 0.90, 0.89, 0.01, 0.05, 100.0),  # badnets: mean ASR 2%,
+        ("bibau", "badnets", 1, 0.90, 0.89, 0.03, 0.05, 100.0),  # CA drop 1 point
+        ("bibau", "blended", 0, 0.91, 0.88, 0.06, 1.0, 300.0),
+        ("ft", "badnets", 0, 0.90, 0.90, 0.5, 0.9, 10.0),
+    ]
+    for defense, attack, seed, before, ca, asr, ra, t in defended:
         rows.append(
             row(
                 "defense",
-                "bibau",
-                "badnets",
+                defense,
+                attack,
                 seed,
-                before={"clean_acc": 0.90},
-                clean_acc=0.89,
+                before={"clean_acc": before},
+                clean_acc=ca,
                 asr=asr,
-                retune_asr=0.05,
-                defense_time=100.0,
+                retune_asr=ra,
+                defense_time=t,
             )
         )
-    rows += [
-        row(
-            "defense",
-            "bibau",
-            "blended",
-            before={"clean_acc": 0.91},
-            clean_acc=0.88,
-            asr=0.06,
-            retune_asr=1.0,
-            defense_time=300.0,
-        ),
-        row(
-            "defense",
-            "ft",
-            "badnets",
-            before={"clean_acc": 0.90},
-            clean_acc=0.90,
-            asr=0.5,
-            retune_asr=0.9,
-            defense_time=10.0,
-        ),
-    ]
     blocks = summary_blocks(next(iter(groups(rows).values())))
     tables = [b for b in blocks if b[0] == "table"]
     assert len(tables) == 2  # all attacks, then badnets only (the one ft also ran on)
