@@ -457,7 +457,7 @@ def test_report_renders_from_stored_results(tmp_path):
     names = {p.name for p in files.figures}
     assert names == {
         f"{kind}_mnist_small_cnn.png"
-        for kind in ("tradeoff", "budget", "retune", "alpha", "triggers")
+        for kind in ("summary", "tradeoff", "budget", "retune", "alpha", "triggers")
     }
     for p in files.figures:
         assert p.is_file() and p.stat().st_size > 1000 and p.name in md
@@ -684,7 +684,8 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
                 defense_time=t,
             )
         )
-    blocks = summary_blocks(next(iter(groups(rows).values())))
+    blocks, means = summary_blocks(next(iter(groups(rows).values())))
+    assert [(m.defense, m.attacks) for m in means] == [("bibau", ["badnets"]), ("ft", ["badnets"])]
     tables = [b for b in blocks if b[0] == "table"]
     assert len(tables) == 2  # all attacks, then badnets only (the one ft also ran on)
     bibau = next(r for r in tables[0][2] if r[0] == "bibau")

@@ -224,53 +224,126 @@ def defense_summaries(gs: list[Group]) -> dict[tuple[str, Any], list[AttackSumma
     return dict(out)
 
 
-def summary_table(
-    summaries: dict[tuple[str, Any], list[AttackSummary]], attacks: set[str] | None = None
-) -> tuple[list[str], list[list[str]]]:
-    """Each defense's means over the attacks it ran on (or over ``attacks`` only).
+@dataclass
+class DefenseMeans:
+    """One defense (at one budget) averaged over attacks: a row of the summary table."""
 
-    CA drop is measured per row against the backdoored model that row started from; "RA-ASR
-    above floor" is how far the re-tuning attack brings the backdoor back beyond what it
-    teaches a never-backdoored model (0 for a backdoor as forgotten as one never learned)."""
-    header = ["defense", "budget", "attacks", "mean CA drop", "mean ASR", "worst ASR"]
-    header += ["mean RA-ASR", "RA-ASR above floor", "mean time"]
-    rows = []
+    defense: str
+    budget: Any
+    attacks: list[str]
+    ca_drop: float | None
+    asr: float | None
+    worst: AttackSummary | None
+    retune_asr: float | None
+    retuned: int  # how many of the attacks have an RA-ASR
+    above_floor: float | None
+    time: float | None
+
+
+def defense_means(
+    summaries: dict[tuple[str, Any], list[AttackSummary]], attacks: set[str] | None = None
+) -> list[DefenseMeans]:
+    """Each defense's means over the attacks it ran on (or over ``attacks`` only)."""
+    out = []
     for (defense, budget), items in summaries.items():
         items = [s for s in items if attacks is None or s.attack in attacks]
         if not items:
             continue
 
-        def mean_of(key: str, items: list[AttackSummary] = items) -> list[float]:
-            m = _mean([v for s in items if (v := getattr(s, key)) is not None])
-            return [] if m is None else [m]
+        def mean_of(key: str, items: list[AttackSummary] = items) -> float | None:
+            return _mean([v for s in items if (v := getattr(s, key)) is not None])
 
         asr = [s for s in items if s.asr is not None]
-        worst = max(asr, key=lambda s: s.asr or 0.0) if asr else None
-        n_ra = sum(s.retune_asr is not None for s in items)
-        drop = mean_of("ca_drop")
+        out.append(
+            DefenseMeans(
+                defense,
+                budget,
+                [s.attack for s in items],
+                mean_of("ca_drop"),
+                mean_of("asr"),
+                max(asr, key=lambda s: s.asr or 0.0) if asr else None,
+                mean_of("retune_asr"),
+                sum(s.retune_asr is not None for s in items),
+                mean_of("above_floor"),
+                mean_of("time"),
+            )
+        )
+    return out
+
+
+def summary_table(means: list[DefenseMeans]) -> tuple[list[str], list[list[str]]]:
+    """The summary table. CA drop is measured per row against the backdoored model that row
+    started from; "RA-ASR above floor" is how far the re-tuning attack brings the backdoor back
+    beyond what it teaches a never-backdoored model (0 for a backdoor as forgotten as one never
+    learned)."""
+    header = ["defense", "budget", "attacks", "mean CA drop", "mean ASR", "worst ASR"]
+    header += ["mean RA-ASR", "RA-ASR above floor", "mean time"]
+
+    def one(v: float | None, kind: str = "pct") -> str:
+        return fmt([] if v is None else [v], kind)
+
+    rows = []
+    for m in means:
+        n = len(m.attacks)
         rows.append(
             [
-                defense,
-                _budget_label(budget),
-                ", ".join(s.attack for s in items),
-                f"{100 * drop[0]:.2f} pts" if drop else "-",
-                fmt(mean_of("asr")),
-                f"{fmt([worst.asr or 0.0])} ({worst.attack})" if worst else "-",
-                fmt(mean_of("retune_asr")) + (f" (of {n_ra})" if 0 < n_ra < len(items) else ""),
-                fmt(mean_of("above_floor")),
-                fmt(mean_of("time"), "s"),
+                m.defense,
+                _budget_label(m.budget),
+                ", ".join(m.attacks),
+                "-" if m.ca_drop is None else f"{100 * m.ca_drop:.2f} pts",
+                one(m.asr),
+                f"{one(m.worst.asr)} ({m.worst.attack})" if m.worst else "-",
+                one(m.retune_asr) + (f" (of {m.retuned})" if 0 < m.retuned < n else ""),
+                one(m.above_floor),
+                one(m.time, "s"),
             ]
         )
     return header, rows
 
 
-def summary_blocks(gs: list[Group]) -> list[Block]:
+def plot_summary(means: list[DefenseMeans], title: str, path: Path) -> Path | None:
+    """Per defense: mean ASR and RA-ASR above the floor (left), mean CA drop (right)."""
+    if not means:
+        return None
+    plt = _plt()
+    one_budget = len({repr(m.budget) for m in means}) == 1
+    labels = [m.defense if one_budget else f"{m.defense}\n{_budget_label(m.budget)}" for m in means]
+    xs = list(range(len(means)))
+    fig, (left, right) = plt.subplots(
+        1,
+        2,
+        figsize=(max(6.4, 1.1 * len(means) + 3.5), 3.8),
+        layout="constrained",
+        gridspec_kw={"width_ratios": [2, 1]},
+    )
+    w = 0.38
+    for off, key, name in (
+        (-w / 2, "asr", "ASR after defense"),
+        (w / 2, "above_floor", "RA-ASR above floor"),
+    ):
+        vals = [100 * (getattr(m, key) or 0.0) for m in means]
+        left.bar([x + off for x in xs], vals, width=w, label=name)
+    right.bar(xs, [100 * (m.ca_drop or 0.0) for m in means], color="grey")
+    for ax in (left, right):
+        ax.set_xticks(xs, labels, rotation=45, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    left.set_ylabel("% (mean over attacks)")
+    left.set_ylim(0, 103)
+    left.legend(fontsize=7)
+    right.set_ylabel("CA drop (points)")
+    fig.suptitle(f"defenses, {', '.join(means[0].attacks)}: {title}", fontsize=9)
+    return _save(fig, path)
+
+
+def summary_blocks(gs: list[Group]) -> tuple[list[Block], list[DefenseMeans]]:
     """The summary table, and the same restricted to the attacks every defense ran on when the
-    defenses cover different attacks (means over different attacks do not compare)."""
+    defenses cover different attacks (means over different attacks do not compare); with the
+    means over those common attacks (for the plot)."""
     summaries = defense_summaries(gs)
     if not summaries:
-        return []
-    header, table = summary_table(summaries)
+        return [], []
+    means = defense_means(summaries)
+    header, table = summary_table(means)
     blocks: list[Block] = [
         (
             "p",
@@ -285,11 +358,14 @@ def summary_blocks(gs: list[Group]) -> list[Block]:
     covered = [{s.attack for s in items} for items in summaries.values()]
     common = set.intersection(*covered)
     if common and any(c != common for c in covered):
-        header, table = summary_table(summaries, common)
+        means = defense_means(summaries, common)
+        header, table = summary_table(means)
         names = ", ".join(a for a in _order(g.attack for g in gs) if a in common)
         blocks.append(("p", f"The same on the attacks every defense ran on ({names}):"))
         blocks.append(("table", header, table))
-    return blocks
+    elif not common:
+        means = []
+    return blocks, means
 
 
 def _trained_model(r: dict[str, Any]) -> tuple[str, str, Any] | None:
@@ -704,8 +780,13 @@ def build_blocks(results: Path, out: Path) -> tuple[list[Block], list[Path]]:
         header, table = main_table(gs)
         blocks.append(("table", header, table))
         blocks.extend(("p", text) for text in training_mismatches(gs))
-        blocks.extend(summary_blocks(gs))
+        summary, means = summary_blocks(gs)
+        blocks.extend(summary)
         slug = _slug(dataset, model)
+        p = plot_summary(means, title, out / f"summary_{slug}.png")
+        if p is not None:
+            figures.append(p)
+            blocks.append(("img", p.name, f"defenses on common attacks: {title}"))
         drawers: list[tuple[str, str, Callable[..., Path | None]]] = [
             ("CA vs ASR", "tradeoff", plot_tradeoff),
             ("ASR vs budget", "budget", plot_budget),
