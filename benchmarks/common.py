@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.bench.report import md_table
 from unbackdoor.bench.store import provenance
+from unbackdoor.bench.tables import md_table
 from unbackdoor.utils.io import atomic_write_json, file_lock, read_json
 
 __all__ = ["locked", "md_table", "provenance", "update_json"]

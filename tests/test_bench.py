@@ -468,7 +468,7 @@ def test_report_renders_from_stored_results(tmp_path):
 def test_report_names_rows_measured_on_different_trainings_of_a_zoo_model():
     """A lost zoo cache is retrained (on another CPU: other weights); the report says which
     rows measured which training, and stays quiet when they all measured one."""
-    from unbackdoor.bench.report import groups, training_mismatches
+    from unbackdoor.bench.tables import groups, training_mismatches
 
     def row(role, defense, attack="badnets", ca=0.8973, asr=0.9754, digest=None, **kw):
         r = {"status": "ok", "dataset": "cifar10", "model": "fastnet", "attack": attack}
@@ -654,7 +654,7 @@ def _cells_for_attack(attack: str):
 def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
     """The summary averages per attack first, measures CA drop against each row's own
     backdoored model, subtracts the floor's RA-ASR, and adds a table on the common attacks."""
-    from unbackdoor.bench.report import groups, summary_blocks
+    from unbackdoor.bench.tables import groups, summary_blocks
 
     def row(role, defense, attack, seed=0, **kw):
         r = {"status": "ok", "dataset": "cifar10", "model": "fastnet", "attack": attack}

@@ -244,7 +244,7 @@ def _retune_fields(r: Any, plot: Path | None = None, directory: Path | None = No
         "retune_config": r.config,
     }
     if plot is not None:
-        from unbackdoor.bench.report import plot_retune_curve
+        from unbackdoor.bench.plots import plot_retune_curve
 
         fields["retune_plot"] = str(plot_retune_curve(r.curve, plot, str(directory or "")))
     return fields
