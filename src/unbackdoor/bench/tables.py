@@ -62,7 +62,7 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def budget_label(budget: Any) -> str:
-    """"5% of train" for a fraction, the count for a number of images, "-" for none."""
+    """A budget as the tables show it: '5% of train', an image count, or '-' for none."""
     if budget is None:
         return "-"
     if isinstance(budget, float):
