@@ -129,6 +129,22 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
 }
 
 
+#: the defense diagnostics a row keeps (TBAR's alpha choice, BI-BAU's detection: which family
+#: flagged what, each class's first trigger size and fooling rate, and why it stopped)
+DIAGNOSTICS = (
+    "alpha",
+    "alpha_rule",
+    "alpha_sweep",
+    "trigger_source",
+    "rounds",
+    "result",
+    "families_tried",
+    "family_verdicts",
+    "found_by",
+    "first_inversion",
+    "stopped",
+)
+
 #: the rows every run measures before its defenses: the floor and the ceiling
 REFERENCE_ROWS = ("clean (aligned)", "backdoored")
 
@@ -453,11 +469,7 @@ def main() -> None:
             "target_met": None
             if goal is None
             else bool(after["asr"] <= goal[0] and retention >= goal[1]),
-            "diagnostics": {
-                k: v
-                for k, v in report.diagnostics.items()
-                if k in ("alpha", "alpha_rule", "alpha_sweep", "trigger_source", "rounds", "result")
-            },
+            "diagnostics": {k: v for k, v in report.diagnostics.items() if k in DIAGNOSTICS},
         }
         rows.append(row)
         shown = ("defense", "ca", "asr", "retention", "ra_asr", "wall_s")
