@@ -695,6 +695,9 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
     assert bibau[5] == "6.00% (blended)"
     assert bibau[6] == "52.50%" and bibau[7] == "1.50%"  # (3% + 0%) / 2 above the floors
     assert bibau[8] == "200 s"
+    rows.pop(1)  # no blended floor: bibau's RA-ASR above floor then covers badnets alone
+    blocks, _ = summary_blocks(next(iter(groups(rows).values())))
+    assert next(r for r in blocks[1][2] if r[0] == "bibau")[7] == "3.00% (of 1)"
     common_bibau = next(r for r in tables[1][2] if r[0] == "bibau")
     assert common_bibau[2] == "badnets" and common_bibau[4] == "2.00%"
     assert any("every defense ran on (badnets)" in b[1] for b in blocks if b[0] == "p")

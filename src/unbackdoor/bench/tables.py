@@ -217,6 +217,7 @@ class DefenseMeans:
     retune_asr: float | None
     retuned: int  # how many of the attacks have an RA-ASR
     above_floor: float | None
+    floored: int  # how many have an RA-ASR and a floor to compare it with
     time: float | None
 
 
@@ -245,6 +246,7 @@ def defense_means(
                 mean_of("retune_asr"),
                 sum(s.retune_asr is not None for s in items),
                 mean_of("above_floor"),
+                sum(s.above_floor is not None for s in items),
                 mean_of("time"),
             )
         )
@@ -274,7 +276,7 @@ def summary_table(means: list[DefenseMeans]) -> tuple[list[str], list[list[str]]
                 one(m.asr),
                 f"{one(m.worst.asr)} ({m.worst.attack})" if m.worst else "-",
                 one(m.retune_asr) + (f" (of {m.retuned})" if 0 < m.retuned < n else ""),
-                one(m.above_floor),
+                one(m.above_floor) + (f" (of {m.floored})" if 0 < m.floored < n else ""),
                 one(m.time, "s"),
             ]
         )
