@@ -125,6 +125,9 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
     "bibau": ("clip-bibau", False, {**BIBAU, "family": "mask_pattern"}, (0.05, 0.96)),
     # BI-BAU's default family: a bounded additive trigger when the mask finds nothing
     "bibau-auto": ("clip-bibau", False, {**BIBAU, "family": "auto"}, (0.05, 0.96)),
+    # diagnostic, not blind: the target class given (the attack's target, 0), so the row shows
+    # what the multimodal unlearning does once detection is out of the way
+    "bibau-target": ("clip-bibau", False, {**BIBAU, "family": "auto", "target": 0}, None),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 
