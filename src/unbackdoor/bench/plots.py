@@ -6,6 +6,7 @@ to draw.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,6 +265,11 @@ def plot_triggers(gs: list[Group], title: str, path: Path, base: Path) -> Path |
     return _save(fig, path)
 
 
+def _pct(v: float | None) -> float:
+    """A fraction as a bar height in percent; NaN (no bar, not a zero) when not measured."""
+    return math.nan if v is None else 100 * v
+
+
 def plot_summary(means: list[DefenseMeans], title: str, path: Path) -> Path | None:
     """Per defense: mean ASR and RA-ASR above the floor (left), mean CA drop (right)."""
     if not means:
@@ -284,9 +290,8 @@ def plot_summary(means: list[DefenseMeans], title: str, path: Path) -> Path | No
         (-w / 2, "asr", "ASR after defense"),
         (w / 2, "above_floor", "RA-ASR above floor"),
     ):
-        vals = [100 * (getattr(m, key) or 0.0) for m in means]
-        left.bar([x + off for x in xs], vals, width=w, label=name)
-    right.bar(xs, [100 * (m.ca_drop or 0.0) for m in means], color="grey")
+        left.bar([x + off for x in xs], [_pct(getattr(m, key)) for m in means], width=w, label=name)
+    right.bar(xs, [_pct(m.ca_drop) for m in means], color="grey")
     for ax in (left, right):
         ax.set_xticks(xs, labels, rotation=45, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
