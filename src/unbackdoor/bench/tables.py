@@ -154,10 +154,6 @@ def main_table(gs: list[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 @dataclass
 class AttackSummary:
     """One defense on one attack, averaged over its seeds (the summary table's unit)."""
@@ -178,16 +174,16 @@ def _attack_summary(g: Group, floor_ra: dict[str, float]) -> AttackSummary:
         and _nums([r["before"]], "clean_acc")
         and _nums([r], "clean_acc")
     ]
-    ra = _mean(g.values("retune_asr"))
+    ra = mean_std(g.values("retune_asr"))[0]
     floor = floor_ra.get(g.attack)
     above = None if ra is None or floor is None else max(0.0, ra - floor)
     return AttackSummary(
         g.attack,
-        _mean(drops),
-        _mean(g.values("asr")),
+        mean_std(drops)[0],
+        mean_std(g.values("asr"))[0],
         ra,
         above,
-        _mean(g.values("defense_time")),
+        mean_std(g.values("defense_time"))[0],
     )
 
 
@@ -195,7 +191,7 @@ def defense_summaries(gs: list[Group]) -> dict[tuple[str, Any], list[AttackSumma
     """Per (defense, budget): one :class:`AttackSummary` per attack it ran on."""
     floor_ra = {}
     for g in gs:
-        if g.role == "floor" and (m := _mean(g.values("retune_asr"))) is not None:
+        if g.role == "floor" and (m := mean_std(g.values("retune_asr"))[0]) is not None:
             floor_ra[g.attack] = m
     out: dict[tuple[str, Any], list[AttackSummary]] = defaultdict(list)
     for g in gs:
@@ -232,7 +228,7 @@ def defense_means(
             continue
 
         def mean_of(key: str, items: list[AttackSummary] = items) -> float | None:
-            return _mean([v for s in items if (v := getattr(s, key)) is not None])
+            return mean_std([v for s in items if (v := getattr(s, key)) is not None])[0]
 
         asr = [s for s in items if s.asr is not None]
         out.append(
