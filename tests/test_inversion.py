@@ -296,6 +296,33 @@ def test_collapse_unlearns_a_copy_and_shares_out_the_forgotten_images(mnist_back
         collapse(model, train, held, threshold=1.5)
 
 
+def test_collapse_ascends_only_on_what_the_caller_left_trainable(monkeypatch):
+    # A CLIP head's temperature and text tower are frozen by the caller (FrozenText); the
+    # ascent must not move them, or it would flatten the logits instead of forgetting.
+    from synth import blobs
+
+    from unbackdoor.inversion.collapse import collapse
+
+    data = blobs(200, classes=4, size=8)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Linear(16, 4))
+    net[1].requires_grad_(False)
+    seen: list[list[torch.Tensor]] = []
+    real_sgd = torch.optim.SGD
+
+    def spy(params, **kw):
+        params = list(params)
+        seen.append(params)
+        return real_sgd(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    collapse(net, data, data, repeats=1, max_steps=3)
+    assert [tuple(p.shape) for p in seen[0]] == [(4, 16), (4,)]
+    assert not net[1].weight.requires_grad  # the caller's model keeps its flags
+    net.requires_grad_(False)  # nothing trainable: the whole copy is ascended on
+    collapse(net, data, data, repeats=1, max_steps=3)
+    assert len(seen[1]) == 4
+
+
 def test_collapse_breadth_tells_a_target_from_a_natural_sink():
     from unbackdoor.inversion.collapse import CollapseResult
 

@@ -132,6 +132,7 @@ def collapse(
     training mode, as RNP does) until its accuracy on ``held`` falls under ``threshold``
     (checked every ``check_every`` steps), then record which classes it predicts on ``held``.
     ``repeats`` runs from different batch orders are averaged. ``model`` is left unchanged.
+    Only the parameters that require gradients are changed (all of them if none does).
     """
     o = "collapse"
     check(0 < threshold < 1, o, "threshold", threshold, "in (0, 1)")
@@ -146,9 +147,11 @@ def collapse(
     bar = progress(None, desc="clean-unlearning collapse", total=repeats * max_steps)
     for r in range(repeats):
         net = copy.deepcopy(model).to(device)
-        for p in net.parameters():
+        # what the caller froze stays frozen (a CLIP head's temperature and text tower)
+        params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
+        for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
         batches = _endless(train, batch_size, seed + 1000 * r, device)
         for step, batch in enumerate(batches, 1):
             net.train()
