@@ -124,6 +124,45 @@ def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, run
     assert calls == []
 
 
+def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
+    import synth
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.inversion import InversionResult, MaskPattern
+    from unbackdoor.inversion.collapse import CollapseResult
+
+    flat = torch.tensor([17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2, 16.6])
+    shares = torch.full((10,), 0.3 / 9)
+    shares[3] = 0.7
+    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    inverted_on = []
+
+    def fake_invert(model, *a, **k):
+        inverted_on.append(model)
+        fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+        sizes = flat / 10 if model is copy_net else flat  # the copy's triggers are smaller
+        return InversionResult(fam, list(range(10)), sizes, torch.ones(10), torch.ones(10))
+
+    def fake_collapse(model, train, held, keep_model=False, **k):
+        errors = (100 * shares).expand(10, 10).clone().fill_diagonal_(0.0)
+        kept = copy_net if keep_model else None
+        return CollapseResult(shares, [shares.tolist()], [12], [0.45], errors, kept)
+
+    monkeypatch.setattr(bibau_mod, "invert", fake_invert)
+    monkeypatch.setattr(bibau_mod, "collapse", fake_collapse)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
+    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    run = dict(family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True)
+    out = BIBAU(**run, collapse_invert=True).run(model, train, val)
+    first = out.diagnostics["first_inversion"]
+    assert out.suspected_target == 3 and inverted_on == [model, copy_net]
+    assert first["on"] == "collapsed copy" and first["sizes"][3] == pytest.approx(1.6)
+    inverted_on.clear()
+    out = BIBAU(**run).run(model, train, val)  # off: the model's own inversion is unlearned
+    first = out.diagnostics["first_inversion"]
+    assert inverted_on == [model] and first["on"] == "model" and first["sizes"][3] == 16.0
+
+
 def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):
     import synth
     import unbackdoor.defenses.bibau as bibau_mod

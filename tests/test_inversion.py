@@ -300,7 +300,6 @@ def test_collapse_ascends_only_on_what_the_caller_left_trainable(monkeypatch):
     # A CLIP head's temperature and text tower are frozen by the caller (FrozenText); the
     # ascent must not move them, or it would flatten the logits instead of forgetting.
     from synth import blobs
-
     from unbackdoor.inversion.collapse import collapse
 
     data = blobs(200, classes=4, size=8)
@@ -319,8 +318,13 @@ def test_collapse_ascends_only_on_what_the_caller_left_trainable(monkeypatch):
     assert [tuple(p.shape) for p in seen[0]] == [(4, 16), (4,)]
     assert not net[1].weight.requires_grad  # the caller's model keeps its flags
     net.requires_grad_(False)  # nothing trainable: the whole copy is ascended on
-    collapse(net, data, data, repeats=1, max_steps=3)
+    res = collapse(net, data, data, repeats=1, max_steps=3, keep_model=True)
     assert len(seen[1]) == 4
+    kept = res.model  # the collapsed copy itself, frozen, in eval mode
+    assert kept is not None and kept is not net and not kept.training
+    assert not torch.equal(kept[2].weight, net[2].weight)
+    assert not any(p.requires_grad for p in kept.parameters())
+    assert collapse(net, data, data, repeats=1, max_steps=2).model is None
 
 
 def test_collapse_breadth_tells_a_target_from_a_natural_sink():

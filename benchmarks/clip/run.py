@@ -128,6 +128,21 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
     # diagnostic, not blind: the target class given (the attack's target, 0), so the row shows
     # what the multimodal unlearning does once detection is out of the way
     "bibau-target": ("clip-bibau", False, {**BIBAU, "family": "auto", "target": 0}, None),
+    # the weight-space fallback when the mask family names no class (the collapse test, with
+    # the rule fixed on CIFAR-10 dev classifiers), and its trigger inverted on the collapsed
+    # copy rather than on the model (``collapse_probe.py``)
+    "bibau-collapse": (
+        "clip-bibau",
+        False,
+        {**BIBAU, "family": "mask_pattern", "collapse_check": True},
+        (0.05, 0.96),
+    ),
+    "bibau-collapse-copy": (
+        "clip-bibau",
+        False,
+        {**BIBAU, "family": "mask_pattern", "collapse_check": True, "collapse_invert": True},
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 
@@ -144,6 +159,7 @@ DIAGNOSTICS = (
     "families_tried",
     "family_verdicts",
     "found_by",
+    "collapse",
     "first_inversion",
     "stopped",
 )

@@ -48,6 +48,8 @@ class CollapseResult:
     #: K x K counts, summed over the repeats: [true class, class it was sent to] of the
     #: held-out images the collapsed copy gets wrong
     errors: torch.Tensor | None = None
+    #: the last repeat's clean-unlearned copy (eval mode), kept with ``keep_model=True``
+    model: nn.Module | None = None
 
     def breadth(self) -> torch.Tensor:
         """Per class k: the share of the other classes whose forgotten images go to k more
@@ -127,12 +129,15 @@ def collapse(
     seed: int = 0,
     device: torch.device | str = "cpu",
     bf16: bool = False,
+    keep_model: bool = False,
 ) -> CollapseResult:
     """Unlearn ``model``'s clean task on ``train`` (gradient ascent, on a copy; BatchNorm in
     training mode, as RNP does) until its accuracy on ``held`` falls under ``threshold``
     (checked every ``check_every`` steps), then record which classes it predicts on ``held``.
     ``repeats`` runs from different batch orders are averaged. ``model`` is left unchanged.
     Only the parameters that require gradients are changed (all of them if none does).
+    ``keep_model`` returns the last repeat's collapsed copy as ``model`` (to invert triggers on
+    a network that has forgotten its clean features but not its backdoor).
     """
     o = "collapse"
     check(0 < threshold < 1, o, "threshold", threshold, "in (0, 1)")
@@ -176,4 +181,5 @@ def collapse(
         accuracy.append(round(acc, 4))
     bar.close()
     shares = torch.tensor(per_repeat).mean(0)
-    return CollapseResult(shares, per_repeat, steps, accuracy, errors)
+    kept = net.eval().requires_grad_(False) if keep_model else None
+    return CollapseResult(shares, per_repeat, steps, accuracy, errors, kept)

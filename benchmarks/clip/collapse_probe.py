@@ -1,0 +1,123 @@
+"""Does the weight-space detector name the targets the input-space one misses on CLIP? A probe.
+
+BI-BAU's blind inversion does not find the BadNets and BadCLIP targets of the 96 px offline
+CLIP models (``results96.md``): natural 8x8 patches reach every class about as cheaply as the
+real one on an ImageNet-pretrained tower (``inversion_probe.json``). The classifier's fallback,
+:func:`unbackdoor.inversion.collapse.collapse` (unlearn the clean task by gradient ascent on a
+copy, see which class the forgotten images go to), never looks at trigger sizes. This runs it on
+the zero-shot classifier of each model (class prompts; text tower and temperature frozen, as in
+``clip-bibau``), on the defender's 800 working pairs with its 200 held-out ones, and applies the
+rule fixed on the CIFAR-10 dev classifiers (``collapse_share`` 0.3, ``collapse_ratio`` 2,
+``collapse_breadth`` 0.6; ``benchmarks/bibau_dev/README.md``), unchanged: nothing here is chosen
+from these models. The never-backdoored row is the aligned model the attacks started from.
+
+``--invert STEPS`` then asks whether the collapsed copy helps the *inversion* too: a network that
+has forgotten its clean features should no longer be reached by the natural patches that
+exploit them, while the backdoor still works. The mask family is inverted for the flagged class
+(``STEPS`` steps of 16 images per class) on the model and on the last repeat's collapsed copy;
+how much of each mask lies on the planted patch (an 8x8 square, bottom right, margin 1, for
+BadNets and BadCLIP) is recorded as a diagnostic read afterwards, never used to choose anything.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/clip/collapse_probe.py \\
+        runs/clip/offline_tb1_96 runs/clip/bench96/badnets runs/clip/bench96/blended \\
+        runs/clip/bench96/badclip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import split_train  # noqa: E402
+
+from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head  # noqa: E402
+from unbackdoor.clip.model.store import load_clip  # noqa: E402
+from unbackdoor.defenses.bibau import BIBAU  # noqa: E402
+from unbackdoor.inversion.collapse import collapse  # noqa: E402
+from unbackdoor.inversion.invert import InversionConfig, invert  # noqa: E402
+from unbackdoor.utils.io import atomic_write_json  # noqa: E402
+from unbackdoor.utils.runinfo import run_info  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="CLIP artifact folders")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "collapse_probe.json"))
+    ap.add_argument("--invert", type=int, default=0, help="inversion steps (0: no inversion)")
+    a = ap.parse_args()
+    rule = BIBAU()
+    _, defender, _ = split_train(5000, 1000, 0, 15000, 0)
+    train, val = defender.split(0.2, 0)[::-1]  # as unlearn(): 80% to work on, 20% held out
+    out = Path(a.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {r["model"] for r in rows}
+    for path in a.models:
+        if path in done:  # resumable: a finished model is kept, not rerun
+            continue
+        torch.manual_seed(a.seed)
+        clip, _ = load_clip(path)
+        attack_file = Path(path) / "attack.json"
+        attack = json.loads(attack_file.read_text()) if attack_file.exists() else None
+        pairs = as_pairs(train, a.seed)
+        zs = head(clip, pairs, None)
+        t0 = time.perf_counter()
+        with FrozenText(clip):
+            res = collapse(zs, pairs, val, seed=a.seed, keep_model=bool(a.invert))
+        call = res.verdict(rule.collapse_share, rule.collapse_ratio, rule.collapse_breadth)
+        inversions = []
+        if a.invert and res.model is not None:
+            patch = torch.zeros(32, 32)  # the planted square, for the diagnostic column only
+            patch[-9:-1, -9:-1] = 1
+            cfg = InversionConfig(steps=a.invert, batch_size=16)
+            for which, net in (("model", zs), ("collapsed copy", res.model)):
+                inv = invert(net, pairs, cfg, classes=[call["class"]], desc=f"invert on {which}")
+                mask = inv.family.mask.detach().reshape(32, 32)
+                inversions.append(
+                    {
+                        "on": which,
+                        "class": call["class"],
+                        "size": round(float(inv.sizes[0]), 2),
+                        "fooling": round(float(inv.fooling[0]), 4),
+                        "mask_on_planted_patch": round(
+                            float((mask * patch).sum() / mask.sum().clamp_min(1e-9)), 4
+                        ),
+                    }
+                )
+                print(inversions[-1], flush=True)
+        row = {
+            "model": path,
+            "attack": None if attack is None else attack["attack"]["name"],
+            "target": None if attack is None else attack["policy"].get("target"),
+            **call,
+            **res.as_dict(),
+            "inversions": inversions,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        rows.append(row)
+        print({k: v for k, v in row.items() if k not in ("errors", "per_repeat")}, flush=True)
+        atomic_write_json(
+            out,
+            {
+                "command": " ".join(["benchmarks/clip/collapse_probe.py", *sys.argv[1:]]),
+                "rule": {
+                    "share": rule.collapse_share,
+                    "ratio": rule.collapse_ratio,
+                    "breadth": rule.collapse_breadth,
+                },
+                **run_info(a.seed),
+                "rows": rows,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
