@@ -136,8 +136,8 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
     copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     inverted_on = []
 
-    def fake_invert(model, *a, **k):
-        inverted_on.append(model)
+    def fake_invert(model, data, config, **k):
+        inverted_on.append((model, config.steps))
         fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
         sizes = flat / 10 if model is copy_net else flat  # the copy's triggers are smaller
         return InversionResult(fam, list(range(10)), sizes, torch.ones(10), torch.ones(10))
@@ -153,14 +153,20 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
     train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     run = dict(family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True)
+    run = {**run, "inversion_steps": 7}
     out = BIBAU(**run, collapse_invert=True).run(model, train, val)
     first = out.diagnostics["first_inversion"]
-    assert out.suspected_target == 3 and inverted_on == [model, copy_net]
+    assert out.suspected_target == 3 and inverted_on == [(model, 7), (copy_net, 7)]
     assert first["on"] == "collapsed copy" and first["sizes"][3] == pytest.approx(1.6)
+    inverted_on.clear()
+    BIBAU(**run, collapse_invert=True, collapse_inversion_steps=30).run(model, train, val)
+    assert inverted_on == [(model, 7), (copy_net, 30)]
     inverted_on.clear()
     out = BIBAU(**run).run(model, train, val)  # off: the model's own inversion is unlearned
     first = out.diagnostics["first_inversion"]
-    assert inverted_on == [model] and first["on"] == "model" and first["sizes"][3] == 16.0
+    assert inverted_on == [(model, 7)] and first["on"] == "model" and first["sizes"][3] == 16.0
+    with pytest.raises(ConfigError, match="collapse_inversion_steps"):
+        BIBAU(collapse_inversion_steps=0)
 
 
 def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):

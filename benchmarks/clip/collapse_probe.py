@@ -58,10 +58,12 @@ def main() -> None:
     _, defender, _ = split_train(5000, 1000, 0, 15000, 0)
     train, val = defender.split(0.2, 0)[::-1]  # as unlearn(): 80% to work on, 20% held out
     out = Path(a.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
-    done = {r["model"] for r in rows}
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    rows, commands = stored.get("rows", []), stored.get("commands", [])
+    commands.append(" ".join(["benchmarks/clip/collapse_probe.py", *sys.argv[1:]]))
+    done = {(r["model"], bool(r.get("inversions"))) for r in rows}
     for path in a.models:
-        if path in done:  # resumable: a finished model is kept, not rerun
+        if (path, bool(a.invert)) in done:  # resumable: a finished model is kept, not rerun
             continue
         torch.manual_seed(a.seed)
         clip, _ = load_clip(path)
@@ -101,13 +103,14 @@ def main() -> None:
             **res.as_dict(),
             "inversions": inversions,
             "seconds": round(time.perf_counter() - t0, 1),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         rows.append(row)
         print({k: v for k, v in row.items() if k not in ("errors", "per_repeat")}, flush=True)
         atomic_write_json(
             out,
             {
-                "command": " ".join(["benchmarks/clip/collapse_probe.py", *sys.argv[1:]]),
+                "commands": commands,  # every invocation that added rows, in order
                 "rule": {
                     "share": rule.collapse_share,
                     "ratio": rule.collapse_ratio,

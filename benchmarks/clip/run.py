@@ -143,6 +143,20 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         {**BIBAU, "family": "mask_pattern", "collapse_check": True, "collapse_invert": True},
         (0.05, 0.96),
     ),
+    # the same with 400 steps for the inversion on the copy: at 100 its masks were still
+    # 148-220 px (the probe's, at 400 steps of 16 images, 6.4 px; collapse_probe.json)
+    "bibau-collapse-copy-long": (
+        "clip-bibau",
+        False,
+        {
+            **BIBAU,
+            "family": "mask_pattern",
+            "collapse_check": True,
+            "collapse_invert": True,
+            "collapse_inversion_steps": 400,
+        },
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 

@@ -174,6 +174,7 @@ class BIBAU(Defense):
         "collapse_ratio": 2.0,
         "collapse_breadth": 0.6,
         "collapse_invert": False,
+        "collapse_inversion_steps": None,
         # the guard only acts on a round that costs more than 5 held-out points; no stored
         # cell of the defaults before it lost more than 2.0 test points on CIFAR-10 or 2.7 on
         # MNIST; rerun with it, the fast net's BadNets cell kept its key and held-out accuracy
@@ -243,6 +244,8 @@ class BIBAU(Defense):
     #: 6.4 px (66% on it; ``benchmarks/clip/collapse_probe.py``, the patch read afterwards as a
     #: diagnostic). One more inversion of every class, on the copy
     collapse_invert: bool = False
+    #: steps of that inversion on the copy (None: ``inversion_steps``)
+    collapse_inversion_steps: int | None = None
     bf16: bool = False
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
@@ -300,6 +303,11 @@ class BIBAU(Defense):
             self.time_budget is None or self.time_budget > 0, "time_budget", "None or > 0 seconds"
         )
         self._require(self.inversion_steps >= 1, "inversion_steps", ">= 1")
+        self._require(
+            self.collapse_inversion_steps is None or self.collapse_inversion_steps >= 1,
+            "collapse_inversion_steps",
+            "None or >= 1",
+        )
         self._require(self.inner_steps >= 0, "inner_steps", ">= 0")
         self._require(self.outer_steps >= 1, "outer_steps", ">= 1")
         self._require(self.max_epochs is None or self.max_epochs > 0, "max_epochs", "None or > 0")
@@ -417,7 +425,10 @@ class BIBAU(Defense):
                 first = invert(
                     fallback.model,
                     clean,
-                    InversionConfig(steps=self.inversion_steps, bf16=self.bf16),
+                    InversionConfig(
+                        steps=self.collapse_inversion_steps or self.inversion_steps,
+                        bf16=self.bf16,
+                    ),
                     seed=self.seed,
                     device=device,
                     desc="bibau: inversion on the collapsed copy",
