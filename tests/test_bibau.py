@@ -74,36 +74,48 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
         assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
 
 
-@pytest.mark.parametrize(
-    "top, runner_up, found",
-    [(0.6, 0.1, True), (0.35, 0.25, False), (0.25, 0.05, False)],  # ratio 6, 1.4; share 25%
-)
-def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, runner_up, found):
+#: every class's first trigger about as large: no trigger family flags a class
+FLAT = torch.tensor([17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2, 16.6])
+
+
+def _mask_result(sizes: torch.Tensor):
+    from unbackdoor.inversion import InversionResult, MaskPattern
+
+    fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+    return InversionResult(fam, list(range(10)), sizes, torch.ones(10), torch.ones(10))
+
+
+def _scripted_collapse(monkeypatch, shares, fake_invert, kept=None, calls=None):
+    """BI-BAU with scripted inversions and collapse (no unlearning): a model and data to run on."""
     import synth
     import unbackdoor.defenses.bibau as bibau_mod
-    from unbackdoor.inversion import InversionResult, MaskPattern
     from unbackdoor.inversion.collapse import CollapseResult
 
-    flat = torch.tensor([17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2, 16.6])
-    shares = torch.full((10,), (1 - top - runner_up) / 8)
-    shares[3], shares[5] = top, runner_up
-
-    def fake_invert(*a, **k):
-        fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
-        return InversionResult(fam, list(range(10)), flat, torch.ones(10), torch.ones(10))
-
-    calls = []
-
-    def fake_collapse(model, train, held, **k):
-        calls.append(len(held))
+    def fake_collapse(model, train, held, keep_model=False, **k):
+        if calls is not None:
+            calls.append(len(held))
         errors = (100 * shares).expand(10, 10).clone().fill_diagonal_(0.0)
-        return CollapseResult(shares, [shares.tolist()], [12], [0.45], errors)
+        copy_net = kept if keep_model else None
+        return CollapseResult(shares, [shares.tolist()], [12], [0.45], errors, copy_net)
 
     monkeypatch.setattr(bibau_mod, "invert", fake_invert)
     monkeypatch.setattr(bibau_mod, "collapse", fake_collapse)
     monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
     train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), train, val
+
+
+@pytest.mark.parametrize(
+    "top, runner_up, found",
+    [(0.6, 0.1, True), (0.35, 0.25, False), (0.25, 0.05, False)],  # ratio 6, 1.4; share 25%
+)
+def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, runner_up, found):
+    shares = torch.full((10,), (1 - top - runner_up) / 8)
+    shares[3], shares[5] = top, runner_up
+    calls = []
+    model, train, val = _scripted_collapse(
+        monkeypatch, shares, lambda *a, **k: _mask_result(FLAT), calls=calls
+    )
     defense = BIBAU(family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True)
     out = defense.run(model, train, val)
     diag = out.diagnostics
@@ -125,12 +137,6 @@ def test_collapse_names_a_target_the_trigger_families_miss(monkeypatch, top, run
 
 
 def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
-    import synth
-    import unbackdoor.defenses.bibau as bibau_mod
-    from unbackdoor.inversion import InversionResult, MaskPattern
-    from unbackdoor.inversion.collapse import CollapseResult
-
-    flat = torch.tensor([17.0, 16.5, 17.5, 16.0, 18.0, 17.2, 16.8, 17.0, 16.2, 16.6])
     shares = torch.full((10,), 0.3 / 9)
     shares[3] = 0.7
     copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -138,22 +144,12 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
 
     def fake_invert(model, data, config, **k):
         inverted_on.append((model, config.steps))
-        fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
-        sizes = flat / 10 if model is copy_net else flat  # the copy's triggers are smaller
-        return InversionResult(fam, list(range(10)), sizes, torch.ones(10), torch.ones(10))
+        return _mask_result(FLAT / 10 if model is copy_net else FLAT)  # the copy's: smaller
 
-    def fake_collapse(model, train, held, keep_model=False, **k):
-        errors = (100 * shares).expand(10, 10).clone().fill_diagonal_(0.0)
-        kept = copy_net if keep_model else None
-        return CollapseResult(shares, [shares.tolist()], [12], [0.45], errors, kept)
-
-    monkeypatch.setattr(bibau_mod, "invert", fake_invert)
-    monkeypatch.setattr(bibau_mod, "collapse", fake_collapse)
-    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
-    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    run = dict(family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True)
-    run = {**run, "inversion_steps": 7}
+    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    run = dict(
+        family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True, inversion_steps=7
+    )
     out = BIBAU(**run, collapse_invert=True).run(model, train, val)
     first = out.diagnostics["first_inversion"]
     assert out.suspected_target == 3 and inverted_on == [(model, 7), (copy_net, 7)]
