@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import split_train  # noqa: E402
+from run import planted_square, probe_parts  # noqa: E402
 
 from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head  # noqa: E402
 from unbackdoor.clip.model.store import load_clip  # noqa: E402
@@ -108,8 +108,7 @@ def main() -> None:
     )
     a = ap.parse_args()
     rule = BIBAU()
-    _, defender, _ = split_train(5000, 1000, 0, 15000, 0)
-    train, val = defender.split(0.2, 0)[::-1]  # as unlearn(): 80% to work on, 20% held out
+    train, val = probe_parts(0)
     out = Path(a.out)
     stored = json.loads(out.read_text()) if out.exists() else {}
     rows, commands = stored.get("rows", []), stored.get("commands", [])
@@ -130,8 +129,7 @@ def main() -> None:
         call = res.verdict(rule.collapse_share, rule.collapse_ratio, rule.collapse_breadth)
         inversions = []
         if a.invert and res.model is not None:
-            patch = torch.zeros(32, 32)  # the planted square, for the diagnostic column only
-            patch[-9:-1, -9:-1] = 1
+            patch = planted_square(attack or {})  # for the diagnostic column only
             cfg = InversionConfig(steps=a.invert, batch_size=16)
             for which, net in (("model", zs), ("collapsed copy", res.model)):
                 inv = invert(net, pairs, cfg, classes=[call["class"]], desc=f"invert on {which}")

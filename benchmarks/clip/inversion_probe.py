@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import split_train  # noqa: E402
+from run import planted_square, probe_parts  # noqa: E402
 
 from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head  # noqa: E402
 from unbackdoor.clip.model.store import load_clip  # noqa: E402
@@ -46,14 +46,11 @@ def main() -> None:
     torch.manual_seed(0)
     clip, _ = load_clip(a.model)
     attack = json.loads((Path(a.model) / "attack.json").read_text())
-    _, defender, _ = split_train(5000, 1000, 0, 15000, 0)
-    train, _val = defender.split(0.2, 0)[::-1]  # as unlearn(): 80% to work on
+    train, _val = probe_parts(0)
     pairs = as_pairs(train, 0)
     zs = head(clip, pairs, None)
     classes = [int(c) for c in a.classes.split(",")]
-    patch = torch.zeros(32, 32)  # the true patch's place, for the diagnostic column only
-    size = int(attack.get("attack", {}).get("size", 8))
-    patch[-size - 1 : -1, -size - 1 : -1] = 1  # bottom right, margin 1 (the catalogue default)
+    patch = planted_square(attack)  # the true patch's place, for the diagnostic column only
     rows = []
     with FrozenText(clip):
         for steps, batch in zip(

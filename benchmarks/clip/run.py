@@ -182,6 +182,23 @@ DIAGNOSTICS = (
 REFERENCE_ROWS = ("clean (aligned)", "backdoored")
 
 
+def probe_parts(seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """The defender's pairs of the benchmark's default run, split as ``unlearn()`` splits them
+    (80% to work on, 20% held out): what the probes next to this script look at."""
+    _, defender, _ = split_train(5000, 1000, seed, 15000, 0)
+    held, work = defender.split(0.2, seed)
+    return work, held
+
+
+def planted_square(attack: dict[str, Any]) -> torch.Tensor:
+    """32 x 32 map of a BadNets/BadCLIP patch's place (bottom right, margin 1, the catalogue's
+    default), read from an artifact's ``attack.json``: for the probes' diagnostic columns only."""
+    size = int(attack.get("attack", {}).get("size", 8))
+    square = torch.zeros(32, 32)
+    square[-size - 1 : -1, -size - 1 : -1] = 1
+    return square
+
+
 def split_train(
     attack_pairs: int,
     defender: int,
