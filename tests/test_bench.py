@@ -119,7 +119,7 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, zoo, monkeypatch
     assert part and all("/ft/" in k for k in part) and first[0] not in part
     assert some.computed == len(part) and some.skipped == 4 - len(part)
     grid = json.loads((out / "grid.json").read_text())
-    assert grid["runs"][-1]["status"] == "partial" and grid["runs"][-1]["deferred"] == 1
+    assert grid["runs"][-1]["status"] == "partial" and grid["runs"][-1]["deferred"] == 3 - len(part)
     with pytest.raises(ConfigError, match="matches no cell"):
         run_grid(tiny(zoo), out=out, quiet=True, only="*/fine-tune/*")
 
@@ -222,7 +222,8 @@ def test_pipelined_grid_queues_cells_behind_their_models(tmp_path, capsys):
 
 def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monkeypatch):
     """A cell queued behind a model in training holds a worker on the zoo lock: the cells
-    whose models are already there go first (here: only the clean twin is to be trained)."""
+    whose models are already there go first (here: only the clean twin is to be trained),
+    and among those the costliest, so that a long cell does not start last and run alone."""
     import unbackdoor.bench.grid as grid_mod
 
     seen = []
@@ -244,13 +245,17 @@ def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monk
         "_models_to_train",
         lambda pending, run: [j for j in real(pending, run) if j.attack is None],
     )
-    cfg = tiny(str(tmp_path / "zoo"), defenses=["none", "ft"], budgets=[100])
+    cfg = tiny(str(tmp_path / "zoo"), defenses=["none", "ft", "bibau"], budgets=[100, 200])
     run_grid(cfg, out=tmp_path / "grid", quiet=True)
     model, cells = seen[0], seen[1:]
-    assert type(model).__name__ == "ModelJob" and model.attack is None and len(cells) == 3
-    waits = [grid_mod._needs(c, {str(model.path())}) for c in cells]
-    assert waits == [False, False, True]  # the floor cell, which needs the twin, goes last
+    assert type(model).__name__ == "ModelJob" and model.attack is None and len(cells) == 6
+    waits = [grid_mod._wait(c, [str(model.path())]) for c in cells]
+    assert waits == [-1] * 5 + [0]  # the floor cell, which needs the twin, goes last
     assert cells[-1].role == "floor"
+    # among the ready cells the costliest start first: BI-BAU, larger budget first, then FT,
+    # then the ceiling, which only evaluates
+    order = [(c.defense_id, c.budget) for c in cells[:5]]
+    assert order == [("bibau", 200), ("bibau", 100), ("ft", 200), ("ft", 100), ("none", None)]
 
 
 def test_a_model_that_fails_to_train_fails_its_queued_cells_without_retraining(

@@ -1,6 +1,7 @@
 """BI-BAU (issue 4): lowers ASR on a small MNIST BadNets model, E-step, config, resume."""
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -163,6 +164,46 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
     assert inverted_on == [(model, 7)] and first["on"] == "model" and first["sizes"][3] == 16.0
     with pytest.raises(ConfigError, match="collapse_inversion_steps"):
         BIBAU(collapse_inversion_steps=0)
+
+
+def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_model(monkeypatch):
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    shares = torch.full((10,), 0.3 / 9)
+    shares[3] = 0.7
+    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
+    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    refits, banks = [], []
+
+    def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):
+        refits.append((net, target, steps, grow))
+        out = copy.deepcopy(trigger)
+        with torch.no_grad():
+            out.pattern_logit.fill_(float(len(refits)))  # which refit made it
+        return out
+
+    monkeypatch.setattr(bibau_mod, "refit_pattern", fake_refit)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, m, t, c, bank, *a, **k: banks.append(bank))
+    # the first refit; after round 1; a new refit before round 2; after it; before round 3
+    fooled = itertools.chain([0.6, 0.4, 0.5, 0.3, 0.01], itertools.repeat(0.0))
+    monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
+    run = dict(family="mask_pattern", rounds=4, inner_steps=5, collapse_check=True)
+    out = BIBAU(**run, collapse_invert=True, collapse_refit_steps=9).run(model, train, val)
+    diag = out.diagnostics
+    # the copy's trigger re-fitted on the model (its place grown), then re-fitted each round
+    assert refits == [(model, 3, 9, 1), (model, 3, 9, 0), (model, 3, 9, 0)]
+    assert diag["refit"]["fooling"] == pytest.approx(0.6) and diag["refit"]["grow"] == 1
+    assert [float(b[0].pattern_logit.flatten()[0]) for b in banks[:1]] == [1.0]
+    assert len(banks) == 2 and len(banks[1]) == 2  # round 2 unlearns the second refit too
+    assert diag["reinverted_fooling_per_round"] == pytest.approx([0.5, 0.01])
+    assert diag["fooling_per_round"] == pytest.approx([0.4, 0.3])
+    assert "within the place fools 0.010" in diag["stopped"] and "round 3" in diag["stopped"]
+    refits.clear()
+    BIBAU(**run, collapse_refit_steps=9).run(model, train, val)  # needs the copy's inversion
+    assert refits == []
+    with pytest.raises(ConfigError, match="collapse_refit_steps"):
+        BIBAU(collapse_refit_steps=-1)
 
 
 def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):

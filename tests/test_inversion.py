@@ -348,3 +348,45 @@ def test_collapse_breadth_tells_a_target_from_a_natural_sink():
     assert "breadth" not in CollapseResult(shares, [], [], []).verdict(0.3, 2.0)
     with pytest.raises(ValueError, match="error counts"):
         CollapseResult(shares, [], [], []).breadth()
+
+
+def _corner_model() -> torch.nn.Module:
+    """A linear classifier on 1 x 8 x 8 images that a bright top-left 2 x 2 corner sends to
+    class 3 (the planted 'backdoor'), and that otherwise reads the mean brightness."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.zero_()
+        net[1].weight[:, :] = 0.1 * torch.arange(10).float().view(10, 1) / 10
+        corner = torch.zeros(8, 8)
+        corner[:2, :2] = 1
+        net[1].weight[3] += 20 * corner.flatten()
+        net[1].bias[3] = -30.0
+    return net
+
+
+def test_refit_pattern_keeps_the_place_and_fits_the_pattern_to_the_model():
+    import synth
+    from unbackdoor.inversion.refit import refit_pattern
+
+    model = _corner_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    data = synth.blobs(120, classes=10, size=8)
+    fam = MaskPattern(1, (1, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the place is right (the corner), the pattern dark: it fools nobody
+        fam.mask_logit.fill_(-8.0)
+        fam.mask_logit[0, 0, :2, :2] = 8.0
+        fam.pattern_logit.fill_(-6.0)
+    stamp_pred = lambda f: model(f.stamp(data.float_images(), 0)).argmax(1)  # noqa: E731
+    assert (stamp_pred(fam) == 3).float().mean() < 0.2
+    out = refit_pattern(model, data, fam, 3, 60, lr=0.3)
+    assert torch.equal(out.mask_logit, fam.mask_logit)  # the place is kept
+    assert (stamp_pred(out)[data.labels != 3] == 3).float().mean() > 0.9
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+    grown = refit_pattern(model, data, fam, 3, 1, grow=1)
+    assert (grown.mask > 0.5).sum() == 9  # the 2 x 2 square dilated by one pixel: 3 x 3
+    with pytest.raises(ConfigError, match="one-trigger mask_pattern"):
+        refit_pattern(model, data, MaskPattern(2, (1, 8, 8)), 3, 1)
+    with pytest.raises(ConfigError, match="target=12"):
+        refit_pattern(model, data, fam, 12, 1)

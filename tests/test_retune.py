@@ -14,6 +14,9 @@ def test_retune_attack_on_backdoored_and_clean_models(mnist_backdoor, mnist_clea
     clean, _ = unbackdoor.load_model(mnist_clean)
     on_backdoored = retune_attack(backdoored, pool, test, record, cfg)
     on_clean = retune_attack(clean, pool, test, record, cfg)
+    # the caller's own measurement of the starting point is taken as it is, nothing else moves
+    given = retune_attack(clean, pool, test, record, cfg, before=on_clean.before)
+    assert given.before is on_clean.before and given.curve == on_clean.curve
     assert on_backdoored.after.asr > 0.9
     assert on_clean.before.asr < 0.05 and on_clean.after.asr < 0.3
     assert on_clean.config["poisoned"] == 10

@@ -30,71 +30,26 @@ pairs.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import planted_square, probe_parts  # noqa: E402
 
 from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head  # noqa: E402
 from unbackdoor.clip.model.store import load_clip  # noqa: E402
-from unbackdoor.data import ImageDataset  # noqa: E402
-from unbackdoor.data.loader import iterate  # noqa: E402
 from unbackdoor.defenses.bibau import BIBAU  # noqa: E402
 from unbackdoor.inversion.collapse import collapse  # noqa: E402
-from unbackdoor.inversion.families import TriggerFamily  # noqa: E402
 from unbackdoor.inversion.invert import InversionConfig, fooling_rate, invert  # noqa: E402
+from unbackdoor.inversion.refit import refit_pattern  # noqa: E402
 from unbackdoor.utils.io import atomic_write_json  # noqa: E402
 from unbackdoor.utils.runinfo import run_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def refit(
-    model: torch.nn.Module,
-    data: ImageDataset,
-    family: TriggerFamily,
-    klass: int,
-    steps: int,
-    grow: int,
-    seed: int,
-) -> TriggerFamily:
-    """``family``'s mask (grown by ``grow`` pixels) kept fixed, its pattern re-optimised so that
-    the stamped images of the other classes go to ``klass`` on ``model``."""
-    fam = copy.deepcopy(family)
-    with torch.no_grad():
-        if grow:
-            m = F.max_pool2d(fam.mask, 2 * grow + 1, stride=1, padding=grow).clamp(1e-4, 1 - 1e-4)
-            fam.mask_logit.copy_(torch.log(m) - torch.log1p(-m))
-    fam.mask_logit.requires_grad_(False)
-    opt = torch.optim.Adam([fam.pattern_logit], lr=0.1)
-    model.eval()
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.requires_grad_(False)  # only the pattern learns
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in iterate(data, 16, shuffle=True, seed=seed, epoch=epoch):
-            x = batch.x[batch.y != klass]
-            if len(x) == 0:
-                continue
-            target = torch.full((len(x),), klass)
-            loss = F.cross_entropy(model(fam.stamp(x, 0)), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done >= steps:
-                break
-        epoch += 1
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    return fam
 
 
 def main() -> None:
@@ -148,7 +103,9 @@ def main() -> None:
                 )
                 print(inversions[-1], flush=True)
             for grow in (0, 1) if a.refit else ():
-                fam = refit(zs, pairs, found_on, call["class"], a.refit, grow, a.seed)
+                fam = refit_pattern(
+                    zs, pairs, found_on, call["class"], a.refit, grow=grow, seed=a.seed
+                )
                 mask = fam.mask.detach().reshape(32, 32)
                 inversions.append(
                     {

@@ -157,6 +157,21 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         },
         (0.05, 0.96),
     ),
+    # the copy's place with the pattern re-fitted on the model (grown by a pixel, 200 steps of
+    # 16 images; 58.9% fooling in ``collapse_probe.py --refit``), re-fitted again each round
+    "bibau-collapse-refit": (
+        "clip-bibau",
+        False,
+        {
+            **BIBAU,
+            "family": "mask_pattern",
+            "collapse_check": True,
+            "collapse_invert": True,
+            "collapse_inversion_steps": 400,
+            "collapse_refit_steps": 200,
+        },
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 
@@ -175,6 +190,9 @@ DIAGNOSTICS = (
     "found_by",
     "collapse",
     "first_inversion",
+    "refit",
+    "reinverted_fooling_per_round",
+    "fooling_per_round",
     "stopped",
 )
 

@@ -479,18 +479,25 @@ def _load_model(cell: Cell, job: ModelJob) -> tuple[nn.Module, Any, Path]:
     return model, manifest, path
 
 
-def _metrics(model: nn.Module, test: ImageDataset, record: Any) -> dict[str, Any]:
+def _measure(model: nn.Module, test: ImageDataset, record: Any) -> Any:
+    """The model's :class:`~unbackdoor.eval.metrics.Metrics` on ``test`` (with the attack's
+    trigger when there is one)."""
     from unbackdoor.eval.metrics import evaluate
 
     if record is None:
-        m = evaluate(model, test)
-    else:
-        m = evaluate(model, test, trigger=record.trigger, attack_labels=record.attack_labels)
+        return evaluate(model, test)
+    return evaluate(model, test, trigger=record.trigger, attack_labels=record.attack_labels)
+
+
+def _numbers(m: Any) -> dict[str, Any]:
     return {"clean_acc": m.clean_acc, "asr": m.asr, "robust_acc": m.robust_acc}
 
 
-def _retune(cell: Cell, model: nn.Module, manifest: Any, test: ImageDataset, record: Any):
-    """The re-tuning attack's numbers (seeded by the cell's seed)."""
+def _retune(
+    cell: Cell, model: nn.Module, manifest: Any, test: ImageDataset, record: Any, before: Any
+):
+    """The re-tuning attack's numbers (seeded by the cell's seed); ``before`` is ``model``'s
+    :func:`_measure` (the attack's starting point, not measured twice)."""
     from unbackdoor.eval.retune import RetuneConfig, retune_attack
 
     if record is None:
@@ -498,7 +505,7 @@ def _retune(cell: Cell, model: nn.Module, manifest: Any, test: ImageDataset, rec
     cfg = RetuneConfig(**{**cell.retune, "seed": cell.seed})
     pool = split_for(cell.dataset, "train", manifest)
     t0 = time.perf_counter()
-    r = retune_attack(model, pool, test, record, cfg)
+    r = retune_attack(model, pool, test, record, cfg, before=before)
     return {
         "retune_asr": r.after.asr,
         "retune_clean_acc": r.after.clean_acc,
@@ -557,8 +564,9 @@ def run_ceiling(cell: Cell) -> dict[str, Any]:
     record = _attack_of(path)
     test = test_split(cell.dataset, manifest, cell.test_samples)
     t0 = time.perf_counter()
-    row = {**_metrics(model, test, record), "eval_time": time.perf_counter() - t0}
-    row.update(_retune(cell, model, manifest, test, record))
+    m = _measure(model, test, record)
+    row = {**_numbers(m), "eval_time": time.perf_counter() - t0}
+    row.update(_retune(cell, model, manifest, test, record, m))
     row.update(_model_info(path, cell))
     row.update(_trigger_pictures(cell, record, test, path))
     return row
@@ -571,8 +579,9 @@ def run_floor(cell: Cell) -> dict[str, Any]:
     model, manifest, path = _load_model(cell, cell.clean)
     record = _attack_of(bd_path)
     test = test_split(cell.dataset, manifest, cell.test_samples)
-    row = _metrics(model, test, record)
-    row.update(_retune(cell, model, manifest, test, record))
+    m = _measure(model, test, record)
+    row = _numbers(m)
+    row.update(_retune(cell, model, manifest, test, record, m))
     row.update(_model_info(path, cell))
     return row
 
@@ -585,11 +594,12 @@ def run_defense(cell: Cell) -> dict[str, Any]:
     model, manifest, path = _load_model(cell, cell.backdoored)
     record = _attack_of(path)
     test = test_split(cell.dataset, manifest, cell.test_samples)
-    before = _metrics(model, test, record)
+    before = _numbers(_measure(model, test, record))
     del model
     purified, report = purify(cell, path, manifest)
     t0 = time.perf_counter()
-    after = _metrics(purified, test, record)
+    measured = _measure(purified, test, record)
+    after = _numbers(measured)
     row: dict[str, Any] = {**after, "eval_time": time.perf_counter() - t0, "before": before}
     if record is not None:
         row["der"] = defense_effectiveness_rate(
@@ -613,7 +623,7 @@ def run_defense(cell: Cell) -> dict[str, Any]:
         row["alpha_sweep"] = diag["alpha_sweep"]
         row["alpha"] = diag.get("alpha")
     row.update(_save_images(cell, report))
-    row.update(_retune(cell, purified, manifest, test, record))
+    row.update(_retune(cell, purified, manifest, test, record, measured))
     row.update(_model_info(path, cell))
     row.update(_trigger_pictures(cell, record, test, path))
     return row

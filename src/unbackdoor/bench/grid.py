@@ -235,9 +235,29 @@ def _model_phases(jobs: list[ModelJob]) -> list[list[ModelJob]]:
     return [[j for j in jobs if j not in fitted], fitted]
 
 
-def _needs(cell: Cell, paths: set[str]) -> bool:
-    """Whether ``cell`` uses a zoo model whose path is in ``paths``."""
-    return any(j is not None and str(j.path()) in paths for j in (cell.backdoored, cell.clean))
+def _cost(cell: Cell) -> tuple[float, float]:
+    """How long ``cell`` should take, as a sort key: its defense's ``relative_cost`` (0 for the
+    ceiling and floor, which only evaluate), then its clean-data budget."""
+    if cell.role != "defense" or cell.defense is None:
+        return (0.0, 0.0)
+    from unbackdoor.defenses.registry import DEFENSES
+
+    return (DEFENSES.get(cell.defense.name).relative_cost, float(cell.budget or 0))
+
+
+def _wait(cell: Cell, training: Sequence[str]) -> int:
+    """The position in ``training`` (zoo paths in training order) of the last model ``cell``
+    uses; -1 when its models are all in the zoo."""
+    rank = {p: i for i, p in enumerate(training)}
+    used = (str(j.path()) for j in (cell.backdoored, cell.clean) if j is not None)
+    return max((rank.get(p, -1) for p in used), default=-1)
+
+
+def queue_order(cells: Sequence[Cell], training: Sequence[str] = ()) -> list[Cell]:
+    """``cells`` in the order to start them: those whose models are ready first (a cell behind
+    a model in training holds a worker on the zoo's lock), then the costliest first, so that
+    the cheap cells fill the workers at the end instead of one long cell running alone."""
+    return sorted(cells, key=lambda c: (_wait(c, training), tuple(-v for v in _cost(c))))
 
 
 def _record_run(out: Path, cfg: BenchConfig, run: dict[str, Any]) -> None:
@@ -356,8 +376,7 @@ def run_grid(
             # worker is free, and one whose model is still training waits on the zoo's lock,
             # so the cells whose models are already in the zoo go first (a free worker would
             # otherwise sit on a lock while runnable cells wait behind it)
-            training = {str(j.path()) for j in models}
-            jobs = [*models, *sorted(pending, key=lambda c: _needs(c, training))]
+            jobs = [*models, *queue_order(pending, [str(j.path()) for j in models])]
             if models:
                 _say(f"training {len(models)} models for the zoo, then the cells", quiet)
         else:
@@ -375,6 +394,8 @@ def run_grid(
                 _say(describe_row(row), quiet)
             elif not pool.pipelined:
                 jobs.append(c)
+        if not pool.pipelined:
+            jobs = queue_order(jobs)
         desc = "models+cells" if models and pool.pipelined else "cells"
         bar = progress(pool.run(grid_job, jobs), desc=desc, total=len(jobs))
         for i, result in bar:

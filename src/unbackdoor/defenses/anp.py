@@ -223,6 +223,7 @@ class ANP(Defense):
     """ANP: adversarial neuron perturbation finds backdoor neurons, which are then pruned."""
 
     name: ClassVar[str] = "anp"
+    relative_cost: ClassVar[float] = 2.0
 
     iterations: int = 2000
     batch_size: int = 128

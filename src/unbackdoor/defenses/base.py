@@ -38,6 +38,10 @@ class Defense:
 
     name: ClassVar[str] = "defense"
     known_attack_capable: ClassVar[bool] = False
+    #: rough compute per clean sample relative to fine-tuning (from the cpu grid's defense
+    #: times); the grid runner starts costly cells first so that they do not set its end.
+    #: It changes no result.
+    relative_cost: ClassVar[float] = 1.0
     #: options added after results were stored, at the value that reproduces those results
     #: (left out of the comparisons that decide whether a stored result is stale)
     added_later: ClassVar[dict[str, Any]] = {}

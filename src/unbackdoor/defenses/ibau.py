@@ -122,6 +122,7 @@ class IBAU(Defense):
     """I-BAU: minimax unlearning of a universal perturbation with the implicit hypergradient."""
 
     name: ClassVar[str] = "ibau"
+    relative_cost: ClassVar[float] = 8.0
 
     rounds: int = 5
     fixed_point_iters: int = 5

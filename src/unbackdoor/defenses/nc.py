@@ -35,6 +35,7 @@ class NeuralCleanse(Defense):
     """Neural Cleanse: per-class inversion, MAD anomaly detection, unlearning."""
 
     name: ClassVar[str] = "nc"
+    relative_cost: ClassVar[float] = 4.0
 
     inversion_steps: int = 300
     anomaly_threshold: float = 2.0

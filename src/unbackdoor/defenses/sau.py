@@ -75,6 +75,7 @@ class SAU(Defense):
     """SAU: unlearn adversarial examples shared by the backdoored and the purified model."""
 
     name: ClassVar[str] = "sau"
+    relative_cost: ClassVar[float] = 2.0
 
     rounds: int = 100
     batch_size: int = 256

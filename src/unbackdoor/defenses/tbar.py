@@ -139,6 +139,7 @@ class TBAR(Defense):
     """Negate a trigger vector estimated by brief fine-tuning on stamped clean images."""
 
     name: ClassVar[str] = "tbar"
+    relative_cost: ClassVar[float] = 5.0
     known_attack_capable: ClassVar[bool] = True
     added_later: ClassVar[dict[str, Any]] = {
         "repair_epochs": 0,

@@ -76,17 +76,21 @@ def retune_attack(
     test: ImageDataset,
     attack: AttackRecord,
     config: RetuneConfig | None = None,
+    *,
+    before: Metrics | None = None,
 ) -> RetuneResult:
     """Fine-tune a copy of ``model`` on a few poisoned samples from ``pool``; ASR before/after.
 
     ``pool`` is the attacker's source of training images (for example the training split);
-    ``test`` is where CA and ASR are measured.
+    ``test`` is where CA and ASR are measured. ``before``: ``model``'s metrics on ``test``
+    with ``attack``'s trigger when the caller has just measured them (one evaluation saved).
     """
     cfg = (config or RetuneConfig()).validate()
     subset = pool.sample(min(cfg.samples, len(pool)), cfg.seed + 104_729)
     poisoned = poison_dataset(subset, attack.attack, attack.policy, cfg.poison_rate, seed=cfg.seed)
     victim = copy.deepcopy(model)
-    before = evaluate(victim, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
+    if before is None:
+        before = evaluate(victim, test, trigger=attack.trigger, attack_labels=attack.attack_labels)
     curve = [{"step": 0, "asr": before.asr, "clean_acc": before.clean_acc}]
     tc = cfg.train_config()
 
