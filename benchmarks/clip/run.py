@@ -101,6 +101,15 @@ TBAR_UNKNOWN: dict[str, Any] = {
     "plot": False,
 }
 
+#: BI-BAU with the collapse test, every class's mask inverted on the collapsed copy
+COPY: dict[str, Any] = {
+    **BIBAU,
+    "family": "mask_pattern",
+    "collapse_check": True,
+    "collapse_invert": True,
+}
+COPY_LONG: dict[str, Any] = {**COPY, "collapse_inversion_steps": 400}
+
 #: (row name, method, known attack, options, (ASR at most, retention at least) or None)
 DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]] = {
     "tbar-known": ("clip-tbar", True, {**TBAR_KNOWN, **BEFORE_REPAIR}, (0.01, 0.98)),
@@ -137,39 +146,16 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         {**BIBAU, "family": "mask_pattern", "collapse_check": True},
         (0.05, 0.96),
     ),
-    "bibau-collapse-copy": (
-        "clip-bibau",
-        False,
-        {**BIBAU, "family": "mask_pattern", "collapse_check": True, "collapse_invert": True},
-        (0.05, 0.96),
-    ),
+    "bibau-collapse-copy": ("clip-bibau", False, COPY, (0.05, 0.96)),
     # the same with 400 steps for the inversion on the copy: at 100 its masks were still
     # 148-220 px (the probe's, at 400 steps of 16 images, 6.4 px; collapse_probe.json)
-    "bibau-collapse-copy-long": (
-        "clip-bibau",
-        False,
-        {
-            **BIBAU,
-            "family": "mask_pattern",
-            "collapse_check": True,
-            "collapse_invert": True,
-            "collapse_inversion_steps": 400,
-        },
-        (0.05, 0.96),
-    ),
+    "bibau-collapse-copy-long": ("clip-bibau", False, COPY_LONG, (0.05, 0.96)),
     # the copy's place with the pattern re-fitted on the model (grown by a pixel, 200 steps of
     # 16 images; 58.9% fooling in ``collapse_probe.py --refit``), re-fitted again each round
     "bibau-collapse-refit": (
         "clip-bibau",
         False,
-        {
-            **BIBAU,
-            "family": "mask_pattern",
-            "collapse_check": True,
-            "collapse_invert": True,
-            "collapse_inversion_steps": 400,
-            "collapse_refit_steps": 200,
-        },
+        {**COPY_LONG, "collapse_refit_steps": 200},
         (0.05, 0.96),
     ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),

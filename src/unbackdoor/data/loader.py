@@ -71,3 +71,14 @@ def iterate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield Batch(x, data.labels[idx].to(device, non_blocking=True), idx)
+
+
+def endless(
+    data: ImageDataset, batch_size: int, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> Iterator[Batch]:
+    """Shuffled batches of ``data`` without end, reshuffled each epoch: for loops that count
+    optimisation steps rather than epochs."""
+    epoch = 0
+    while True:
+        yield from iterate(data, batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
+        epoch += 1

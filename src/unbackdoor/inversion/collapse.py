@@ -22,7 +22,6 @@ least ``min_share`` of the images and ``min_ratio`` times the next class's share
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.data.loader import Batch, iterate
+from unbackdoor.data.loader import endless, iterate
 from unbackdoor.inversion.invert import autocast
 from unbackdoor.utils.config import check
 from unbackdoor.utils.progress import progress
@@ -105,15 +104,6 @@ def _predictions(model: nn.Module, data: ImageDataset, device: torch.device, bf1
     return torch.cat(out)
 
 
-def _endless(
-    data: ImageDataset, batch_size: int, seed: int, device: torch.device
-) -> Iterator[Batch]:
-    epoch = 0
-    while True:
-        yield from iterate(data, batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
-        epoch += 1
-
-
 def collapse(
     model: nn.Module,
     train: ImageDataset,
@@ -157,7 +147,7 @@ def collapse(
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        batches = _endless(train, batch_size, seed + 1000 * r, device)
+        batches = endless(train, batch_size, seed=seed + 1000 * r, device=device)
         for step, batch in enumerate(batches, 1):
             net.train()
             with autocast(device, bf16):

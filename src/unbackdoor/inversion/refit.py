@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.data.loader import iterate
+from unbackdoor.data.loader import endless
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion.families import MaskPattern
 from unbackdoor.inversion.invert import autocast
@@ -75,28 +75,21 @@ def refit_pattern(
     model.eval()
     model.requires_grad_(False)  # only the pattern learns
     bar = progress(range(steps), desc=desc or "refit pattern", enabled=desc is not None)
+    batches = endless(data, batch_size, seed=seed, device=device)
     try:
-        done, epoch = 0, 0
-        while done < steps:
-            batches = iterate(data, batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
-            for batch in batches:
+        for _ in bar:
+            x = torch.empty(0)
+            while len(x) == 0:  # a batch of the target class alone teaches nothing
+                batch = next(batches)
                 x = batch.x[batch.y != target]
-                if len(x) == 0:
-                    continue
-                with autocast(device, bf16):
-                    logits = model(fam.stamp(x, 0))
-                y = torch.full((len(x),), target, device=logits.device)
-                loss = F.cross_entropy(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                bar.update(1)
-                done += 1
-                if done >= steps:
-                    break
-            epoch += 1
+            with autocast(device, bf16):
+                logits = model(fam.stamp(x, 0))
+            y = torch.full((len(x),), target, device=logits.device)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     finally:
-        bar.close()
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
