@@ -20,8 +20,12 @@ objective:
   cheapest input-space route to its target on a fast CIFAR-10 net, but the backdoor survives the
   ascent and the collapsed copy lands on it; with the target named, the mask family's trigger
   for it is unlearned as for a given ``target`` (on the dev SIG model, a given target took ASR
-  from 99.49% to 0.00% at 1.04 points of accuracy). After every round each class's first trigger
-  is sent through the current model again on the held-out images
+  from 99.49% to 0.00% at 1.04 points of accuracy). With ``collapse_invert`` that trigger is
+  inverted on the collapsed copy instead (natural shortcut patches no longer compete there),
+  and with ``collapse_refit_steps`` its place is kept and its pattern re-fitted on the model
+  (:mod:`unbackdoor.inversion.refit`), which is then the M-step inner of every round. After
+  every round each class's first trigger is sent through the current model again on the
+  held-out images
   (:mod:`unbackdoor.inversion.posterior`: size times odds against fooling, a full inversion per
   round would cost too much) and q is updated from that evidence with ``memory``; the loop
   commits to the first q's mode, and ``q_per_round`` / ``evidence_per_round`` show the evidence
