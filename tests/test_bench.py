@@ -149,10 +149,13 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path, zoo, monkeypatch
     again = run_grid(tiny(zoo), out=out, quiet=True)
     assert third == [] and again.skipped == 4 and again.computed == 0
 
-    # --rerun: the matching defense cells run again, the rest stay done
+    # --rerun: the matching cells run again, the rest stay done
     fourth = _counting(monkeypatch)
     forced = run_grid(tiny(zoo), out=out, quiet=True, rerun="*/ft/*200*")
     assert forced.computed == 1 and len(fourth) == 1 and "/ft/" in fourth[0]
+    fifth = _counting(monkeypatch)  # the ceiling too (a zoo model trained again)
+    forced = run_grid(tiny(zoo), out=out, quiet=True, rerun="*/none/*")
+    assert forced.computed == 1 and len(fifth) == 1 and "/none/" in fifth[0]
 
 
 def test_failed_cell_is_recorded_and_grid_goes_on(tmp_path, zoo, monkeypatch):

@@ -583,8 +583,9 @@ def bench(
     rerun: Annotated[
         str | None,
         typer.Option(
-            help="Run the defense cells whose key matches this glob again although they are "
-            "done (e.g. '*/bibau/*' after a code change the config does not show)."
+            help="Run the cells whose key matches this glob again although they are done "
+            "(e.g. '*/bibau/*' after a code change the config does not show, '*/sig/*' after "
+            "the zoo's SIG model was trained again)."
         ),
     ] = None,
     only: Annotated[

@@ -307,8 +307,9 @@ def run_grid(
     ``out/results.jsonl`` without an error are skipped; failed cells are recorded with their
     error and traceback and retried by the next call. ``rerun`` (a
     glob over cell keys such as ``"*/badnets/bibau/*"``) runs matching cells again although
-    they are done: for a change of the code that the method's config does not show; the new
-    rows supersede the old. ``only`` (globs over cell keys) runs just the matching cells now,
+    they are done: for a change of the code that the method's config does not show, or a zoo
+    model trained again (``"*/sig/*"``: its ceiling and floor cells too); the new rows
+    supersede the old. ``only`` (globs over cell keys) runs just the matching cells now,
     to put the cells that matter first; the rest stay pending for a later call. Ctrl-C stops
     the grid (finished cells stay recorded) and re-raises ``KeyboardInterrupt``.
     """
@@ -346,7 +347,7 @@ def run_grid(
             c
             for c in cells
             if not c.is_done(latest.get(c.key))
-            or (rerun is not None and c.role == "defense" and fnmatch.fnmatchcase(c.key, rerun))
+            or (rerun is not None and _matches(c.key, rerun))
         ]
         skipped = len(cells) - len(pending)
         globs = [only] if isinstance(only, str) else list(only or [])
