@@ -158,6 +158,14 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         {**COPY_LONG, "collapse_refit_steps": 200},
         (0.05, 0.96),
     ),
+    # the same place grown by two pixels: on BadNets the one-pixel place (32 px) covered part
+    # of the 64 px patch and the rest kept a quarter of the ASR
+    "bibau-collapse-refit-grow2": (
+        "clip-bibau",
+        False,
+        {**COPY_LONG, "collapse_refit_steps": 200, "collapse_refit_grow": 2},
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 
