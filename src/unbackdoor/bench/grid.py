@@ -346,8 +346,7 @@ def run_grid(
         pending = [
             c
             for c in cells
-            if not c.is_done(latest.get(c.key))
-            or (rerun is not None and _matches(c.key, rerun))
+            if not c.is_done(latest.get(c.key)) or (rerun is not None and _matches(c.key, rerun))
         ]
         skipped = len(cells) - len(pending)
         globs = [only] if isinstance(only, str) else list(only or [])
