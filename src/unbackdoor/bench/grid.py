@@ -248,9 +248,8 @@ def _cost(cell: Cell) -> tuple[float, float]:
 def _wait(cell: Cell, training: Sequence[str]) -> int:
     """The position in ``training`` (zoo paths in training order) of the last model ``cell``
     uses; -1 when its models are all in the zoo."""
-    rank = {p: i for i, p in enumerate(training)}
-    used = (str(j.path()) for j in (cell.backdoored, cell.clean) if j is not None)
-    return max((rank.get(p, -1) for p in used), default=-1)
+    used = [str(j.path()) for j in (cell.backdoored, cell.clean) if j is not None]
+    return max((i for i, p in enumerate(training) if p in used), default=-1)
 
 
 def queue_order(cells: Sequence[Cell], training: Sequence[str] = ()) -> list[Cell]:
