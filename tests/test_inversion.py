@@ -390,3 +390,21 @@ def test_refit_pattern_keeps_the_place_and_fits_the_pattern_to_the_model():
         refit_pattern(model, data, MaskPattern(2, (1, 8, 8)), 3, 1)
     with pytest.raises(ConfigError, match="target=12"):
         refit_pattern(model, data, fam, 12, 1)
+
+
+def test_budget_prior_off_leaves_a_budgeted_trigger_only_its_budget():
+    import synth
+
+    model = _corner_model()
+    data = synth.blobs(120, classes=10, size=8)
+    res = {}
+    for prior in (True, False):
+        cfg = InversionConfig(family="additive", steps=40, eps=1.0, patience=2, budget_prior=prior)
+        res[prior] = invert(model, data, cfg, classes=[3, 5], seed=0)
+    assert (res[True].lambdas != 0.5).any()  # the schedule moved lambda: the prior acted
+    assert (res[False].lambdas == 0).all()
+    # with the prior the schedule shrinks the corner's trigger under the fooling it can reach
+    assert res[False].fooling[0] > 0.95 > res[True].fooling[0]
+    # a mask has no budget: its prior is what keeps it small, with or without the option
+    mask = invert(model, data, InversionConfig(steps=5, budget_prior=False), classes=[3])
+    assert (mask.lambdas > 0).all()

@@ -584,3 +584,21 @@ def test_analyze_disentanglement_command(mnist_ft_backdoor, tmp_path, capsys):
     assert (out / "disentanglement.png").is_file()
     assert main([*args[:3], "--alphas", "a,b", "--out", str(out)]) == 2
     assert "--alphas" in capsys.readouterr().err
+
+
+def test_unknown_attack_passes_budget_prior_to_every_family(monkeypatch):
+    import synth
+    import unbackdoor.defenses.tbar as tbar_mod
+
+    seen = []
+
+    def fake(model, data, cfg, **k):
+        seen.append((cfg.family, cfg.budget_prior))
+        return _fake_inversion([10.0, 11.0, 9.5, 10.5])
+
+    monkeypatch.setattr(tbar_mod, "invert", fake)
+    data = synth.blobs(200, classes=4)
+    defense = tbar_mod.TBAR(epochs=1, alphas=(0.0,), alpha_max=None, plot=False, budget_prior=False)
+    defense.run(net(0), *data.split(0.8, 0))
+    assert list(dict.fromkeys(f for f, _ in seen)) == ["mask_pattern", "additive", "warp"]
+    assert not any(p for _, p in seen)

@@ -149,6 +149,7 @@ class TBAR(Defense):
         "repair_distill": 0.0,
         "refine_smallest": False,
         "warp_shift": None,
+        "budget_prior": True,
     }
 
     epochs: int = 5
@@ -179,6 +180,9 @@ class TBAR(Defense):
     #: unknown attack, ``family="auto"``: also try a smooth warp of at most this many pixels
     #: when the mask and additive families find nothing (as BI-BAU's ``warp_shift``)
     warp_shift: float | None = 1.0
+    #: unknown attack: the budgeted families carry the L2 prior while inverting (as BI-BAU's
+    #: ``budget_prior``)
+    budget_prior: bool = True
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
     bf16: bool = False
@@ -281,6 +285,7 @@ class TBAR(Defense):
                 eps=self.additive_eps,
                 warp_shift=self.warp_shift or 1.0,
                 bf16=self.bf16,
+                budget_prior=self.budget_prior,
             ),
             family=self.family,
             auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),

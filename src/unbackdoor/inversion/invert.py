@@ -58,6 +58,12 @@ class InversionConfig:
     #: cost (the odds against fooling) needs recalibrating first; see "Session 16: why the
     #: additive family misses SIG and WaNet" in ``benchmarks/bibau_dev/README.md``
     scaled_steps: bool = False
+    #: a budgeted family (additive, warp) carries the prior under NC's adaptive lambda, as every
+    #: default up to session 23 did; False: it only maximises fooling within its budget, which
+    #: is what its cost (the odds against fooling) measures. With the prior the schedule shrinks
+    #: a trigger that fools, so the fooling a verdict reads drifts with the step count
+    #: (``benchmarks/bibau_dev/README.md``, session 23)
+    budget_prior: bool = True
 
     @property
     def budget_field(self) -> str | None:
@@ -268,7 +274,8 @@ def invert(
     opt = torch.optim.Adam(family.parameters(), lr=lr, betas=(0.5, 0.9))
     k = len(classes)
     class_t = torch.tensor(classes)
-    lambdas = torch.full((k,), cfg.lambda_init, device=device)
+    lambda_init = cfg.lambda_init if cfg.budget_prior or not family.budgeted else 0.0
+    lambdas = torch.full((k,), lambda_init, device=device)  # 0 stays 0 under the schedule
     best_size = torch.full((k,), float("inf"))
     best_state = {n: t.detach().clone() for n, t in family.state_dict().items()}
     fooled_steps = torch.zeros(k)
