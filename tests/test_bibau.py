@@ -206,6 +206,87 @@ def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_mo
         BIBAU(collapse_refit_steps=-1)
 
 
+def test_collapse_refit_widen_grows_the_place_when_the_refit_no_longer_fools(monkeypatch):
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    shares = torch.full((10,), 0.3 / 9)
+    shares[3] = 0.7
+    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
+    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    refits, banks = [], []
+
+    def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):
+        refits.append(grow)
+        out = copy.deepcopy(trigger)
+        with torch.no_grad():
+            out.pattern_logit.fill_(float(len(refits)))
+        return out
+
+    monkeypatch.setattr(bibau_mod, "refit_pattern", fake_refit)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, m, t, c, bank, *a, **k: banks.append(bank))
+    # first refit; after round 1; refit before round 2 (passes the stop test), widened once
+    # (fools again); after round 2; refit before round 3, widened: still passes, stop
+    fooled = itertools.chain([0.6, 0.4, 0.01, 0.5, 0.3, 0.02, 0.01], itertools.repeat(0.0))
+    monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
+    run = dict(family="mask_pattern", rounds=5, inner_steps=5, collapse_check=True)
+    defense = BIBAU(**run, collapse_invert=True, collapse_refit_steps=9, collapse_refit_widen=2)
+    diag = defense.run(model, train, val).diagnostics
+    assert refits == [1, 0, 1, 0, 1]  # each widening grows the place by one more pixel
+    widened = diag["refit"]["widened"]
+    assert [(w["round"], w["fooling_before"], w["fooling"]) for w in widened] == [
+        (2, pytest.approx(0.01), 0.5),
+        (3, pytest.approx(0.02), pytest.approx(0.01)),
+    ]
+    assert diag["reinverted_fooling_per_round"] == pytest.approx([0.5, 0.01])
+    assert len(banks) == 2  # round 2 unlearned the widened place's pattern
+    assert float(banks[1][1].pattern_logit.detach().flatten()[0]) == 3.0
+    assert "(widened 2 times) fools 0.010" in diag["stopped"] and "round 3" in diag["stopped"]
+    with pytest.raises(ConfigError, match="collapse_refit_widen"):
+        BIBAU(collapse_refit_widen=-1)
+
+
+def test_resumed_collapse_refit_keeps_the_widened_place(monkeypatch, tmp_path):
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    shares = torch.full((10,), 0.3 / 9)
+    shares[3] = 0.7
+    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
+    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    given, made = [], []  # the pattern each refit starts from; how many refits were made
+
+    def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):
+        given.append(float(trigger.pattern_logit.detach().flatten()[0]))
+        made.append(grow)
+        out = copy.deepcopy(trigger)
+        with torch.no_grad():
+            out.pattern_logit.fill_(float(len(made)))
+            out.mask_logit.add_(grow)  # stands for the grown place
+        return out
+
+    def crash_in_round_3(self, m, t, c, bank, *a, rnd=None, **k):
+        if len(made) == 4:  # the refit before round 3 was made: interrupt its unlearning
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bibau_mod, "refit_pattern", fake_refit)
+    # first refit; after round 1; before round 2 (passes), widened (fools); after round 2;
+    # before round 3 (fools); crash; resumed: before round 3 again, after round 3
+    fooled = itertools.chain([0.6, 0.4, 0.01, 0.5, 0.3, 0.6, 0.6, 0.3], itertools.repeat(0.0))
+    monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
+    run = dict(family="mask_pattern", rounds=3, inner_steps=5, collapse_check=True)
+    cfg = dict(collapse_invert=True, collapse_refit_steps=9, collapse_refit_widen=1)
+    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        BIBAU(**run, **cfg, checkpoint_dir=str(tmp_path)).run(model, train, val)
+    monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
+    given.clear()
+    out = BIBAU(**run, **cfg, checkpoint_dir=str(tmp_path)).run(model, train, val)
+    # resumed at round 3 from the widened trigger unlearned in round 2 (the third refit)
+    assert given[-1] == 3.0, given
+    assert len(out.diagnostics["refit"]["widened"]) == 1
+
+
 def test_additive_detection_reads_the_fooling_rate_as_evidence(monkeypatch):
     import synth
     import unbackdoor.defenses.bibau as bibau_mod
