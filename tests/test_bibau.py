@@ -166,14 +166,19 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
         BIBAU(collapse_inversion_steps=0)
 
 
-def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_model(monkeypatch):
-    import unbackdoor.defenses.bibau as bibau_mod
-
+def _collapse_on_a_copy(monkeypatch):
+    """The collapse names class 3 and keeps its copy, whose masks are ten times smaller."""
     shares = torch.full((10,), 0.3 / 9)
     shares[3] = 0.7
     copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
-    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    return _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+
+
+def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_model(monkeypatch):
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    model, train, val = _collapse_on_a_copy(monkeypatch)
     refits, banks = [], []
 
     def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):
@@ -209,11 +214,7 @@ def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_mo
 def test_collapse_refit_widen_grows_the_place_when_the_refit_no_longer_fools(monkeypatch):
     import unbackdoor.defenses.bibau as bibau_mod
 
-    shares = torch.full((10,), 0.3 / 9)
-    shares[3] = 0.7
-    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
-    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    model, train, val = _collapse_on_a_copy(monkeypatch)
     refits, banks = [], []
 
     def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):
@@ -249,11 +250,7 @@ def test_collapse_refit_widen_grows_the_place_when_the_refit_no_longer_fools(mon
 def test_resumed_collapse_refit_keeps_the_widened_place(monkeypatch, tmp_path):
     import unbackdoor.defenses.bibau as bibau_mod
 
-    shares = torch.full((10,), 0.3 / 9)
-    shares[3] = 0.7
-    copy_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    fake_invert = lambda m, d, c, **k: _mask_result(FLAT / 10 if m is copy_net else FLAT)  # noqa: E731
-    model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
+    model, train, val = _collapse_on_a_copy(monkeypatch)
     given, made = [], []  # the pattern each refit starts from; how many refits were made
 
     def fake_refit(net, data, trigger, target, steps, *, grow=0, **k):

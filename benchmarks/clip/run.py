@@ -166,6 +166,15 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         {**COPY_LONG, "collapse_refit_steps": 200, "collapse_refit_grow": 2},
         (0.05, 0.96),
     ),
+    # the one-pixel place, widened by a pixel whenever the pattern re-fitted there no longer
+    # fools (at most 3 times; rule fixed before the run), with 5 rounds so that a widened place
+    # can be unlearned: the stop test then also looks around the place it was given
+    "bibau-collapse-refit-widen": (
+        "clip-bibau",
+        False,
+        {**COPY_LONG, "rounds": 5, "collapse_refit_steps": 200, "collapse_refit_widen": 3},
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 

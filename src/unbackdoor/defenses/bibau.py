@@ -93,6 +93,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -664,8 +665,11 @@ class BIBAU(Defense):
                     before = fools(trigger)
                     done = before < stop_at
                     if refit:
+                        grown = partial(
+                            self._refit, model, clean, z=z, rnd=rnd, device=device, grow=1
+                        )
                         trigger, before, done = self._widen(
-                            model, clean, trigger, z, rnd, device, fools, before, stop_at, diag
+                            trigger, before, stop_at, grown, fools, diag["refit"]["widened"], rnd
                         )
                     diag["reinverted_fooling_per_round"].append(before)
                 comp_stop = comp is not None and fresh and self.companion_stop
@@ -743,22 +747,18 @@ class BIBAU(Defense):
 
     def _widen(
         self,
-        model: nn.Module,
-        clean: ImageDataset,
         trigger: TriggerFamily,
-        z: int,
-        rnd: int,
-        device: torch.device,
-        fools: Callable[[TriggerFamily], float],
         before: float,
         stop_at: float,
-        diag: dict[str, Any],
+        grown: Callable[[TriggerFamily], TriggerFamily],
+        fools: Callable[[TriggerFamily], float],
+        log: list[dict[str, Any]],
+        rnd: int,
     ) -> tuple[TriggerFamily, float, bool]:
         """While the re-fitted pattern fools under ``stop_at`` and ``collapse_refit_widen``
-        allows, grow the place by a pixel and re-fit there (the stop test looks wider)."""
-        log = diag["refit"]["widened"]
+        allows, re-fit it in a place ``grown`` by a pixel (the stop test looks wider)."""
         while before < stop_at and len(log) < self.collapse_refit_widen:
-            trigger = self._refit(model, clean, trigger, z, rnd, device, grow=1)
+            trigger = grown(trigger)
             log.append(
                 {
                     "round": rnd + 1,
