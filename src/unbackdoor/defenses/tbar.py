@@ -98,7 +98,8 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import FAMILY_CHOICES, detect_with, invert
+from unbackdoor.inversion import FAMILY_CHOICES, InversionConfig, detect, invert
+from unbackdoor.inversion.detect import AUTO_FAMILIES
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -276,10 +277,20 @@ class TBAR(Defense):
                 {},
                 {},
             )
-        det = detect_with(
-            self,
+        det = detect(
             model,
             clean,
+            InversionConfig(
+                steps=self.inversion_steps,
+                eps=self.additive_eps,
+                warp_shift=self.warp_shift or 1.0,
+                bf16=self.bf16,
+                budget_prior=self.budget_prior,
+            ),
+            family=self.family,
+            auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),
+            anomaly_threshold=self.anomaly_threshold,
+            min_effect=self.min_effect,
             invert_fn=invert,  # looked up here, so tests can script the inversions
             seed=self.seed,
             device=device,
