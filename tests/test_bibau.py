@@ -262,7 +262,7 @@ def test_resumed_collapse_refit_keeps_the_widened_place(monkeypatch, tmp_path):
             out.mask_logit.add_(grow)  # stands for the grown place
         return out
 
-    def crash_in_round_3(self, m, t, c, bank, *a, rnd=None, **k):
+    def crash_in_round_3(self, *a, **k):
         if len(made) == 4:  # the refit before round 3 was made: interrupt its unlearning
             raise KeyboardInterrupt
 
