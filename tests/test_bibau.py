@@ -819,7 +819,7 @@ def test_held_out_guard_halves_a_harmful_learning_rate(mnist_backdoor):
         create_defense("bibau", max_val_drop=1.5)
 
 
-def test_budget_prior_reaches_every_detection_inversion(monkeypatch):
+def test_budget_prior_and_batch_reach_every_detection_inversion(monkeypatch):
     import synth
     import unbackdoor.defenses.bibau as bibau_mod
     from unbackdoor.inversion import InversionResult, MaskPattern
@@ -827,15 +827,18 @@ def test_budget_prior_reaches_every_detection_inversion(monkeypatch):
     seen = []
 
     def fake(model, data, cfg, **k):
-        seen.append((cfg.family, cfg.budget_prior))
+        seen.append((cfg.family, cfg.budget_prior, cfg.batch_size))
         fam = MaskPattern(10, (1, 8, 8), generator=torch.Generator().manual_seed(0))
         return InversionResult(fam, list(range(10)), FLAT.clone(), torch.ones(10), None)
 
     monkeypatch.setattr(bibau_mod, "invert", fake)
     data = synth.blobs(200, classes=10, size=8)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    defense = BIBAU(rounds=1, outer_steps=1, inner_steps=0, budget_prior=False)
+    defense = BIBAU(
+        rounds=1, outer_steps=1, inner_steps=0, budget_prior=False, inversion_batch_size=5
+    )
     out = defense.run(model, *data.split(0.8, 0))
     assert not out.backdoor_found
-    assert list(dict.fromkeys(f for f, _ in seen)) == ["mask_pattern", "additive", "warp"]
-    assert not any(p for _, p in seen)
+    assert list(dict.fromkeys(f for f, _, _ in seen)) == ["mask_pattern", "additive", "warp"]
+    assert not any(p for _, p, _ in seen)
+    assert {b for _, _, b in seen} == {5}

@@ -164,20 +164,14 @@ def test_clip_defenses_refuse_classifiers():
         create_defense("cleanclip").run(model, data, data)
 
 
-def test_inversion_batch_is_applied_inside_and_restored():
-    from unbackdoor.clip.defenses.common import inversion_batch
-    from unbackdoor.defenses import tbar as tbar_module
+def test_clip_defenses_take_the_inversion_batch_as_an_option():
+    from unbackdoor.defenses import create_defense
     from unbackdoor.errors import ConfigError
 
-    original = tbar_module.InversionConfig
-    with inversion_batch(tbar_module, 4):
-        cfg = tbar_module.InversionConfig(steps=7)
-        assert (cfg.batch_size, cfg.steps) == (4, 7)
-    assert tbar_module.InversionConfig is original
-    with inversion_batch(tbar_module, None):
-        assert tbar_module.InversionConfig is original
-    with pytest.raises(ConfigError, match="inversion_batch_size"), inversion_batch(tbar_module, 0):
-        pass
+    for name in ("clip-bibau", "clip-tbar"):
+        assert create_defense(name, inversion_batch_size=4).inversion_batch_size == 4
+        with pytest.raises(ConfigError, match="inversion_batch_size"):
+            create_defense(name, inversion_batch_size=0)
 
 
 def test_retune_attack_on_clip_leaves_the_model_and_brings_asr(tiny_backdoor):

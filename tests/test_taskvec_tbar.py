@@ -586,19 +586,27 @@ def test_analyze_disentanglement_command(mnist_ft_backdoor, tmp_path, capsys):
     assert "--alphas" in capsys.readouterr().err
 
 
-def test_unknown_attack_passes_budget_prior_to_every_family(monkeypatch):
+def test_unknown_attack_passes_budget_prior_and_batch_to_every_family(monkeypatch):
     import synth
     import unbackdoor.defenses.tbar as tbar_mod
 
     seen = []
 
     def fake(model, data, cfg, **k):
-        seen.append((cfg.family, cfg.budget_prior))
+        seen.append((cfg.family, cfg.budget_prior, cfg.batch_size))
         return _fake_inversion([10.0, 11.0, 9.5, 10.5])
 
     monkeypatch.setattr(tbar_mod, "invert", fake)
     data = synth.blobs(200, classes=4)
-    defense = tbar_mod.TBAR(epochs=1, alphas=(0.0,), alpha_max=None, plot=False, budget_prior=False)
+    defense = tbar_mod.TBAR(
+        epochs=1,
+        alphas=(0.0,),
+        alpha_max=None,
+        plot=False,
+        budget_prior=False,
+        inversion_batch_size=5,
+    )
     defense.run(net(0), *data.split(0.8, 0))
-    assert list(dict.fromkeys(f for f, _ in seen)) == ["mask_pattern", "additive", "warp"]
-    assert not any(p for _, p in seen)
+    assert list(dict.fromkeys(f for f, _, _ in seen)) == ["mask_pattern", "additive", "warp"]
+    assert not any(p for _, p, _ in seen)
+    assert {b for _, _, b in seen} == {5}

@@ -175,6 +175,14 @@ DEFENSES: dict[str, tuple[str, bool, dict[str, Any], tuple[float, float] | None]
         {**COPY_LONG, "rounds": 5, "collapse_refit_steps": 200, "collapse_refit_widen": 3},
         (0.05, 0.96),
     ),
+    # the same with 8 rounds (BI-BAU's default): the 5-round row ended on its round limit at
+    # 6.73%, the stop test never passed; chosen after seeing that row, reported as such
+    "bibau-collapse-refit-widen8": (
+        "clip-bibau",
+        False,
+        {**COPY_LONG, "rounds": 8, "collapse_refit_steps": 200, "collapse_refit_widen": 3},
+        (0.05, 0.96),
+    ),
     "cleanclip": ("cleanclip", False, {"epochs": 5, "lr": 1e-4}, None),
 }
 

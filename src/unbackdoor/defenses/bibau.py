@@ -112,6 +112,7 @@ from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import (
     InversionConfig,
     fooling_rate,
+    inversion_config,
     invert,
     invert_calibrated,
     mad_anomaly,
@@ -193,6 +194,7 @@ class BIBAU(Defense):
         "max_val_drop": 0.05,
         "lr_retries": 3,
         "budget_prior": True,
+        "inversion_batch_size": None,
     }
 
     mode: str = "auto"
@@ -238,6 +240,9 @@ class BIBAU(Defense):
     #: the clean model's verdicts stay "no backdoor" (``benchmarks/bibau_dev/README.md``,
     #: session 23). Not the default until the CIFAR-10 dev models have been checked with it
     budget_prior: bool = True
+    #: images per class and step of every inversion (None: the inversion's 32); through a
+    #: CLIP image tower on a CPU that batch is the whole cost (``benchmarks/clip`` uses 6)
+    inversion_batch_size: int | None = None
     #: blind and targeted, when no trigger family finds a backdoor: unlearn a copy of the
     #: model's clean task (gradient ascent) and flag the class the collapsed copy then
     #: predicts for at least ``collapse_share`` of the held-out images and ``collapse_ratio``
@@ -340,6 +345,11 @@ class BIBAU(Defense):
         )
         self._require(self.inversion_steps >= 1, "inversion_steps", ">= 1")
         self._require(
+            self.inversion_batch_size is None or self.inversion_batch_size >= 1,
+            "inversion_batch_size",
+            "None or >= 1",
+        )
+        self._require(
             self.collapse_inversion_steps is None or self.collapse_inversion_steps >= 1,
             "collapse_inversion_steps",
             "None or >= 1",
@@ -429,7 +439,8 @@ class BIBAU(Defense):
         det = detect(
             model,
             clean,
-            InversionConfig(
+            inversion_config(
+                self.inversion_batch_size,
                 steps=self.inversion_steps,
                 targeted=targeted,
                 eps=self.additive_eps,
@@ -465,7 +476,8 @@ class BIBAU(Defense):
                 first = invert(
                     fallback.model,
                     clean,
-                    InversionConfig(
+                    inversion_config(
+                        self.inversion_batch_size,
                         steps=self.collapse_inversion_steps or self.inversion_steps,
                         bf16=self.bf16,
                     ),
@@ -620,7 +632,8 @@ class BIBAU(Defense):
             trigger = copy.deepcopy([b for b in bank if b.kind == trigger.kind][-1])
         q = torch.tensor(diag["q_per_round"][-1])  # a resumed run goes on from its last q
         augment = default_augment(clean.name, clean.images.shape[-1])
-        inner = InversionConfig(
+        inner = inversion_config(
+            self.inversion_batch_size,
             family=family,
             steps=max(1, self.inner_steps),
             targeted=targeted,
@@ -841,7 +854,8 @@ class BIBAU(Defense):
         if not self.companion:
             return None
         other = "additive" if family == "mask_pattern" else "mask_pattern"
-        cfg = InversionConfig(
+        cfg = inversion_config(
+            self.inversion_batch_size,
             family=other,
             steps=self.inversion_steps,
             eps=self.additive_eps,

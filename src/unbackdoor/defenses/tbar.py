@@ -98,7 +98,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import FAMILY_CHOICES, InversionConfig, detect, invert
+from unbackdoor.inversion import FAMILY_CHOICES, detect, inversion_config, invert
 from unbackdoor.inversion.detect import AUTO_FAMILIES
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
@@ -150,6 +150,7 @@ class TBAR(Defense):
         "refine_smallest": False,
         "warp_shift": None,
         "budget_prior": True,
+        "inversion_batch_size": None,
     }
 
     epochs: int = 5
@@ -183,6 +184,8 @@ class TBAR(Defense):
     #: unknown attack: the budgeted families carry the L2 prior while inverting (as BI-BAU's
     #: ``budget_prior``)
     budget_prior: bool = True
+    #: unknown attack: images per class and step of the inversion (None: the inversion's 32)
+    inversion_batch_size: int | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
     bf16: bool = False
@@ -195,6 +198,11 @@ class TBAR(Defense):
             self.clean_projection in PROJECTIONS, "clean_projection", f"one of {PROJECTIONS}"
         )
         self._require(self.recalibrate in RECALIBRATIONS, "recalibrate", f"one of {RECALIBRATIONS}")
+        self._require(
+            self.inversion_batch_size is None or self.inversion_batch_size >= 1,
+            "inversion_batch_size",
+            "None or >= 1",
+        )
         self._require(self.repair_epochs >= 0, "repair_epochs", ">= 0")
         self._require(self.repair_lr > 0, "repair_lr", "> 0")
         self._require(self.repair_distill >= 0, "repair_distill", ">= 0")
@@ -280,7 +288,8 @@ class TBAR(Defense):
         det = detect(
             model,
             clean,
-            InversionConfig(
+            inversion_config(
+                self.inversion_batch_size,
                 steps=self.inversion_steps,
                 eps=self.additive_eps,
                 warp_shift=self.warp_shift or 1.0,

@@ -184,6 +184,18 @@ class InversionResult:
         return self.family.stamp(x, self.classes.index(klass))
 
 
+def inversion_config(batch_size: int | None = None, **options: Any) -> InversionConfig:
+    """An :class:`InversionConfig` of ``options``, with ``batch_size`` images per class and step.
+
+    For the defenses that expose the batch as an option (``inversion_batch_size``): ``None``
+    keeps the inversion's default. Through a CLIP image tower on a CPU the default batch is
+    the whole cost, so the CLIP benchmark sets it lower.
+    """
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    return InversionConfig(**options)
+
+
 def mad_anomaly(sizes: torch.Tensor, log: bool = True) -> torch.Tensor:
     """Neural Cleanse's anomaly index: how far below the median each size lies, in MADs.
 

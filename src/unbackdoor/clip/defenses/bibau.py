@@ -34,12 +34,10 @@ from unbackdoor.clip.defenses.common import (
     FrozenText,
     as_pairs,
     head,
-    inversion_batch,
     require_clip,
 )
 from unbackdoor.clip.train.contrastive import contrastive_loss
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.defenses import bibau as _bibau_module
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.defenses.registry import register_defense
@@ -67,8 +65,6 @@ class ClipBIBAU(BIBAU):
     # the classifier's per-sample shared examples have not been measured on CLIP
     shared_eps: float | None = None
     shared_loss: str = "teacher"
-    #: images per class and step of the inversions (None: the inversion's 32)
-    inversion_batch_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -89,7 +85,7 @@ class ClipBIBAU(BIBAU):
             emb = F.normalize(clip.encode_texts(unique).float(), dim=-1)
             clip.train(was)
         self._captions = (unique, emb)
-        with FrozenText(clip), inversion_batch(_bibau_module, self.inversion_batch_size):
+        with FrozenText(clip):
             out = super().run(zs, pairs, val, known_attack=known_attack)
         out.model = clip
         out.diagnostics["wall_time"] = time.perf_counter() - t0

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from types import ModuleType
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -15,7 +12,6 @@ from unbackdoor.clip.zeroshot.head import ZeroShotClassifier
 from unbackdoor.clip.zeroshot.templates import CLASS_TEMPLATES
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
-from unbackdoor.inversion import InversionConfig
 
 
 def require_clip(model: nn.Module, defense: str) -> ClipModel:
@@ -55,29 +51,3 @@ class FrozenText:
     def __exit__(self, *exc: object) -> None:
         for p, flag in self.saved:
             p.requires_grad_(flag)
-
-
-@contextmanager
-def inversion_batch(module: ModuleType, batch_size: int | None) -> Iterator[None]:
-    """Within the block, ``module``'s ``InversionConfig`` takes ``batch_size`` images per step.
-
-    The classifier defenses (:mod:`unbackdoor.defenses.tbar`, :mod:`unbackdoor.defenses.bibau`)
-    build their :class:`InversionConfig` with the default batch (32 images per class and step,
-    the K classes in one forward); through a CLIP image tower on a CPU that is the whole cost,
-    so the CLIP defenses expose ``inversion_batch_size`` and apply it here. ``None``: unchanged.
-    """
-    if batch_size is None:
-        yield
-        return
-    if batch_size < 1:
-        raise ConfigError(f"inversion_batch_size must be >= 1, got {batch_size}")
-    original = module.InversionConfig
-
-    def config(**kw: object) -> InversionConfig:
-        return dataclasses.replace(InversionConfig(**kw), batch_size=batch_size)  # type: ignore[arg-type]
-
-    module.InversionConfig = config  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        module.InversionConfig = original  # type: ignore[attr-defined]

@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from unbackdoor.clip.defenses.common import as_pairs, head, inversion_batch, require_clip
+from unbackdoor.clip.defenses.common import as_pairs, head, require_clip
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.defenses import tbar as _tbar_module
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.defenses.tbar import TBAR
@@ -41,8 +40,6 @@ class ClipTBAR(TBAR):
     # the finer alpha search was adopted on classifiers (benchmarks/tbar); CLIP's rows
     # (benchmarks/clip) were measured on the grid, so it stays off here until measured
     refine_smallest: bool = False
-    #: images per class and step of the unknown-attack inversion (None: the inversion's 32)
-    inversion_batch_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -62,10 +59,9 @@ class ClipTBAR(TBAR):
     ) -> DefenseOutput:
         clip = require_clip(model, self.name)
         zs = head(clip, clean, self.templates)
-        with inversion_batch(_tbar_module, self.inversion_batch_size):
-            out = super().run(
-                zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
-            )
+        out = super().run(
+            zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
+        )
         out.model = clip
         out.diagnostics["head"] = {"classes": zs.class_names, "templates": zs.templates}
         return out
