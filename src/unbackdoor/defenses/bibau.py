@@ -121,7 +121,7 @@ from unbackdoor.inversion import (
     transitions,
 )
 from unbackdoor.inversion.collapse import collapse
-from unbackdoor.inversion.detect import AUTO_FAMILIES, FAMILY_CHOICES, detect
+from unbackdoor.inversion.detect import FAMILY_CHOICES, detect_with
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import SATURATION, autocast
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
@@ -436,22 +436,11 @@ class BIBAU(Defense):
                 f"classes' spread, which needs at least {MIN_BLIND_CLASSES} classes ({clean.name} "
                 f"has {clean.num_classes}); give target=... if it is known, or mode='untargeted'"
             )
-        det = detect(
+        det = detect_with(
+            self,
             model,
             clean,
-            inversion_config(
-                self.inversion_batch_size,
-                steps=self.inversion_steps,
-                targeted=targeted,
-                eps=self.additive_eps,
-                warp_shift=self.warp_shift or 1.0,
-                bf16=self.bf16,
-                budget_prior=self.budget_prior,
-            ),
-            family=self.family,
-            auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),
-            anomaly_threshold=self.anomaly_threshold,
-            min_effect=self.min_effect,
+            targeted=targeted,
             auto_eps=self.auto_eps,
             stop_at_first=self.target is not None,
             invert_fn=invert,  # looked up here, so tests can script the inversions

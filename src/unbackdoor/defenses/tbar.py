@@ -98,8 +98,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
-from unbackdoor.inversion import FAMILY_CHOICES, detect, inversion_config, invert
-from unbackdoor.inversion.detect import AUTO_FAMILIES
+from unbackdoor.inversion import FAMILY_CHOICES, detect_with, invert
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -285,21 +284,10 @@ class TBAR(Defense):
                 {},
                 {},
             )
-        det = detect(
+        det = detect_with(
+            self,
             model,
             clean,
-            inversion_config(
-                self.inversion_batch_size,
-                steps=self.inversion_steps,
-                eps=self.additive_eps,
-                warp_shift=self.warp_shift or 1.0,
-                bf16=self.bf16,
-                budget_prior=self.budget_prior,
-            ),
-            family=self.family,
-            auto_families=AUTO_FAMILIES + (("warp",) if self.warp_shift else ()),
-            anomaly_threshold=self.anomaly_threshold,
-            min_effect=self.min_effect,
             invert_fn=invert,  # looked up here, so tests can script the inversions
             seed=self.seed,
             device=device,

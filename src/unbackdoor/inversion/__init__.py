@@ -1,6 +1,6 @@
 """Trigger reverse-engineering shared by BI-BAU, Neural Cleanse and TBAR's unknown-attack mode."""
 
-from unbackdoor.inversion.detect import FAMILY_CHOICES, Detection, detect
+from unbackdoor.inversion.detect import FAMILY_CHOICES, Detection, detect, detect_with
 from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, TriggerFamily, Warp
 from unbackdoor.inversion.invert import (
     InversionConfig,
@@ -18,6 +18,7 @@ __all__ = [
     "FAMILY_CHOICES",
     "Detection",
     "detect",
+    "detect_with",
     "FAMILIES",
     "Additive",
     "MaskPattern",

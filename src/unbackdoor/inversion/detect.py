@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from unbackdoor.inversion.invert import (
     InversionConfig,
     InversionResult,
     Verdict,
+    inversion_config,
     invert_calibrated,
 )
 from unbackdoor.utils.config import check_choice
@@ -101,3 +102,49 @@ def detect(
         if verdict is None or verdict.found or stop_at_first:
             break
     return Detection(res, fam, list(results), verdict, verdicts, results, eps_trail)
+
+
+class DetectionSettings(Protocol):
+    """What a defense that detects blindly (BI-BAU, TBAR's unknown attack) names its settings."""
+
+    inversion_steps: int
+    additive_eps: float
+    warp_shift: float | None
+    bf16: bool
+    budget_prior: bool
+    inversion_batch_size: int | None
+    family: str
+    anomaly_threshold: float
+    min_effect: float
+
+
+def detect_with(
+    settings: DetectionSettings,
+    model: nn.Module,
+    data: ImageDataset,
+    *,
+    targeted: bool = True,
+    **kwargs: Any,
+) -> Detection:
+    """:func:`detect` with a defense's own settings, so that BI-BAU and TBAR look for a backdoor
+    the same way: the warp family is tried last when ``warp_shift`` is set. ``kwargs`` go to
+    :func:`detect` (``invert_fn``, ``seed``, ``device``, ``desc``, ...)."""
+    config = inversion_config(
+        settings.inversion_batch_size,
+        steps=settings.inversion_steps,
+        targeted=targeted,
+        eps=settings.additive_eps,
+        warp_shift=settings.warp_shift or 1.0,
+        bf16=settings.bf16,
+        budget_prior=settings.budget_prior,
+    )
+    return detect(
+        model,
+        data,
+        config,
+        family=settings.family,
+        auto_families=AUTO_FAMILIES + (("warp",) if settings.warp_shift else ()),
+        anomaly_threshold=settings.anomaly_threshold,
+        min_effect=settings.min_effect,
+        **kwargs,
+    )
