@@ -617,6 +617,35 @@ def test_freeze_bn_stats_keeps_running_statistics(mnist_backdoor):
         assert same is freeze
 
 
+def test_path_rho_takes_the_unlearning_gradient_nearer_the_backdoored_model(mnist_backdoor):
+    """PAM: the forward pass sees the weights moved towards the teacher, the step lands on the
+    current weights (with lr 0 they stay exactly as they were)."""
+    from unbackdoor.inversion import MaskPattern
+
+    teacher, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(128, 5)
+    trigger = MaskPattern(1, tuple(data.images.shape[1:]))
+    first, seen = next(teacher.parameters()), []
+    for rho in (0.0, 0.5):
+        work = copy.deepcopy(teacher)
+        with torch.no_grad():
+            next(work.parameters()).add_(1.0)  # one unlearning step away from the teacher
+        start = next(work.parameters()).detach().clone()
+        seen.clear()
+        hook = work.register_forward_pre_hook(
+            lambda m, a: seen.append(next(m.parameters()).detach().clone())
+        )
+        d = BIBAU(path_rho=rho, outer_steps=1, batch_size=64, kl_weight=0.0)
+        opt = torch.optim.SGD(work.parameters(), lr=0.0)
+        d._unlearn(work, teacher, data, [trigger], opt, None, torch.device("cpu"), 0)
+        hook.remove()
+        assert torch.allclose(seen[-1], start + rho * (first - start))
+        assert torch.equal(next(work.parameters()), start)
+        assert next(work.parameters()).grad is not None
+    with pytest.raises(ConfigError, match="path_rho"):
+        BIBAU(path_rho=1.0)
+
+
 @pytest.mark.slow  # an option off by default (benchmarks/bibau_dev); ~1-2 min on 2 cores
 def test_companion_family_is_unlearned_beside_the_detected_one(
     mnist_backdoor, tmp_path, monkeypatch

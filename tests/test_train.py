@@ -249,3 +249,35 @@ def test_more_pgd_steps_find_a_stronger_perturbation():
     torch.manual_seed(0)
     five = float(adversarial_loss(0.2, steps=5)(model, batch))
     assert clean < one < five
+
+
+def test_toward_moves_parameters_for_the_block_and_puts_them_back_exactly():
+    from unbackdoor.train.path_point import toward
+
+    torch.manual_seed(0)
+    model, anchor = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 5)
+    with toward(model, anchor, 0.25):
+        for p, a, b in zip(model.parameters(), anchor.parameters(), before, strict=True):
+            assert torch.allclose(p, b + 0.25 * (a - b))
+        model(x).pow(2).sum().backward()
+        inside = model(x).detach()
+    # the gradient is the one at the moved point, the weights are exactly the old ones
+    moved = torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        for m, a, b in zip(moved.parameters(), anchor.parameters(), before, strict=True):
+            m.copy_(b + 0.25 * (a - b))
+    moved(x).pow(2).sum().backward()
+    assert torch.allclose(moved.weight.grad, model.weight.grad)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert not torch.allclose(model(x), inside)
+    with toward(model, anchor, 0.0):  # off: nothing moves
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    with (
+        pytest.raises(ValueError, match="no parameter 'weight'"),
+        toward(model, torch.nn.Linear(5, 4), 0.5),
+    ):
+        pass
+    with pytest.raises(ValueError, match="fraction"), toward(model, anchor, 1.0):
+        pass

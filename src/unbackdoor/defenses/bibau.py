@@ -127,6 +127,7 @@ from unbackdoor.inversion.invert import SATURATION, autocast
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
 from unbackdoor.train.losses import kl_to_teacher
+from unbackdoor.train.path_point import toward
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
@@ -195,6 +196,7 @@ class BIBAU(Defense):
         "lr_retries": 3,
         "budget_prior": True,
         "inversion_batch_size": None,
+        "path_rho": 0.0,
     }
 
     mode: str = "auto"
@@ -288,6 +290,12 @@ class BIBAU(Defense):
     #: stop test looks there too. 0: the place stays as first grown
     collapse_refit_widen: int = 0
     bf16: bool = False
+    #: Path-Aware Minimization (Min et al., NeurIPS 2024, :mod:`unbackdoor.train.path_point`):
+    #: each unlearning gradient is taken at the point this fraction of the way back to the
+    #: backdoored weights and applied at the current ones, so that the unlearning loss must be
+    #: low along the path towards the backdoored model, not only at its end. Written for the
+    #: backdoor that comes back under re-tuning (WaNet, ``benchmarks/bibau_dev``); 0: off
+    path_rho: float = 0.0
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
     #: the clean cross-entropy's weight grows linearly from 0 at ``clean_ce_ramp[0]`` training
@@ -364,6 +372,7 @@ class BIBAU(Defense):
         self._require(0 < self.stamp_fraction < 1, "stamp_fraction", "in (0, 1)")
         self._require(self.kl_weight >= 0, "kl_weight", ">= 0")
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
+        self._require(0 <= self.path_rho < 1, "path_rho", "in [0, 1)")
         self._require(self.budget_scale >= 1, "budget_scale", ">= 1")
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
@@ -1010,42 +1019,44 @@ class BIBAU(Defense):
                 model, teacher, clean, bank, augment, device, rnd, desc
             ):
                 x, y = batch.x, batch.y
-                with autocast(device, self.bf16):
-                    logits = model(torch.cat([x, xs])).float()
-                f_all = None if feats.value is None else feats.value.float()
-                clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
-                # with shared_loss="target" the last n_t stamped rows only lose the target
-                n_t = self._pgd_rows if self.shared_loss == "target" else 0
-                n_s = xs.shape[0] - n_t
-                if not n_s:
-                    loss = stamped_logits.sum() * 0
-                elif self.stamped_target == "teacher":
-                    loss = kl_to_teacher(stamped_logits[:n_s], t_logits[:n_s])
-                else:
-                    loss = F.cross_entropy(stamped_logits[:n_s], y[:n_s])
-                if n_t:
-                    loss = (
-                        n_s * loss
-                        + n_t * self._target_risk(stamped_logits[n_s:], y[n_s : n_s + n_t])
-                    ) / xs.shape[0]
-                if ce_weight:
-                    loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
-                if self.kl_weight:
-                    loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
-                if self.feature_weight and f_all is not None and n_s:
-                    f_clean = f_all[:n_s].detach()
-                    f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
-                    num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
-                    den = f_clean.pow(2).flatten(1).sum(1).clamp_min(1e-6)
-                    loss = loss + self.feature_weight * (num / den).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"bibau: the unlearning loss became {loss.item()} at round {rnd + 1}, "
-                        f"step {steps + 1}; lower lr (now {self.lr})"
-                        + (" or leave freeze_bn_stats off" if self.freeze_bn_stats else "")
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # PAM (path_rho): the gradient is taken nearer the backdoored weights
+                with toward(model, teacher, self.path_rho):
+                    with autocast(device, self.bf16):
+                        logits = model(torch.cat([x, xs])).float()
+                    f_all = None if feats.value is None else feats.value.float()
+                    clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
+                    # with shared_loss="target" the last n_t stamped rows only lose the target
+                    n_t = self._pgd_rows if self.shared_loss == "target" else 0
+                    n_s = xs.shape[0] - n_t
+                    if not n_s:
+                        loss = stamped_logits.sum() * 0
+                    elif self.stamped_target == "teacher":
+                        loss = kl_to_teacher(stamped_logits[:n_s], t_logits[:n_s])
+                    else:
+                        loss = F.cross_entropy(stamped_logits[:n_s], y[:n_s])
+                    if n_t:
+                        loss = (
+                            n_s * loss
+                            + n_t * self._target_risk(stamped_logits[n_s:], y[n_s : n_s + n_t])
+                        ) / xs.shape[0]
+                    if ce_weight:
+                        loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
+                    if self.kl_weight:
+                        loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
+                    if self.feature_weight and f_all is not None and n_s:
+                        f_clean = f_all[:n_s].detach()
+                        f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
+                        num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
+                        den = f_clean.pow(2).flatten(1).sum(1).clamp_min(1e-6)
+                        loss = loss + self.feature_weight * (num / den).mean()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"bibau: the unlearning loss became {loss.item()} at round {rnd + 1}, "
+                            f"step {steps + 1}; lower lr (now {self.lr})"
+                            + (" or leave freeze_bn_stats off" if self.freeze_bn_stats else "")
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 opt.step()
                 steps += 1
         finally:

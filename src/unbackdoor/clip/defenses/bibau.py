@@ -43,6 +43,7 @@ from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.inversion.families import TriggerFamily
 from unbackdoor.inversion.invert import autocast
+from unbackdoor.train.path_point import toward
 
 
 @register_defense
@@ -113,27 +114,28 @@ class ClipBIBAU(BIBAU):
             model, teacher, clean, bank, augment, device, rnd, desc
         ):
             x, y = batch.x, batch.y
-            n, n_s = x.shape[0], xs.shape[0]
-            with autocast(device, self.bf16):
-                img = clip.encode_image(torch.cat([x, xs])).float()
-            txt = text[cap_idx[batch.index.cpu()]]
-            txt_all = torch.cat([txt, txt[:n_s]])  # stamped images keep their true captions
-            loss = contrastive_loss(img, txt_all, clip.logit_scale, torch.cat([y, y[:n_s]]))
-            if self.kl_weight:
-                e = F.normalize(img[:n], dim=-1)
-                logits = clip.logit_scale.exp().float() * e @ model.text_weights.t()
-                loss = loss + self.kl_weight * F.kl_div(
-                    logits.log_softmax(1),
-                    t_logits.log_softmax(1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-            if self.feature_weight:
-                f_clean, f_stamp = img[:n_s].detach(), img[n : n + n_s]
-                num = (f_stamp - f_clean).pow(2).sum(1)
-                den = f_clean.pow(2).sum(1).clamp_min(1e-6)
-                loss = loss + self.feature_weight * (num / den).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with toward(model, teacher, self.path_rho):  # PAM, as in BIBAU._unlearn
+                n, n_s = x.shape[0], xs.shape[0]
+                with autocast(device, self.bf16):
+                    img = clip.encode_image(torch.cat([x, xs])).float()
+                txt = text[cap_idx[batch.index.cpu()]]
+                txt_all = torch.cat([txt, txt[:n_s]])  # stamped images keep their true captions
+                loss = contrastive_loss(img, txt_all, clip.logit_scale, torch.cat([y, y[:n_s]]))
+                if self.kl_weight:
+                    e = F.normalize(img[:n], dim=-1)
+                    logits = clip.logit_scale.exp().float() * e @ model.text_weights.t()
+                    loss = loss + self.kl_weight * F.kl_div(
+                        logits.log_softmax(1),
+                        t_logits.log_softmax(1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                if self.feature_weight:
+                    f_clean, f_stamp = img[:n_s].detach(), img[n : n + n_s]
+                    num = (f_stamp - f_clean).pow(2).sum(1)
+                    den = f_clean.pow(2).sum(1).clamp_min(1e-6)
+                    loss = loss + self.feature_weight * (num / den).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
         model.eval()
