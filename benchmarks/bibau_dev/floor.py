@@ -1,10 +1,11 @@
 """Re-tuning floors on the dev side: the never-backdoored dev twin re-tuned with the dev Blended
 and dev BadNets triggers (appends to ``results.jsonl``; rows ``floor_dev_*`` of the README).
 
-    python benchmarks/bibau_dev/floor.py
+    python benchmarks/bibau_dev/floor.py [dev_wanet ...]   # default: dev_blended dev_badnets
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ train = load_dataset("cifar10", "train")
 tr = train.subset(split["train_idx"], "cifar10")
 dev = train.subset(split["dev_idx"], "cifar10")
 clean, _ = load_model(RUNS / "dev_clean")
-for name in ("dev_blended", "dev_badnets"):
+for name in sys.argv[1:] or ("dev_blended", "dev_badnets"):
     rec = load_attack(RUNS / name)
     t = time.time()
     r = retune_attack(clean, tr, dev, rec, RetuneConfig(seed=0))
