@@ -213,6 +213,16 @@ def test_detect_tries_the_warp_family_last_when_asked():
         {"eps": 0.1, "median_fooling": 0.01},
         {"warp_shift": 0.75, "median_fooling": 0.01},
     ]
+    # a defense's settings: the same order (warp last, as warp_shift is set), or the families asked
+    from unbackdoor.defenses.bibau import BIBAU
+    from unbackdoor.inversion.detect import detect_with
+
+    settings = BIBAU(warp_shift=0.75, inversion_batch_size=3)
+    for asked, tried in ((None, families), (("additive", "warp"), ("additive", "warp"))):
+        calls.clear()
+        det = detect_with(settings, None, None, families=asked, auto_eps=False, invert_fn=fake)
+        assert det.found and det.family == "warp" and tuple(det.tried) == tried
+        assert [c[0] for c in calls] == list(tried)
     calls.clear()
     assert not detect(None, None, cfg, invert_fn=fake).found  # default: no warp
     assert [c[0] for c in calls] == ["mask_pattern", "additive"]

@@ -11,7 +11,11 @@ inverts on the 80% it keeps after holding out 20%), once with ``budget_prior=Tru
 default) and once with ``False``. The rule, written before this script ran: ``False`` becomes
 the default if with it the dev clean model's verdict stays "no backdoor" and the dev Blended
 (and BadNets) targets are found as now, by the family that finds them today or an earlier one.
-The planted trigger is never read. Rows (per family tried: its verdict; the deciding family;
+``--priors false --after-mask`` runs only the budgeted families (additive, then warp) with
+``budget_prior=False``, for a model whose mask verdict the ``True`` row already gave: the mask
+family has no budget, so the option cannot change it (``invert``: the prior's weight is only
+zeroed for a budgeted family), and its ten-class inversion need not be repeated. The planted
+trigger is never read. Rows (per family tried: its verdict; the deciding family;
 the budgets tried) are appended to ``budget_prior_dev.jsonl`` beside this file.
 """
 
@@ -38,21 +42,31 @@ HERE = Path(__file__).resolve().parent
 from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
 
 
-def main(names: list[str]) -> None:
+def main(args: list[str]) -> None:
     torch.set_num_threads(1)
+    priors, families = (True, False), None
+    if "--priors" in args:
+        i = args.index("--priors")
+        priors = tuple(p == "true" for p in args[i + 1].split(","))
+        args = args[:i] + args[i + 2 :]
+    if "--after-mask" in args:
+        args.remove("--after-mask")
+        families = ("additive", "warp")
+    names = args
     split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     train = load_dataset("cifar10", "train").subset(split["train_idx"], "cifar10")
     data = split_defender_data(train.sample(2500, 7919), 0.2, 0)[0]
     for name in names:
         model, _ = load_model(RUNS / name)
         model.eval()
-        for prior in (True, False):
+        for prior in priors:
             settings = BIBAU(bf16=True, budget_prior=prior)
             t0 = time.perf_counter()
             det = detect_with(
                 settings,
                 model,
                 data,
+                families=families,
                 auto_eps=settings.auto_eps,
                 invert_fn=invert,
                 seed=0,
@@ -61,6 +75,7 @@ def main(names: list[str]) -> None:
             row = {
                 "model": name,
                 "budget_prior": prior,
+                "families_asked": list(families) if families else "all",
                 "images": len(data),
                 "family": det.family,
                 "found": det.found,

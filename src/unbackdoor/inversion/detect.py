@@ -124,10 +124,12 @@ def detect_with(
     data: ImageDataset,
     *,
     targeted: bool = True,
+    families: tuple[str, ...] | None = None,
     **kwargs: Any,
 ) -> Detection:
     """:func:`detect` with a defense's own settings, so that BI-BAU and TBAR look for a backdoor
-    the same way: the warp family is tried last when ``warp_shift`` is set. ``kwargs`` go to
+    the same way: the warp family is tried last when ``warp_shift`` is set. ``families``
+    replaces the families ``family="auto"`` tries (None: the defense's). ``kwargs`` go to
     :func:`detect` (``invert_fn``, ``seed``, ``device``, ``desc``, ...)."""
     config = inversion_config(
         settings.inversion_batch_size,
@@ -143,7 +145,7 @@ def detect_with(
         data,
         config,
         family=settings.family,
-        auto_families=AUTO_FAMILIES + (("warp",) if settings.warp_shift else ()),
+        auto_families=families or AUTO_FAMILIES + (("warp",) if settings.warp_shift else ()),
         anomaly_threshold=settings.anomaly_threshold,
         min_effect=settings.min_effect,
         **kwargs,
