@@ -181,8 +181,8 @@ class TBAR(Defense):
     #: when the mask and additive families find nothing (as BI-BAU's ``warp_shift``)
     warp_shift: float | None = 1.0
     #: unknown attack: the budgeted families carry the L2 prior while inverting (as BI-BAU's
-    #: ``budget_prior``)
-    budget_prior: bool = True
+    #: ``budget_prior``, whose default it follows: both detect through ``detect_with``)
+    budget_prior: bool = False
     #: unknown attack: images per class and step of the inversion (None: the inversion's 32)
     inversion_batch_size: int | None = None
     anomaly_threshold: float = 2.0

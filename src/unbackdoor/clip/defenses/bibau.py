@@ -63,6 +63,8 @@ class ClipBIBAU(BIBAU):
     # the additive budget search (up to four inversions through the image tower) has not been
     # measured on CLIP: the fixed eps of the benchmarked runs
     auto_eps: bool = False
+    # the benchmarked CLIP rows ran with the prior; without it has not been measured there
+    budget_prior: bool = True
     # the classifier's per-sample shared examples have not been measured on CLIP
     shared_eps: float | None = None
     shared_loss: str = "teacher"

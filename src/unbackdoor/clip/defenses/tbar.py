@@ -40,6 +40,8 @@ class ClipTBAR(TBAR):
     # the finer alpha search was adopted on classifiers (benchmarks/tbar); CLIP's rows
     # (benchmarks/clip) were measured on the grid, so it stays off here until measured
     refine_smallest: bool = False
+    # the benchmarked CLIP rows ran with the prior; without it has not been measured there
+    budget_prior: bool = True
 
     def validate(self) -> None:
         super().validate()
