@@ -871,3 +871,75 @@ def test_budget_prior_and_batch_reach_every_detection_inversion(monkeypatch):
     assert list(dict.fromkeys(f for f, _, _ in seen)) == ["mask_pattern", "additive", "warp"]
     assert not any(p for _, p, _ in seen)
     assert {b for _, _, b in seen} == {5}
+
+
+class _GivenTrigger:
+    """The attack's own stamp in the shape of a one-trigger family (``stamp(x, 0)``)."""
+
+    def __init__(self, stamp) -> None:
+        self._stamp = stamp
+
+    def stamp(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self._stamp(x, torch.arange(len(x)))
+
+
+def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(mnist_backdoor):
+    """The pre-step subtracts TBAR's vector for the trigger and target it is given: the held-out
+    ASR falls, the accuracy it keeps is at least the retention it was asked for."""
+    from unbackdoor.attacks.store import load_attack
+    from unbackdoor.defenses.negate_first import negate_found_trigger
+    from unbackdoor.eval.metrics import evaluate
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    rec = load_attack(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(900, 11)
+    clean, val = data.subset(torch.arange(600)), data.subset(torch.arange(600, 900))
+    before = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
+    diag = negate_found_trigger(model, clean, val, _GivenTrigger(rec.trigger), 0, retention=0.9)
+    after = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
+    assert diag["alpha"] > 0 and diag["trigger_vector_norm"] > 0
+    assert after.asr < before.asr - 0.3, (before.asr, after.asr, diag["alpha_sweep"])
+    assert after.clean_acc >= 0.9 * before.clean_acc - 0.02
+    assert diag["val_asr"] == pytest.approx(after.asr, abs=0.02)
+
+
+def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
+    mnist_backdoor, monkeypatch, tmp_path
+):
+    """BI-BAU hands its found trigger and target to the pre-step before the first round's
+    unlearning, records what it returned, keeps the un-negated model as the teacher, and does
+    not negate again when it resumes; CLIP refuses the option."""
+    import unbackdoor.defenses.bibau as bibau_mod
+    from unbackdoor.clip.defenses.bibau import ClipBIBAU
+
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    first_weight = next(model.parameters()).detach().clone()
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    calls, order, teachers = [], [], []
+
+    def fake(model, clean, val, trigger, z, **kw):
+        calls.append((z, trigger.kind, kw))
+        order.append("negate")
+        with torch.no_grad():
+            next(model.parameters()).mul_(0.5)
+        return {"alpha": 1.0}
+
+    original = BIBAU._unlearn
+
+    def spy(self, model, teacher, *a, **kw):
+        order.append("unlearn")
+        teachers.append(next(teacher.parameters()).detach().clone())
+        return original(self, model, teacher, *a, **kw)
+
+    monkeypatch.setattr(bibau_mod, "negate_found_trigger", fake)
+    monkeypatch.setattr(BIBAU, "_unlearn", spy)
+    cfg = dict(FAST, rounds=1, target=0, negate_first=True, checkpoint_dir=str(tmp_path))
+    out = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
+    assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
+    assert order[0] == "negate" and "unlearn" in order
+    assert out.diagnostics["negate_first"] == {"alpha": 1.0}
+    assert torch.equal(teachers[0], first_weight)  # the teacher is the backdoored model
+    BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))  # resumed: finished
+    assert len(calls) == 1
+    with pytest.raises(ConfigError, match="negate_first"):
+        ClipBIBAU(negate_first=True)

@@ -73,6 +73,8 @@ class ClipBIBAU(BIBAU):
         super().validate()
         self._require(self.mode != "untargeted", "mode", "'auto' or 'targeted' for CLIP")
         self._require(self.shared_loss == "teacher", "shared_loss", "'teacher' for CLIP")
+        # the classifier TBAR forms the vector; the CLIP one (image tower) is not wired in
+        self._require(not self.negate_first, "negate_first", "False for CLIP")
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None

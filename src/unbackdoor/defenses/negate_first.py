@@ -1,0 +1,77 @@
+"""BI-BAU's ``negate_first`` pre-step: subtract TBAR's trigger vector before unlearning.
+
+Adversarial unlearning on an inverted trigger can hide a backdoor without removing it: on the
+fast net's WaNet model BI-BAU left ASR 0.88% that brief re-tuning brought back to 75.5%, while
+TBAR, which moves the weights along a trigger vector (task arithmetic, Ilharco et al., ICLR
+2023; TBAR's use of it for backdoors), left the same backdoor at the never-backdoored floor
+after re-tuning (``benchmarks/cpu``). This pre-step gives BI-BAU that move first: the trigger
+vector is formed from BI-BAU's *found* trigger and target (no attack knowledge), exactly as
+:class:`~unbackdoor.defenses.tbar.TBAR` forms it in its unknown-attack mode, subtracted at the
+largest alpha that keeps ``retention`` of the held-out clean accuracy (TBAR's rule for an
+inverted trigger), and BI-BAU's rounds then repair the clean task and unlearn what is left.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from unbackdoor.data.dataset import ImageDataset
+from unbackdoor.defenses.tbar import TBAR, TriggerSpec, choose_alpha
+from unbackdoor.inversion.families import TriggerFamily
+
+
+def negate_found_trigger(
+    model: nn.Module,
+    clean: ImageDataset,
+    val: ImageDataset,
+    trigger: TriggerFamily,
+    target: int,
+    *,
+    retention: float = 0.95,
+    seed: int = 0,
+    device: str = "auto",
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Subtract TBAR's trigger vector for ``trigger`` (one class, sent to ``target``) from
+    ``model`` in place; return the diagnostics (alpha, the sweep, the vector's norms).
+
+    ``clean`` forms the vector and recalibrates each candidate; ``val`` chooses alpha: the
+    largest whose held-out accuracy is at least ``retention`` times ``model``'s (0 if none).
+    """
+    tbar = TBAR(
+        seed=seed, device=device, bf16=bf16, plot=False, repair_epochs=0, ca_retention=retention
+    )
+
+    def stamp(x: Any, index: Any = None) -> Any:
+        return trigger.stamp(x, 0).detach()
+
+    spec = TriggerSpec(
+        stamp,
+        lambda y: y.new_full(y.shape, target),
+        "BI-BAU's inverted trigger",
+        target,
+        found=True,
+        anomaly=0.0,  # an inverted trigger: TBAR's "largest" alpha rule
+    )
+    theta_b = copy.deepcopy(model)
+    diag: dict[str, Any] = {}
+    tau = tbar.trigger_vector(model, clean, spec, diag)
+    sweep, base_ca = tbar.sweep(theta_b, tau, val, spec, clean)
+    alpha, rule = choose_alpha(sweep, base_ca, tbar.asr_threshold, retention, "largest")
+    if alpha:
+        model.load_state_dict(tbar.repaired(theta_b, tau, alpha, clean).state_dict())
+    chosen = next((s for s in sweep if s["alpha"] == alpha), {})
+    return {
+        "alpha": alpha,
+        "alpha_rule": rule,
+        "retention": retention,
+        "val_clean_acc_before": base_ca,
+        "val_clean_acc": chosen.get("val_clean_acc"),
+        "val_asr": chosen.get("val_asr"),
+        "alpha_sweep": sweep,
+        "trigger_vector_norm": diag.get("trigger_vector_norm"),
+        "trigger_vector_norm_projected": diag.get("trigger_vector_norm_projected"),
+    }
