@@ -76,6 +76,10 @@ def main() -> None:
         "stopped": d.get("stopped"),
         "companion": d.get("companion"),
         "shared": d.get("shared_rate_per_round"),
+        # the negate_first pre-step (alpha, held-out CA and ASR after it), without its sweep
+        "negate": {k: v for k, v in d["negate_first"].items() if k != "alpha_sweep"}
+        if "negate_first" in d
+        else None,
     }
     print(json.dumps(row), flush=True)
     with open(HERE / "results.jsonl", "a") as f:
