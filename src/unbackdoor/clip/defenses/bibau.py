@@ -68,6 +68,10 @@ class ClipBIBAU(BIBAU):
     # the classifier's per-sample shared examples have not been measured on CLIP
     shared_eps: float | None = None
     shared_loss: str = "teacher"
+    # the classifier's TBAR pre-step does not apply to CLIP (see validate); the rows were
+    # measured with the stop level of every default before it
+    negate_first: bool = False
+    stop_fooling: float | None = 0.05
 
     def validate(self) -> None:
         super().validate()
