@@ -943,3 +943,14 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert len(calls) == 1
     with pytest.raises(ConfigError, match="negate_first"):
         ClipBIBAU(negate_first=True)
+
+
+def test_stop_level_is_lower_after_the_negation_pre_step():
+    """``stop_fooling=None`` resolves to 0.03 when the pre-step runs, else 0.05; a given value
+    wins; a level outside [0, 1) is refused."""
+    assert BIBAU().stop_level == 0.03
+    assert BIBAU(negate_first=False).stop_level == 0.05
+    assert BIBAU(mode="untargeted").stop_level == 0.05
+    assert BIBAU(stop_fooling=0.1).stop_level == 0.1
+    with pytest.raises(ConfigError, match="stop_fooling"):
+        BIBAU(stop_fooling=1.5)
