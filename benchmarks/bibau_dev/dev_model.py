@@ -3,6 +3,7 @@
     python benchmarks/bibau_dev/dev_model.py                    # the BadNets dev model
     python benchmarks/bibau_dev/dev_model.py --clean            # its never-backdoored twin
     python benchmarks/bibau_dev/dev_model.py --attack blended   # dev_blended
+    python benchmarks/bibau_dev/dev_model.py --dataset mnist --attack badnets  # dev_mnist_badnets
 
 A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
 training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
@@ -13,7 +14,9 @@ same recipe with another attack of the catalogue into ``dev_NAME``; with seed 1,
 trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one. ``RUNS`` is
 ``~/.cache/unbackdoor/bibau_dev`` (beside the zoo; ``UNBACKDOOR_DEV_RUNS`` overrides): until
 2026-12-03 it was ``benchmarks/bibau_dev/runs``, inside the checkout, which every fresh
-checkout lost with an hour of training per model.
+checkout lost with an hour of training per model. ``--dataset mnist`` does the same for MNIST's
+small CNN (54,000 training images, 6,000 dev; ``dev_split_mnist.pt``, ``dev_mnist_NAME``), a
+minute per model.
 """
 
 from __future__ import annotations
@@ -35,10 +38,19 @@ from unbackdoor.data.dataset import stratified_indices
 RUNS = Path(os.environ.get("UNBACKDOOR_DEV_RUNS") or zoo_root().parent / "bibau_dev")
 
 
-def dev_split() -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, dev indices) of the CIFAR-10 training split."""
-    train = load_dataset("cifar10", "train")
-    idx = stratified_indices(train.labels, 0.9, 1234, total=45_000)
+#: per data set: the victim model, the training images it keeps, the prefix of its dev models
+DATASETS = {"cifar10": ("fastnet", 45_000, "dev_"), "mnist": ("small_cnn", 54_000, "dev_mnist_")}
+
+
+def split_path(dataset: str = "cifar10") -> Path:
+    """Where the dev split of ``dataset`` is stored."""
+    return RUNS / ("dev_split.pt" if dataset == "cifar10" else f"dev_split_{dataset}.pt")
+
+
+def dev_split(dataset: str = "cifar10") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, dev indices) of ``dataset``'s training split."""
+    train = load_dataset(dataset, "train")
+    idx = stratified_indices(train.labels, 0.9, 1234, total=DATASETS[dataset][1])
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[idx] = False
     return idx, torch.nonzero(keep).flatten()
@@ -46,29 +58,19 @@ def dev_split() -> tuple[torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
-    train_idx, dev_idx = dev_split()
-    torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, RUNS / "dev_split.pt")
-    train = load_dataset("cifar10", "train")
-    if "--clean" in sys.argv[1:]:
-        train_model(
-            train.subset(train_idx, "cifar10"),
-            "fastnet",
-            test_data=train.subset(dev_idx, "cifar10"),
-            seed=1,
-            out=RUNS / "dev_clean",
-            overwrite=True,
-        )
-        return
     args = sys.argv[1:]
+    dataset = args[args.index("--dataset") + 1] if "--dataset" in args else "cifar10"
+    arch, _, prefix = DATASETS[dataset]
+    train_idx, dev_idx = dev_split(dataset)
+    torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, split_path(dataset))
+    train = load_dataset(dataset, "train")
+    data = dict(test_data=train.subset(dev_idx, dataset), seed=1, overwrite=True)
+    if "--clean" in args:
+        train_model(train.subset(train_idx, dataset), arch, out=RUNS / f"{prefix}clean", **data)
+        return
     attack = args[args.index("--attack") + 1] if "--attack" in args else "badnets"
     attack_model(
-        train.subset(train_idx, "cifar10"),
-        "fastnet",
-        attack,
-        test_data=train.subset(dev_idx, "cifar10"),
-        seed=1,
-        out=RUNS / f"dev_{attack}",
-        overwrite=True,
+        train.subset(train_idx, dataset), arch, attack, out=RUNS / f"{prefix}{attack}", **data
     )
 
 

@@ -4,6 +4,7 @@
     RETUNE=1 python benchmarks/bibau_dev/tune.py ...     # also the re-tuning attack
     SAMPLE_SEED=1 python benchmarks/bibau_dev/tune.py ...  # another draw of the defender's images
     DEV_MODEL=dev_blended python benchmarks/bibau_dev/tune.py ...   # another dev model
+    DEV_DATASET=mnist DEV_MODEL=dev_mnist_badnets python benchmarks/bibau_dev/tune.py TAG '{}' 1000
 
 The defender's data is 2,500 images of the dev model's own 45,000 training images; clean accuracy
 and ASR are measured on the 5,000 held-out training images, never on the CIFAR-10 test set.
@@ -29,16 +30,17 @@ from unbackdoor.models import load_model
 from unbackdoor.unlearn import unlearn
 
 HERE = Path(__file__).resolve().parent
-from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
+from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
 
 
 def main() -> None:
     tag, opts = sys.argv[1], json.loads(sys.argv[2])
     n_clean = int(sys.argv[3]) if len(sys.argv) > 3 else 2500
-    split = torch.load(RUNS / "dev_split.pt", weights_only=True)
-    train = load_dataset("cifar10", "train")
-    tr = train.subset(split["train_idx"], "cifar10")
-    dev = train.subset(split["dev_idx"], "cifar10")
+    dataset = os.environ.get("DEV_DATASET", "cifar10")  # mnist: the dev_mnist_* models
+    split = torch.load(split_path(dataset), weights_only=True)
+    train = load_dataset(dataset, "train")
+    tr = train.subset(split["train_idx"], dataset)
+    dev = train.subset(split["dev_idx"], dataset)
     dev_model = os.environ.get("DEV_MODEL", "dev_badnets")
     model, _ = load_model(RUNS / dev_model)
     rec = load_attack(RUNS / dev_model)
