@@ -895,7 +895,10 @@ def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(mnist_bac
     data = unbackdoor.load_dataset("mnist", "train").sample(900, 11)
     clean, val = data.subset(torch.arange(600)), data.subset(torch.arange(600, 900))
     before = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
-    diag = negate_found_trigger(model, clean, val, _GivenTrigger(rec.trigger), 0, retention=0.9)
+    diag, picture = negate_found_trigger(
+        model, clean, val, _GivenTrigger(rec.trigger), 0, retention=0.9
+    )
+    assert picture.ndim == 3 and picture.shape[0] == 3
     after = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
     assert diag["alpha"] > 0 and diag["trigger_vector_norm"] > 0
     assert after.asr < before.asr - 0.3, (before.asr, after.asr, diag["alpha_sweep"])
@@ -922,7 +925,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
         order.append("negate")
         with torch.no_grad():
             next(model.parameters()).mul_(0.5)
-        return {"alpha": 1.0}
+        return {"alpha": 1.0}, torch.zeros(3, 4, 4)
 
     original = BIBAU._unlearn
 
@@ -938,6 +941,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
     assert order[0] == "negate" and "unlearn" in order
     assert out.diagnostics["negate_first"] == {"alpha": 1.0}
+    assert out.images["negate_alpha_sweep"].shape == (3, 4, 4)
     assert torch.equal(teachers[0], first_weight)  # the teacher is the backdoored model
     BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))  # resumed: finished
     assert len(calls) == 1

@@ -662,7 +662,7 @@ class BIBAU(Defense):
         start_round = self._resume(model, opt, bank, diag, comp.trigger if comp else None)
         if self.negate_first and start_round == 0:  # a resumed model is already negated
             if targeted:
-                diag["negate_first"] = negate_found_trigger(
+                diag["negate_first"], images["negate_alpha_sweep"] = negate_found_trigger(
                     model,
                     clean,
                     val,

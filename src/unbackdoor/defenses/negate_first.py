@@ -16,10 +16,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.defenses.tbar import TBAR, TriggerSpec, choose_alpha
+from unbackdoor.defenses.tbar import TBAR, TriggerSpec, choose_alpha, sweep_image
 from unbackdoor.inversion.families import TriggerFamily
 
 
@@ -34,9 +35,10 @@ def negate_found_trigger(
     seed: int = 0,
     device: str = "auto",
     bf16: bool = False,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], torch.Tensor]:
     """Subtract TBAR's trigger vector for ``trigger`` (one class, sent to ``target``) from
-    ``model`` in place; return the diagnostics (alpha, the sweep, the vector's norms).
+    ``model`` in place; return the diagnostics (alpha, the sweep, the vector's norms) and the
+    sweep as a picture (held-out CA and estimated ASR against alpha).
 
     ``clean`` forms the vector and recalibrates each candidate; ``val`` chooses alpha: the
     largest whose held-out accuracy is at least ``retention`` times ``model``'s (0 if none).
@@ -64,6 +66,9 @@ def negate_found_trigger(
     if alpha:
         model.load_state_dict(tbar.repaired(theta_b, tau, alpha, clean).state_dict())
     chosen = next((s for s in sweep if s["alpha"] == alpha), {})
+    picture = sweep_image(
+        sweep, alpha, retention * base_ca, tbar.asr_threshold, "BI-BAU negate_first"
+    )
     return {
         "alpha": alpha,
         "alpha_rule": rule,
@@ -74,4 +79,4 @@ def negate_found_trigger(
         "alpha_sweep": sweep,
         "trigger_vector_norm": diag.get("trigger_vector_norm"),
         "trigger_vector_norm_projected": diag.get("trigger_vector_norm_projected"),
-    }
+    }, picture
