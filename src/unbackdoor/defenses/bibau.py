@@ -674,7 +674,6 @@ class BIBAU(Defense):
                     device=self.device,
                     bf16=self.bf16,
                 )
-                model.to(device)
             else:
                 diag["negate_first"] = {"skipped": "untargeted: no target to form the vector"}
         if refit and start_round > 0:  # resumed: the place (maybe widened) of the last round

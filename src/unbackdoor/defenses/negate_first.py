@@ -13,14 +13,13 @@ inverted trigger), and BI-BAU's rounds then repair the clean task and unlearn wh
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
-from unbackdoor.defenses.tbar import TBAR, TriggerSpec, choose_alpha, sweep_image
+from unbackdoor.defenses.tbar import TBAR, TriggerSpec, sweep_image
 from unbackdoor.inversion.families import TriggerFamily
 
 
@@ -56,15 +55,10 @@ def negate_found_trigger(
         "BI-BAU's inverted trigger",
         target,
         found=True,
-        anomaly=0.0,  # an inverted trigger: TBAR's "largest" alpha rule
+        anomaly=0.0,  # an inverted trigger: TBAR's "largest" alpha rule (rule_for)
     )
-    theta_b = copy.deepcopy(model)
     diag: dict[str, Any] = {}
-    tau = tbar.trigger_vector(model, clean, spec, diag)
-    sweep, base_ca = tbar.sweep(theta_b, tau, val, spec, clean)
-    alpha, rule = choose_alpha(sweep, base_ca, tbar.asr_threshold, retention, "largest")
-    if alpha:
-        model.load_state_dict(tbar.repaired(theta_b, tau, alpha, clean).state_dict())
+    alpha, rule, sweep, base_ca = tbar.negate(model, clean, val, spec, diag)
     chosen = next((s for s in sweep if s["alpha"] == alpha), {})
     picture = sweep_image(
         sweep, alpha, retention * base_ca, tbar.asr_threshold, "BI-BAU negate_first"

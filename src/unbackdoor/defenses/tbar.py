@@ -528,6 +528,27 @@ class TBAR(Defense):
                 sweep.append(point(round((edge[0] + edge[1]) / 2, 6)) | {"refined": True})
         return sweep, base.clean_acc
 
+    def negate(
+        self,
+        model: nn.Module,
+        clean: ImageDataset,
+        val: ImageDataset,
+        spec: TriggerSpec,
+        diag: dict[str, Any] | None = None,
+    ) -> tuple[float, str, list[dict[str, float]], float]:
+        """TBAR's removal, in place: form the trigger vector for ``spec`` on ``clean``, sweep
+        alpha on ``val``, and leave ``model`` at the alpha :meth:`rule_for` picks (repaired as
+        :meth:`repaired` says). Returns (alpha, the rule's reason, the sweep, the backdoored
+        model's held-out CA); ``diag`` receives the vector's statistics."""
+        theta_b = copy.deepcopy(model)
+        tau = self.trigger_vector(model, clean, spec, diag)
+        sweep, base_ca = self.sweep(theta_b, tau, val, spec, clean)
+        alpha, rule = choose_alpha(
+            sweep, base_ca, self.asr_threshold, self.ca_retention, self.rule_for(spec)
+        )
+        model.load_state_dict(self.repaired(theta_b, tau, alpha, clean).state_dict())
+        return alpha, rule, sweep, base_ca
+
     def rule_for(self, spec: TriggerSpec) -> str:
         """``alpha_rule``, with ``"auto"`` resolved: ``"largest"`` for an inverted trigger.
 
@@ -559,13 +580,7 @@ class TBAR(Defense):
                 "model unchanged"
             )
             return DefenseOutput(model, diag, images, None, False, spec.anomaly)
-        theta_b = copy.deepcopy(model)
-        tau = self.trigger_vector(model, clean, spec, diag)
-        sweep, base_ca = self.sweep(theta_b, tau, val, spec, clean)
-        alpha, rule = choose_alpha(
-            sweep, base_ca, self.asr_threshold, self.ca_retention, self.rule_for(spec)
-        )
-        model.load_state_dict(self.repaired(theta_b, tau, alpha, clean).state_dict())
+        alpha, rule, sweep, base_ca = self.negate(model, clean, val, spec, diag)
         diag.update(
             {
                 "alpha": alpha,
