@@ -31,6 +31,7 @@ def negate_found_trigger(
     target: int,
     *,
     retention: float = 0.95,
+    repair_epochs: int = 0,
     seed: int = 0,
     device: str = "auto",
     bf16: bool = False,
@@ -41,9 +42,16 @@ def negate_found_trigger(
 
     ``clean`` forms the vector and recalibrates each candidate; ``val`` chooses alpha: the
     largest whose held-out accuracy is at least ``retention`` times ``model``'s (0 if none).
+    With ``repair_epochs`` each candidate is first fine-tuned that many epochs on ``clean``
+    (TBAR's repair) and the model is left repaired.
     """
     tbar = TBAR(
-        seed=seed, device=device, bf16=bf16, plot=False, repair_epochs=0, ca_retention=retention
+        seed=seed,
+        device=device,
+        bf16=bf16,
+        plot=False,
+        repair_epochs=repair_epochs,
+        ca_retention=retention,
     )
 
     def stamp(x: Any, index: Any = None) -> Any:
@@ -67,6 +75,7 @@ def negate_found_trigger(
         "alpha": alpha,
         "alpha_rule": rule,
         "retention": retention,
+        "repair_epochs": repair_epochs,
         "val_clean_acc_before": base_ca,
         "val_clean_acc": chosen.get("val_clean_acc"),
         "val_asr": chosen.get("val_asr"),
