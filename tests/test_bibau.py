@@ -883,9 +883,13 @@ class _GivenTrigger:
         return self._stamp(x, torch.arange(len(x)))
 
 
-def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(mnist_backdoor):
+@pytest.mark.parametrize("repair_epochs", [0, 1])
+def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(
+    mnist_backdoor, repair_epochs
+):
     """The pre-step subtracts TBAR's vector for the trigger and target it is given: the held-out
-    ASR falls, the accuracy it keeps is at least the retention it was asked for."""
+    ASR falls, the accuracy it keeps is at least the retention it was asked for, and the model
+    it leaves is the one its sweep judged (with ``repair_epochs``: the repaired candidate)."""
     from unbackdoor.attacks.store import load_attack
     from unbackdoor.defenses.negate_first import negate_found_trigger
     from unbackdoor.eval.metrics import evaluate
@@ -896,14 +900,16 @@ def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(mnist_bac
     clean, val = data.subset(torch.arange(600)), data.subset(torch.arange(600, 900))
     before = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
     diag, picture = negate_found_trigger(
-        model, clean, val, _GivenTrigger(rec.trigger), 0, retention=0.9
+        model, clean, val, _GivenTrigger(rec.trigger), 0, retention=0.9, repair_epochs=repair_epochs
     )
+    assert diag["repair_epochs"] == repair_epochs
     assert picture.ndim == 3 and picture.shape[0] == 3
     after = evaluate(model, val, trigger=rec.trigger, attack_labels=rec.attack_labels)
     assert diag["alpha"] > 0 and diag["trigger_vector_norm"] > 0
     assert after.asr < before.asr - 0.3, (before.asr, after.asr, diag["alpha_sweep"])
     assert after.clean_acc >= 0.9 * before.clean_acc - 0.02
     assert diag["val_asr"] == pytest.approx(after.asr, abs=0.02)
+    assert diag["val_clean_acc"] == pytest.approx(after.clean_acc, abs=0.02)
 
 
 def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
@@ -939,6 +945,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     cfg = dict(FAST, rounds=1, target=0, negate_first=True, checkpoint_dir=str(tmp_path))
     out = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
+    assert calls[0][2]["repair_epochs"] == 0  # the option's default reaches the pre-step
     assert order[0] == "negate" and "unlearn" in order
     assert out.diagnostics["negate_first"] == {"alpha": 1.0}
     assert out.images["negate_alpha_sweep"].shape == (3, 4, 4)
@@ -947,6 +954,8 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert len(calls) == 1
     with pytest.raises(ConfigError, match="negate_first"):
         ClipBIBAU(negate_first=True)
+    with pytest.raises(ConfigError, match="negate_repair_epochs"):
+        BIBAU(negate_repair_epochs=-1)
 
 
 def test_stop_level_is_lower_after_the_negation_pre_step():
