@@ -945,7 +945,8 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     cfg = dict(FAST, rounds=1, target=0, negate_first=True, checkpoint_dir=str(tmp_path))
     out = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
-    assert calls[0][2]["repair_epochs"] == 0  # the option's default reaches the pre-step
+    assert calls[0][2]["repair_epochs"] == 0  # the options' defaults reach the pre-step
+    assert calls[0][2]["retention"] == 0.95
     assert order[0] == "negate" and "unlearn" in order
     assert out.diagnostics["negate_first"] == {"alpha": 1.0}
     assert out.images["negate_alpha_sweep"].shape == (3, 4, 4)
@@ -956,6 +957,8 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
         ClipBIBAU(negate_first=True)
     with pytest.raises(ConfigError, match="negate_repair_epochs"):
         BIBAU(negate_repair_epochs=-1)
+    with pytest.raises(ConfigError, match="negate_retention"):
+        BIBAU(negate_retention=0)
 
 
 def test_stop_level_is_lower_after_the_negation_pre_step():

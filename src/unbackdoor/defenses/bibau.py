@@ -200,6 +200,7 @@ class BIBAU(Defense):
         "path_rho": 0.0,
         "negate_first": False,
         "negate_repair_epochs": 0,
+        "negate_retention": 0.95,
     }
 
     mode: str = "auto"
@@ -325,6 +326,8 @@ class BIBAU(Defense):
     #: the negated model as is (BN statistics and output biases re-fitted), where accuracy
     #: falls fast and alpha stays small (0.91 on the cpu grid's WaNet model against TBAR's 4.3)
     negate_repair_epochs: int = 0
+    #: the share of the held-out clean accuracy the pre-step's chosen alpha keeps
+    negate_retention: float = 0.95
     freeze_bn_stats: bool = False
     clean_ce_weight: float = 1.0
     #: the clean cross-entropy's weight grows linearly from 0 at ``clean_ce_ramp[0]`` training
@@ -408,6 +411,7 @@ class BIBAU(Defense):
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
         self._require(0 <= self.path_rho < 1, "path_rho", "in [0, 1)")
         self._require(self.negate_repair_epochs >= 0, "negate_repair_epochs", ">= 0")
+        self._require(0 < self.negate_retention <= 1, "negate_retention", "in (0, 1]")
         self._require(self.budget_scale >= 1, "budget_scale", ">= 1")
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
@@ -677,6 +681,7 @@ class BIBAU(Defense):
                     val,
                     trigger,
                     z,
+                    retention=self.negate_retention,
                     repair_epochs=self.negate_repair_epochs,
                     seed=self.seed,
                     device=self.device,
