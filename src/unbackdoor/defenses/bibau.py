@@ -324,7 +324,10 @@ class BIBAU(Defense):
     #: clean epochs the ``negate_first`` sweep repairs each alpha with before judging it (TBAR's
     #: ``repair_epochs``); the model is left at the repaired chosen alpha. 0: the sweep judges
     #: the negated model as is (BN statistics and output biases re-fitted), where accuracy
-    #: falls fast and alpha stays small (0.91 on the cpu grid's WaNet model against TBAR's 4.3)
+    #: falls fast and alpha stays small (0.91 on the cpu grid's WaNet model against TBAR's 4.3).
+    #: On the dev WaNet model 5 epochs took the re-tuned ASR from 7.3% to 4.2% (floor 3.5%) at
+    #: 2.4 points of accuracy instead of 1.2; with ``negate_retention`` 0.975, 6.5% at 1.1
+    #: (``benchmarks/bibau_dev``, session 26): neither met its rule, so off by default
     negate_repair_epochs: int = 0
     #: the share of the held-out clean accuracy the pre-step's chosen alpha keeps
     negate_retention: float = 0.95
