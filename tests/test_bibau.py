@@ -912,6 +912,38 @@ def test_negate_found_trigger_moves_the_model_along_the_trigger_vector(
     assert diag["val_clean_acc"] == pytest.approx(after.clean_acc, abs=0.02)
 
 
+@pytest.mark.parametrize(("asr_after", "kept"), [(0.95, False), (0.5, False), (0.4, True)])
+def test_negate_min_gain_undoes_a_move_that_does_not_lower_the_found_triggers_asr(
+    monkeypatch, asr_after, kept
+):
+    """With ``min_gain`` 0.5 the pre-step keeps TBAR's move only when the found trigger's held-out
+    ASR at the chosen alpha is at most half its value at alpha 0; otherwise every weight and
+    buffer is restored. With 0 the move is always kept (the behaviour before the option)."""
+    from unbackdoor.defenses import negate_first as nf
+
+    def fake_negate(self, model, clean, val, spec, diag):
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.add_(1)
+        sweep = [
+            {"alpha": 0.0, "val_clean_acc": 0.9, "val_asr": 0.8},
+            {"alpha": 1.0, "val_clean_acc": 0.86, "val_asr": asr_after},
+        ]
+        return 1.0, "largest", sweep, 0.9
+
+    monkeypatch.setattr(nf.TBAR, "negate", fake_negate)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    for gain, expect in ((0.5, kept), (0.0, None)):
+        model = copy.deepcopy(net)
+        diag, _ = nf.negate_found_trigger(model, None, None, None, 0, min_gain=gain)
+        assert diag["kept"] is expect and diag["val_asr_at_zero"] == 0.8
+        moved = expect in (True, None)
+        for name, t in model.state_dict().items():
+            assert torch.equal(t, net.state_dict()[name] + 1 if moved else net.state_dict()[name])
+    with pytest.raises(ConfigError, match="negate_min_gain"):
+        BIBAU(negate_min_gain=1.5)
+
+
 def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     mnist_backdoor, monkeypatch, tmp_path
 ):
@@ -947,6 +979,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
     assert calls[0][2]["repair_epochs"] == 0  # the options' defaults reach the pre-step
     assert calls[0][2]["retention"] == 0.95
+    assert calls[0][2]["min_gain"] == BIBAU().negate_min_gain
     assert order[0] == "negate" and "unlearn" in order
     assert out.diagnostics["negate_first"] == {"alpha": 1.0}
     assert out.images["negate_alpha_sweep"].shape == (3, 4, 4)

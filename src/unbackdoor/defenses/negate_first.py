@@ -13,6 +13,7 @@ inverted trigger), and BI-BAU's rounds then repair the clean task and unlearn wh
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ def negate_found_trigger(
     *,
     retention: float = 0.95,
     repair_epochs: int = 0,
+    min_gain: float = 0.0,
     seed: int = 0,
     device: str = "auto",
     bf16: bool = False,
@@ -43,8 +45,12 @@ def negate_found_trigger(
     ``clean`` forms the vector and recalibrates each candidate; ``val`` chooses alpha: the
     largest whose held-out accuracy is at least ``retention`` times ``model``'s (0 if none).
     With ``repair_epochs`` each candidate is first fine-tuned that many epochs on ``clean``
-    (TBAR's repair) and the model is left repaired.
+    (TBAR's repair) and the model is left repaired. With ``min_gain`` the move is undone (the
+    model restored as it came) when it does not lower the trigger's held-out ASR by at least
+    that share of its value at alpha 0: a vector that does not carry the found trigger only
+    costs accuracy.
     """
+    original = copy.deepcopy(model.state_dict()) if min_gain > 0 else None
     tbar = TBAR(
         seed=seed,
         device=device,
@@ -68,6 +74,12 @@ def negate_found_trigger(
     diag: dict[str, Any] = {}
     alpha, rule, sweep, base_ca = tbar.negate(model, clean, val, spec, diag)
     chosen = next((s for s in sweep if s["alpha"] == alpha), {})
+    start = next((s["val_asr"] for s in sweep if s["alpha"] == 0), None)
+    kept = None
+    if original is not None and alpha > 0 and start is not None:
+        kept = chosen.get("val_asr", start) <= (1 - min_gain) * start
+        if not kept:
+            model.load_state_dict(original)
     picture = sweep_image(
         sweep, alpha, retention * base_ca, tbar.asr_threshold, "BI-BAU negate_first"
     )
@@ -76,6 +88,10 @@ def negate_found_trigger(
         "alpha_rule": rule,
         "retention": retention,
         "repair_epochs": repair_epochs,
+        "min_gain": min_gain,
+        "val_asr_at_zero": start,
+        # None: the guard was off or had nothing to judge (alpha 0)
+        "kept": kept,
         "val_clean_acc_before": base_ca,
         "val_clean_acc": chosen.get("val_clean_acc"),
         "val_asr": chosen.get("val_asr"),
