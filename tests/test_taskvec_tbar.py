@@ -212,9 +212,11 @@ def test_linearized_model_is_the_first_order_expansion():
     assert all(p.grad is None for p in lin._base.parameters())
 
 
-def test_linearized_fine_tune_runs_in_fp32_under_bf16():
+def test_linearized_fine_tune_runs_in_fp32_under_bf16(monkeypatch):
     """torch.func.jvp cannot run under autocast: with ``bf16`` the tangent-space fine-tune
-    stays in fp32 (it failed with a dtype error before) and still moves the weights."""
+    stays in fp32 (it failed with a dtype error before) and still moves the weights. bf16 is
+    forced on, so that a CPU without fast bf16 still runs the autocast path."""
+    monkeypatch.setenv("UNBACKDOOR_BF16", "on")
     import synth
     from unbackdoor.defenses import create_defense
 

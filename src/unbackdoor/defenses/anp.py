@@ -60,6 +60,7 @@ from unbackdoor.data.transforms import default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
+from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
@@ -300,7 +301,7 @@ class ANP(Defense):
 
         def forward(x: torch.Tensor, perturbed: bool) -> torch.Tensor:
             neurons.perturbed = perturbed
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with autocast(device, self.bf16):
                 return net(x).float()
 
         bar = progress(range(self.iterations), desc="anp: masks", total=self.iterations)

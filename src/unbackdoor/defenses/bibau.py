@@ -124,12 +124,13 @@ from unbackdoor.inversion import (
 from unbackdoor.inversion.collapse import collapse
 from unbackdoor.inversion.detect import FAMILY_CHOICES, detect_with
 from unbackdoor.inversion.families import TriggerFamily
-from unbackdoor.inversion.invert import SATURATION, autocast
+from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
 from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.train.path_point import toward
 from unbackdoor.utils.io import atomic_write
+from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import Batch, iterate
+from unbackdoor.utils.precision import autocast as bf16_autocast
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
@@ -41,7 +41,7 @@ def batched_logits(
     dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = bf16_autocast(dev, bf16)
     total = -(-len(data) // batch_size)
     nhwc = dev.type == "cpu" if channels_last is None else channels_last
     restore = nhwc and not _is_channels_last(model)

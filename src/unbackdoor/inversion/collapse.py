@@ -31,8 +31,8 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import endless, iterate
-from unbackdoor.inversion.invert import autocast
 from unbackdoor.utils.config import check
+from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 
 

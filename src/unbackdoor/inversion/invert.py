@@ -28,6 +28,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
 from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.utils.config import check, check_choice
+from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 
 
@@ -245,11 +246,6 @@ def _objective(
         (loss.view(k_count, b) * weight).sum(1) / denom,
         (hit.view(k_count, b) * weight).sum(1) / denom,
     )
-
-
-def autocast(device: torch.device | str, enabled: bool) -> torch.autocast:
-    """bf16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def invert(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unbackdoor.inversion.invert import autocast
+from unbackdoor.utils.precision import autocast
 
 
 def shared_targeted_pgd(

@@ -25,7 +25,7 @@ from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import endless
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion.families import MaskPattern
-from unbackdoor.inversion.invert import autocast
+from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 
 

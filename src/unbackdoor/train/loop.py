@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from unbackdoor.train.distributed import init_distributed
 from unbackdoor.train.optim import build_optimizer, set_lr
 from unbackdoor.utils.config import without_added_later
 from unbackdoor.utils.io import atomic_write
+from unbackdoor.utils.precision import autocast as bf16_autocast
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
@@ -137,7 +137,7 @@ def train(
         # training time and throughput, not only the tail it ran itself.
         result.resumed_seconds = sum(float(r.get("seconds", 0.0)) for r in result.history)
         result.train_images = sum(int(r.get("images", 0)) for r in result.history)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    autocast = bf16_autocast(device, cfg.bf16)
     t_start = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unbackdoor.utils.precision import bf16_fast
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; returns a fresh torch generator seeded the same way."""
@@ -36,9 +38,13 @@ def hardware() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # whether bf16 requests ran in bf16 here (float32 where it would be slow)
+        "bf16": bf16_fast("cpu"),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_bf16"] = bf16_fast("cuda")
     return info
 
 

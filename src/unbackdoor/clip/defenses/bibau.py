@@ -42,8 +42,8 @@ from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.inversion.families import TriggerFamily
-from unbackdoor.inversion.invert import autocast
 from unbackdoor.train.path_point import toward
+from unbackdoor.utils.precision import autocast
 
 
 @register_defense
