@@ -6,9 +6,10 @@ oneDNN emulates bf16 and it is far slower than float32: on an AMD EPYC with AVX2
 2026-12-05) a 3x3 convolution of a 256x64x32x32 batch took 13.5 s in bf16 against 0.15 s in
 float32, a fast-net training step on 256 images 23.9 s against 1.3 s
 (``benchmarks/foundation/bf16_cpu.md``), and the fast net's CIFAR-10 training, about an hour
-on the machines the benchmarks ran on, reached step 30 of 576 in 96 minutes. A request for bf16 therefore runs
-in float32 where it would be slow, with one warning, and :func:`bf16_fast` says which happened
-(every run's hardware record carries it, see :func:`unbackdoor.utils.runinfo.hardware`).
+on the machines the benchmarks ran on, reached step 30 of 576 in 96 minutes. A request for
+bf16 therefore runs in float32 where it would be slow, with one warning, and :func:`bf16_fast`
+says which happened (every run's hardware record carries it, see
+:func:`unbackdoor.utils.runinfo.hardware`).
 
 ``UNBACKDOOR_BF16`` overrides the check: ``auto`` (the default), ``on`` (honour every request)
 or ``off`` (float32 everywhere).
