@@ -2,8 +2,9 @@
 
     python benchmarks/foundation/bf16_cpu.py     # about 5 minutes on an AVX2-only CPU
 
-Times, on this machine, one 3x3 convolution (batch 256, 64 channels, 32x32, forward only) and
-one training step of the fast net (batch 256, channels-last, forward and backward) in float32
+Times, on this machine, one 3x3 convolution (batch 256, 64 channels, 32x32, forward only), one
+training step of the fast net (batch 256) and one of the MNIST small CNN (batch 128, its
+recipe's batch), channels-last, forward and backward, in float32
 and under bf16 autocast (forced with ``UNBACKDOOR_BF16=on`` semantics: the raw torch call, no
 fallback). Rows are kept per CPU capability in ``bf16_cpu.json`` and rendered into
 ``bf16_cpu.md`` beside this file, so a run on another kind of CPU adds its row.
@@ -46,6 +47,9 @@ def main() -> None:
     net = unbackdoor.create_model("fastnet", 10).to(memory_format=torch.channels_last)
     images = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (256,))
+    mnist = unbackdoor.load_dataset("mnist", "test").subset(torch.arange(128))
+    small = unbackdoor.api.build_model("small_cnn", mnist).to(memory_format=torch.channels_last)
+    digits = mnist.float_images().contiguous(memory_format=torch.channels_last)
 
     def conv_forward() -> None:
         with torch.no_grad():
@@ -55,8 +59,17 @@ def main() -> None:
         net.zero_grad()
         F.cross_entropy(net(images).float(), labels).backward()
 
+    def small_step() -> None:
+        small.zero_grad()
+        F.cross_entropy(small(digits).float(), mnist.labels).backward()
+
     row = {"capability": torch.backends.cpu.get_cpu_capability(), **provenance(0)}
-    for name, fn, repeats in (("conv", conv_forward, 3), ("fastnet_step", train_step, 2)):
+    steps = (
+        ("conv", conv_forward, 3),
+        ("fastnet_step", train_step, 2),
+        ("small_cnn_step", small_step, 5),
+    )
+    for name, fn, repeats in steps:
         fp32, bf16 = seconds(fn, False, repeats), seconds(fn, True, repeats)
         row[name] = {
             "fp32_s": round(fp32, 4),
@@ -76,7 +89,8 @@ def main() -> None:
             "threads",
             "conv fp32 / bf16 (s)",
             "fast net step fp32 / bf16 (s)",
-            "bf16 / fp32",
+            "small CNN step fp32 / bf16 (s)",
+            "bf16 / fp32 (conv, fast net, small CNN)",
             "date",
         ],
         [
@@ -86,7 +100,8 @@ def main() -> None:
                 r["hardware"]["torch_threads"],
                 f"{r['conv']['fp32_s']} / {r['conv']['bf16_s']}",
                 f"{r['fastnet_step']['fp32_s']} / {r['fastnet_step']['bf16_s']}",
-                f"{r['conv']['ratio']}x / {r['fastnet_step']['ratio']}x",
+                f"{r['small_cnn_step']['fp32_s']} / {r['small_cnn_step']['bf16_s']}",
+                " / ".join(f"{r[k]['ratio']}x" for k in ("conv", "fastnet_step", "small_cnn_step")),
                 r["date"][:10],
             ]
             for cap, r in sorted(rows.items())

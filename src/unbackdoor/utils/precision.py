@@ -3,8 +3,8 @@
 The recipes and the benchmark configs ask for bf16 because it makes the fast net's passes
 cheaper on GPUs and on CPUs with AVX-512 (oneDNN's bf16 kernels). On a CPU with AVX2 only,
 oneDNN emulates bf16 and it is far slower than float32: on an AMD EPYC with AVX2 (2 threads,
-2026-12-05) a 3x3 convolution of a 256x64x32x32 batch took 13.5 s in bf16 against 0.15 s in
-float32, a fast-net training step on 256 images 23.9 s against 1.3 s
+2026-12-05) a 3x3 convolution of a 256x64x32x32 batch took 13.3 s in bf16 against 0.18 s in
+float32, a fast-net training step on 256 images 23.3 s against 1.3 s
 (``benchmarks/foundation/bf16_cpu.md``), and the fast net's CIFAR-10 training, about an hour
 on the machines the benchmarks ran on, reached step 30 of 576 in 96 minutes. A request for
 bf16 therefore runs in float32 where it would be slow, with one warning, and :func:`bf16_fast`
