@@ -23,6 +23,8 @@ import warnings
 
 import torch
 
+from unbackdoor.errors import ConfigError
+
 ENV = "UNBACKDOOR_BF16"
 MODES = ("auto", "on", "off")
 
@@ -38,7 +40,7 @@ def bf16_fast(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 autocast requests run in bf16 on ``device`` (see the module docstring)."""
     mode = os.environ.get(ENV, "auto").lower()
     if mode not in MODES:
-        raise ValueError(f"{ENV}={mode!r} is invalid; expected one of {list(MODES)}")
+        raise ConfigError(f"{ENV}={mode!r} is invalid; expected one of {list(MODES)}")
     if mode != "auto":
         return mode == "on"
     kind = torch.device(device).type
@@ -49,10 +51,10 @@ def bf16_fast(device: torch.device | str = "cpu") -> bool:
 
 @functools.cache
 def _warn_once(kind: str) -> None:
+    what = f"CPU capability {torch.backends.cpu.get_cpu_capability()}" if kind == "cpu" else kind
     warnings.warn(
-        f"bf16 was requested but this {kind} has no fast bf16 (CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}): running in float32 instead "
-        f"(set {ENV}=on to force bf16)",
+        f"bf16 was requested but this {kind} has no fast bf16 ({what}): running in float32 "
+        f"instead (set {ENV}=on to force bf16)",
         RuntimeWarning,
         stacklevel=4,  # the caller of autocast()
     )
