@@ -4,6 +4,7 @@
     python benchmarks/bibau_dev/dev_model.py --clean            # its never-backdoored twin
     python benchmarks/bibau_dev/dev_model.py --attack blended   # dev_blended
     python benchmarks/bibau_dev/dev_model.py --dataset mnist --attack badnets  # dev_mnist_badnets
+    python benchmarks/bibau_dev/dev_model.py --dataset mnist --seed 2  # dev_mnist_badnets_s2
 
 A BadNets fast net (10% poisoning, target 0, seed 1) trained on 45,000 of the 50,000 CIFAR-10
 training images; the other 5,000 (a stratified, seeded split) are its "dev" set, on which
@@ -16,7 +17,8 @@ trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one. ``RUNS`
 2026-12-03 it was ``benchmarks/bibau_dev/runs``, inside the checkout, which every fresh
 checkout lost with an hour of training per model. ``--dataset mnist`` does the same for MNIST's
 small CNN (54,000 training images, 6,000 dev; ``dev_split_mnist.pt``, ``dev_mnist_NAME``), a
-minute per model.
+minute per model. ``--seed S`` (default 1) trains another twin of the same recipe, named with a
+``_sS`` suffix (seed 1 keeps the plain name).
 """
 
 from __future__ import annotations
@@ -64,14 +66,16 @@ def main() -> None:
     train_idx, dev_idx = dev_split(dataset)
     torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, split_path(dataset))
     train = load_dataset(dataset, "train")
-    data = dict(test_data=train.subset(dev_idx, dataset), seed=1, overwrite=True)
+    seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 1
+    suffix = "" if seed == 1 else f"_s{seed}"
+    data = dict(test_data=train.subset(dev_idx, dataset), seed=seed, overwrite=True)
     if "--clean" in args:
-        train_model(train.subset(train_idx, dataset), arch, out=RUNS / f"{prefix}clean", **data)
+        out = RUNS / f"{prefix}clean{suffix}"
+        train_model(train.subset(train_idx, dataset), arch, out=out, **data)
         return
     attack = args[args.index("--attack") + 1] if "--attack" in args else "badnets"
-    attack_model(
-        train.subset(train_idx, dataset), arch, attack, out=RUNS / f"{prefix}{attack}", **data
-    )
+    out = RUNS / f"{prefix}{attack}{suffix}"
+    attack_model(train.subset(train_idx, dataset), arch, attack, out=out, **data)
 
 
 if __name__ == "__main__":
