@@ -975,6 +975,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     monkeypatch.setattr(bibau_mod, "negate_found_trigger", fake)
     monkeypatch.setattr(BIBAU, "_unlearn", spy)
     cfg = dict(FAST, rounds=1, target=0, negate_first=True, checkpoint_dir=str(tmp_path))
+    cfg["negate_families"] = ["mask_pattern"]  # a list (from YAML) is accepted
     out = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
     assert calls[0][2]["repair_epochs"] == 0  # the options' defaults reach the pre-step
@@ -986,6 +987,13 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert torch.equal(teachers[0], first_weight)  # the teacher is the backdoored model
     BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))  # resumed: finished
     assert len(calls) == 1
+    # by default the pre-step does not follow a target the mask family found (session 28)
+    skip = BIBAU(**dict(FAST, rounds=1, target=0)).run(
+        copy.deepcopy(model), data, data.sample(100, 4)
+    )
+    assert len(calls) == 1
+    assert "mask_pattern family" in skip.diagnostics["negate_first"]["skipped"]
+    assert skip.diagnostics["stop_fooling"] == 0.05  # the level of a run without the pre-step
     with pytest.raises(ConfigError, match="negate_first"):
         ClipBIBAU(negate_first=True)
     with pytest.raises(ConfigError, match="negate_repair_epochs"):
@@ -995,11 +1003,18 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
 
 
 def test_stop_level_is_lower_after_the_negation_pre_step():
-    """``stop_fooling=None`` resolves to 0.03 when the pre-step runs, else 0.05; a given value
-    wins; a level outside [0, 1) is refused."""
-    assert BIBAU().stop_level == 0.03
-    assert BIBAU(negate_first=False).stop_level == 0.05
-    assert BIBAU(mode="untargeted").stop_level == 0.05
-    assert BIBAU(stop_fooling=0.1).stop_level == 0.1
+    """``stop_fooling=None`` resolves to 0.03 when the pre-step runs (a target found by one of
+    ``negate_families``), else 0.05; a given value wins; bad levels and families are refused."""
+    assert BIBAU().stop_level("warp") == 0.03
+    assert BIBAU().stop_level("additive") == 0.03
+    assert BIBAU().stop_level("mask_pattern") == 0.05
+    assert BIBAU(negate_families=("mask_pattern",)).stop_level("mask_pattern") == 0.03
+    assert BIBAU(negate_first=False).stop_level("warp") == 0.05
+    assert BIBAU(mode="untargeted").stop_level("additive") == 0.05
+    assert BIBAU(stop_fooling=0.1).stop_level("warp") == 0.1
     with pytest.raises(ConfigError, match="stop_fooling"):
         BIBAU(stop_fooling=1.5)
+    with pytest.raises(ConfigError, match="negate_families"):
+        BIBAU(negate_families=("blend",))
+    with pytest.raises(ConfigError, match="negate_families"):
+        BIBAU(negate_families="warp")

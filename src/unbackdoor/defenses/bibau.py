@@ -123,7 +123,7 @@ from unbackdoor.inversion import (
 )
 from unbackdoor.inversion.collapse import collapse
 from unbackdoor.inversion.detect import FAMILY_CHOICES, detect_with
-from unbackdoor.inversion.families import TriggerFamily
+from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
@@ -203,6 +203,7 @@ class BIBAU(Defense):
         "negate_repair_epochs": 0,
         "negate_retention": 0.95,
         "negate_min_gain": 0.0,
+        "negate_families": ("mask_pattern", "additive", "warp"),
     }
 
     mode: str = "auto"
@@ -225,7 +226,7 @@ class BIBAU(Defense):
     budget_scale: float = 1.5
     reinvert: str = "fresh"
     #: rounds stop when a fresh trigger fools under this share of the held-out images (see
-    #: :attr:`stop_level`). None: 0.03 when the ``negate_first`` pre-step runs (targeted), 0.05
+    #: :meth:`stop_level`). None: 0.03 when the ``negate_first`` pre-step runs, 0.05
     #: otherwise (every default before session 25). On the dev WaNet model the negation plus
     #: one round left ASR 2.27% with the stop test passed at 3.6%; at 0.03 a second round
     #: left 1.44% (``benchmarks/bibau_dev``, session 25)
@@ -321,8 +322,14 @@ class BIBAU(Defense):
     #: ASR 7.3% against 34.6% without it (floor 3.5%), ASR 1.44%, CA -1.24 (-1.32 without);
     #: on the dev Blended model ASR 0.00% at CA -1.28; on the BadNets dev models re-tuned
     #: 4.29% against 3.62% without (CIFAR-10) and 3.25% against 5.34% (MNIST). Untargeted:
-    #: skipped (no target)
+    #: skipped (no target); only after the families in ``negate_families``
     negate_first: bool = True
+    #: the families whose found target the ``negate_first`` pre-step negates. Not after the
+    #: mask family since session 28: on three MNIST BadNets dev twins trained in float32 the
+    #: pre-step took the re-tuned ASR from 5.5-6.3% (without it) to 21-26%
+    #: (``benchmarks/bibau_dev``, session 28); the backdoors unlearning alone hid (WaNet) were
+    #: found by the budgeted families
+    negate_families: tuple[str, ...] = ("additive", "warp")
     #: clean epochs the ``negate_first`` sweep repairs each alpha with before judging it (TBAR's
     #: ``repair_epochs``); the model is left at the repaired chosen alpha. 0: the sweep judges
     #: the negated model as is (BN statistics and output biases re-fitted), where accuracy
@@ -423,6 +430,10 @@ class BIBAU(Defense):
         self._require(self.negate_repair_epochs >= 0, "negate_repair_epochs", ">= 0")
         self._require(0 < self.negate_retention <= 1, "negate_retention", "in (0, 1]")
         self._require(0 <= self.negate_min_gain <= 1, "negate_min_gain", "in [0, 1]")
+        fams = self.negate_families
+        ok = isinstance(fams, (list, tuple)) and all(f in FAMILIES for f in fams)
+        self._require(ok, "negate_families", f"a list of families from {sorted(FAMILIES)}")
+        self.negate_families = tuple(fams)
         self._require(self.budget_scale >= 1, "budget_scale", ">= 1")
         self._require(0 <= self.memory < 1, "memory", "in [0, 1)")
         self._require(self.temperature > 0, "temperature", "> 0")
@@ -470,13 +481,16 @@ class BIBAU(Defense):
             self.stamped_target in STAMPED_TARGETS, "stamped_target", f"one of {STAMPED_TARGETS}"
         )
 
-    @property
-    def stop_level(self) -> float:
-        """``stop_fooling``, or its default: 0.03 after the ``negate_first`` pre-step (targeted
-        mode), 0.05 otherwise."""
+    def negates(self, family: str) -> bool:
+        """Whether the ``negate_first`` pre-step runs on a target found by ``family``."""
+        return self.negate_first and self.mode != "untargeted" and family in self.negate_families
+
+    def stop_level(self, family: str) -> float:
+        """``stop_fooling``, or its default: 0.03 after the ``negate_first`` pre-step (a target
+        found by one of ``negate_families``), 0.05 otherwise."""
         if self.stop_fooling is not None:
             return self.stop_fooling
-        return 0.03 if self.negate_first and self.mode != "untargeted" else 0.05
+        return 0.03 if self.negates(family) else 0.05
 
     # --------------------------------------------------------------------------- E-step
     def posterior(self, anomaly: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -685,7 +699,12 @@ class BIBAU(Defense):
             diag["transitions_per_round"], diag["posterior_spread_per_round"] = [], []
         start_round = self._resume(model, opt, bank, diag, comp.trigger if comp else None)
         if self.negate_first and start_round == 0:  # a resumed model is already negated
-            if targeted:
+            if targeted and not self.negates(family):
+                diag["negate_first"] = {
+                    "skipped": f"the target was found by the {family} family; the pre-step "
+                    f"runs after {' / '.join(self.negate_families) or 'none'} (negate_families)"
+                }
+            elif targeted:
                 diag["negate_first"], images["negate_alpha_sweep"] = negate_found_trigger(
                     model,
                     clean,
@@ -936,7 +955,7 @@ class BIBAU(Defense):
             budget_prior=self.budget_prior,
         )
         res, probe, trail = results.get(other), None, []
-        stop_at, first_probe = self.stop_level, None  # the mask family's stop test
+        stop_at, first_probe = self.stop_level(family), None  # the mask family's stop test
         probing = self.companion_stop and self.reinvert == "fresh" and self.inner_steps > 0
         if other == "additive" and probing:
             cal, trail = invert_calibrated(
@@ -1010,16 +1029,17 @@ class BIBAU(Defense):
         inversion's median class to count, since a bounded perturbation fools a few percent
         of images towards any class.
         """
+        kind = first.family.kind
         if first.family.budgeted:
-            stop_at = self._additive_stop(first) if fresh and targeted else self.stop_level
+            stop_at = self._additive_stop(first) if fresh and targeted else self.stop_level(kind)
             return None, stop_at
-        return self._mask_budget(first, k, fresh and targeted), self.stop_level
+        return self._mask_budget(first, k, fresh and targeted), self.stop_level(kind)
 
     def _additive_stop(self, res: Any) -> float:
         """Fooling at odds ``min_effect`` times below the median class's in ``res`` (at least
         ``stop_fooling``): a fresh additive trigger that fools less is no longer anomalous."""
         median_odds = float(res.costs().median())
-        return max(self.stop_level, 1 / (1 + median_odds / self.min_effect))
+        return max(self.stop_level(res.family.kind), 1 / (1 + median_odds / self.min_effect))
 
     def _mask_budget(self, res: Any, k: int, widen: bool) -> float:
         """``budget_scale`` times candidate ``k``'s mask size; with ``widen``, at least the
