@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -29,8 +30,13 @@ def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides
 
 def without_added_later(cfg: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` without the options added after results were stored while they hold the value
-    that reproduces those results, so that stored configs still compare equal."""
-    return {k: v for k, v in cfg.items() if not (k in later and v == later[k])}
+    that reproduces those results, so that stored configs still compare equal. Values compare
+    as JSON stores them (a tuple equals the list it is read back as)."""
+    return {k: v for k, v in cfg.items() if not (k in later and _as_json(v) == _as_json(later[k]))}
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def check(cond: bool, owner: str, key: str, value: Any, expected: str) -> None:
