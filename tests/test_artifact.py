@@ -23,6 +23,8 @@ def test_roundtrip_preserves_outputs_and_manifest(tmp_path):
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
+    w = m2.features[4].weight  # written contiguous, loaded back into the NHWC layout
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     assert manifest.seed == 3 and manifest.dataset == "mnist"
     data = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert data["num_classes"] == 10 and data["class_names"] == NAMES

@@ -21,6 +21,20 @@ def test_models_map_unit_images_to_logits(name, channels, size):
     assert model.spec.num_classes == 7
 
 
+@pytest.mark.parametrize("name", ["fastnet", "small_cnn", "preact_resnet18", "narrow_resnet"])
+def test_models_keep_their_weights_channels_last_with_the_same_outputs(name):
+    """NHWC weights (the faster layout on CPU, benchmarks/foundation/channels_last.md) give the
+    outputs NCHW weights give, to float rounding."""
+    model = create_model(name, 10, in_channels=3, input_size=(32, 32)).eval()
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        nhwc = model(x)
+        nchw = model.to(memory_format=torch.contiguous_format)(x)
+    assert torch.allclose(nhwc, nchw, atol=1e-5)
+
+
 def test_normalisation_is_the_first_layer():
     model = create_model("small_cnn", 3, in_channels=1, input_size=(28, 28), mean=[0.3], std=[0.2])
     first = next(iter(model.children()))
