@@ -131,7 +131,8 @@ def main() -> None:
         "`channels_last.json`), one thread, float32. The inversion step is a forward and a "
         "backward into the input only (320 images: ten classes times the inversion's batch), "
         "as trigger inversion runs it. `unbackdoor.create_model` stores weights NHWC since "
-        "session 28; saved artifacts are contiguous either way.\n\n" + table + "\n",
+        "session 28 (the training recipes already trained NHWC; defenses on a loaded model ran "
+        "NCHW); saved artifacts are contiguous either way.\n\n" + table + "\n",
     )
 
 

@@ -101,10 +101,11 @@ def create_model(
         )
     except TypeError as e:
         raise ConfigError(f"model {name!r}: bad arguments {sorted(kwargs)} ({e})") from None
-    # NHWC weights (and so activations): oneDNN's native layout. On an AVX2 CPU, one thread,
-    # training steps ran 1.09-1.5x and inversion steps 1.25-1.35x faster for every registered
-    # model (the small CNN's max pooling took a third of its step in NCHW), with the same
-    # outputs to float rounding; saved weights are written contiguous
+    # NHWC weights (and so activations): oneDNN's native layout. The training recipes set it
+    # (``channels_last``) for training only; a model loaded for a defense ran NCHW. On an AVX2
+    # CPU, one thread, inversion steps ran 1.25-1.35x and training steps 1.09-1.5x faster in
+    # NHWC for every registered model (the small CNN's NCHW max pooling took a third of its
+    # step), with the same outputs to float rounding; saved weights are written contiguous
     # (``benchmarks/foundation/channels_last.md``)
     model = model.to(memory_format=torch.channels_last)
     model.spec = ModelSpec(
