@@ -71,6 +71,7 @@ def main() -> None:
         "drop": round(100 * (before["ca"] - after["ca"]), 2),
         "time": round(time.time() - t0),
         "found": rep.backdoor_found,
+        "family": d.get("family"),
         "target": rep.suspected_target,
         "retune": retuned,
         "fool": d.get("fooling_per_round"),
