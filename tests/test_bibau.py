@@ -1012,8 +1012,9 @@ def test_stop_level_is_lower_after_the_negation_pre_step():
     """``stop_fooling=None`` resolves to 0.03 when the pre-step runs (a target found by one of
     ``negate_families``), else 0.05; a given value wins; bad levels and families are refused."""
     assert BIBAU().stop_level("warp") == 0.03
-    assert BIBAU().stop_level("additive") == 0.03
+    assert BIBAU().stop_level("additive") == 0.05
     assert BIBAU().stop_level("mask_pattern") == 0.05
+    assert BIBAU(negate_families=("additive", "warp")).stop_level("additive") == 0.03
     assert BIBAU(negate_families=("mask_pattern",)).stop_level("mask_pattern") == 0.03
     assert BIBAU(negate_first=False).stop_level("warp") == 0.05
     assert BIBAU(mode="untargeted").stop_level("additive") == 0.05
