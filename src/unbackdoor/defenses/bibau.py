@@ -103,7 +103,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
-from unbackdoor.data.transforms import default_augment
+from unbackdoor.data.transforms import Augment, default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.bibau_figures import rounds_image, transitions_image
 from unbackdoor.defenses.negate_first import negate_found_trigger
@@ -136,6 +136,7 @@ from unbackdoor.utils.runinfo import resolve_device
 
 MODES = ("auto", "targeted", "untargeted")
 REINVERT = ("warm", "fresh")
+AUGMENTS = ("default", "shift", "none")
 # what a stamped image is taught: its true label, or the backdoored model's output on the clean
 # version of the same image (its dark knowledge; the label where that model is right)
 STAMPED_TARGETS = ("label", "teacher")
@@ -204,6 +205,7 @@ class BIBAU(Defense):
         "negate_retention": 0.95,
         "negate_min_gain": 0.0,
         "negate_families": ("mask_pattern", "additive", "warp"),
+        "augment": "default",
     }
 
     mode: str = "auto"
@@ -390,6 +392,11 @@ class BIBAU(Defense):
     #: (``benchmarks/gpu_short``). None: off
     max_val_drop: float | None = 0.05
     lr_retries: int = 3
+    #: the M-step's augmentation of the defender's images: ``"default"``, the dataset's
+    #: standard one (crop and flip for natural images, none for digits); ``"shift"``, a
+    #: random shift of up to ``image_size // 14`` pixels (reflect-padded crop, no flip);
+    #: ``"none"``
+    augment: str = "default"
     checkpoint_dir: str | None = None
 
     def validate(self) -> None:
@@ -450,6 +457,7 @@ class BIBAU(Defense):
         )
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(self.reinvert in REINVERT, "reinvert", f"one of {REINVERT}")
+        self._require(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
         self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
         self._require(
             self.companion or not self.companion_stop, "companion_stop", "False without companion"
@@ -723,7 +731,7 @@ class BIBAU(Defense):
         if refit and start_round > 0:  # resumed: the place (maybe widened) of the last round
             trigger = copy.deepcopy([b for b in bank if b.kind == trigger.kind][-1])
         q = torch.tensor(diag["q_per_round"][-1])  # a resumed run goes on from its last q
-        augment = default_augment(clean.name, clean.images.shape[-1])
+        augment = self.augmentation(clean)
         inner = inversion_config(
             self.inversion_batch_size,
             family=family,
@@ -1157,6 +1165,13 @@ class BIBAU(Defense):
         finally:
             feats.remove()
         model.eval()
+
+    def augmentation(self, clean: ImageDataset) -> Augment | None:
+        """The M-step's augmentation of ``clean`` (``augment``)."""
+        size = clean.images.shape[-1]
+        if self.augment == "shift":
+            return Augment(crop_padding=max(1, size // 14), flip=False)
+        return default_augment(clean.name, size) if self.augment == "default" else None
 
     def ce_weight(self, n_images: int) -> float:
         """The clean cross-entropy's weight for ``n_images`` training images (``clean_ce_ramp``).
