@@ -1025,3 +1025,22 @@ def test_stop_level_is_lower_after_the_negation_pre_step():
         BIBAU(negate_families=("blend",))
     with pytest.raises(ConfigError, match="negate_families"):
         BIBAU(negate_families="warp")
+
+
+def test_augment_option_picks_the_m_steps_augmentation():
+    """``augment``: the dataset's standard (none for digits, crop and flip for natural
+    images), a flip-free shift of ``size // 14`` pixels, or none; other values are refused."""
+    from unbackdoor.data.dataset import ImageDataset
+
+    def data(name: str, size: int, channels: int) -> ImageDataset:
+        images = torch.zeros(4, channels, size, size, dtype=torch.uint8)
+        return ImageDataset(images, torch.zeros(4, dtype=torch.long), ["a", "b"], name=name)
+
+    digits, natural = data("mnist", 28, 1), data("cifar10", 32, 3)
+    assert BIBAU().augmentation(digits) is None
+    assert BIBAU().augmentation(natural).flip == "random"
+    shift = BIBAU(augment="shift").augmentation(digits)
+    assert (shift.crop_padding, shift.flip) == (2, "none")
+    assert BIBAU(augment="none").augmentation(natural) is None
+    with pytest.raises(ConfigError, match="augment"):
+        BIBAU(augment="crop")

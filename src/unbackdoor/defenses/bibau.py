@@ -206,6 +206,7 @@ class BIBAU(Defense):
         "negate_min_gain": 0.0,
         "negate_families": ("mask_pattern", "additive", "warp"),
         "augment": "default",
+        "mix_kl_weight": 0.0,
     }
 
     mode: str = "auto"
@@ -224,6 +225,9 @@ class BIBAU(Defense):
     lr: float = 0.007
     stamp_fraction: float = 0.5
     kl_weight: float = 1.0
+    #: weight of the same KL on blends of pairs of clean images (mixup inputs): the
+    #: backdoored model's outputs anchor the function between the defender's images too
+    mix_kl_weight: float = 0.0
     feature_weight: float = 1.0
     budget_scale: float = 1.5
     reinvert: str = "fresh"
@@ -432,6 +436,7 @@ class BIBAU(Defense):
         )
         self._require(0 < self.stamp_fraction < 1, "stamp_fraction", "in (0, 1)")
         self._require(self.kl_weight >= 0, "kl_weight", ">= 0")
+        self._require(self.mix_kl_weight >= 0, "mix_kl_weight", ">= 0")
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
         self._require(0 <= self.path_rho < 1, "path_rho", "in [0, 1)")
         self._require(self.negate_repair_epochs >= 0, "negate_repair_epochs", ">= 0")
@@ -1116,16 +1121,21 @@ class BIBAU(Defense):
         feats = _Features(model)
         steps = 0
         ce_weight = self.ce_weight(len(clean))
+        mix_gen = torch.Generator().manual_seed(self.seed * 7907 + rnd)
         desc = f"bibau: unlearn {rnd + 1}/{self.rounds}"
         try:
             for batch, xs, t_logits in self.stamped_batches(
                 model, teacher, clean, bank, augment, device, rnd, desc
             ):
                 x, y = batch.x, batch.y
+                x_mix, mix_logits = self._mixed(teacher, x, mix_gen, device)
                 # PAM (path_rho): the gradient is taken nearer the backdoored weights
                 with toward(model, teacher, self.path_rho):
                     with autocast(device, self.bf16):
-                        logits = model(torch.cat([x, xs])).float()
+                        logits = model(torch.cat([x, xs, x_mix])).float()
+                    if x_mix.shape[0]:
+                        loss_mix = kl_to_teacher(logits[-x_mix.shape[0] :], mix_logits)
+                        logits = logits[: -x_mix.shape[0]]
                     f_all = None if feats.value is None else feats.value.float()
                     clean_logits, stamped_logits = logits[: x.shape[0]], logits[x.shape[0] :]
                     # with shared_loss="target" the last n_t stamped rows only lose the target
@@ -1146,6 +1156,8 @@ class BIBAU(Defense):
                         loss = loss + ce_weight * F.cross_entropy(clean_logits, y)
                     if self.kl_weight:
                         loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
+                    if x_mix.shape[0]:
+                        loss = loss + self.mix_kl_weight * loss_mix
                     if self.feature_weight and f_all is not None and n_s:
                         f_clean = f_all[:n_s].detach()
                         f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
@@ -1165,6 +1177,20 @@ class BIBAU(Defense):
         finally:
             feats.remove()
         model.eval()
+
+    def _mixed(
+        self, teacher: nn.Module, x: torch.Tensor, gen: torch.Generator, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Blends of pairs of the batch's clean images (``mix_kl_weight``; none when 0), each
+        ``l * a + (1 - l) * b`` with ``l`` uniform in [0, 1], and the backdoored model's logits
+        on them."""
+        if not self.mix_kl_weight:
+            return x[:0], None
+        lam = torch.rand(x.shape[0], 1, 1, 1, generator=gen).to(device, x.dtype)
+        partner = torch.randperm(x.shape[0], generator=gen).to(device)
+        x_mix = lam * x + (1 - lam) * x[partner]
+        with torch.no_grad(), autocast(device, self.bf16):
+            return x_mix, teacher(x_mix).float()
 
     def augmentation(self, clean: ImageDataset) -> Augment | None:
         """The M-step's augmentation of ``clean`` (``augment``)."""

@@ -79,6 +79,8 @@ class ClipBIBAU(BIBAU):
         self._require(self.shared_loss == "teacher", "shared_loss", "'teacher' for CLIP")
         # the classifier TBAR forms the vector; the CLIP one (image tower) is not wired in
         self._require(not self.negate_first, "negate_first", "False for CLIP")
+        # the contrastive M-step has no classifier KL to blend
+        self._require(not self.mix_kl_weight, "mix_kl_weight", "0 for CLIP")
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None
