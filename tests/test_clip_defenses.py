@@ -185,3 +185,11 @@ def test_retune_attack_on_clip_leaves_the_model_and_brings_asr(tiny_backdoor):
     assert r.config["poisoned"] == 10 and [p["step"] for p in r.curve] == [0, 4]
     assert r.before.asr > 0.95 and r.after.asr > 0.8, (r.before, r.after)  # still backdoored
     assert all(torch.equal(v, made.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_clip_bibau_refuses_the_classifier_only_mix_kl():
+    from unbackdoor.defenses import create_defense
+    from unbackdoor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mix_kl_weight"):
+        create_defense("clip-bibau", mix_kl_weight=1.0)
