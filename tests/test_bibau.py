@@ -1047,14 +1047,15 @@ def test_augment_option_picks_the_m_steps_augmentation():
 
 
 def test_mix_kl_blends_pairs_of_clean_images():
-    """``mix_kl_weight``: no blends when 0; else one convex blend of two batch images per
+    """``mix_kl_weight`` (default 1): no blends when 0; else one convex blend of two batch images per
     image, with the backdoored model's logits on it; negative weights are refused."""
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     x = torch.rand(5, 3, 2, 2)
     gen = torch.Generator().manual_seed(0)
-    none, logits = BIBAU()._mixed(teacher, x, gen, torch.device("cpu"))
+    none, logits = BIBAU(mix_kl_weight=0)._mixed(teacher, x, gen, torch.device("cpu"))
     assert none.shape[0] == 0 and logits is None
-    mix, logits = BIBAU(mix_kl_weight=1.0)._mixed(teacher, x, gen, torch.device("cpu"))
+    assert BIBAU().mix_kl_weight == 1.0
+    mix, logits = BIBAU()._mixed(teacher, x, gen, torch.device("cpu"))
     assert mix.shape == x.shape and logits.shape == (5, 3)
     assert torch.allclose(logits, teacher(mix))
     # every blend lies between two of the batch's images, pixel by pixel

@@ -72,6 +72,8 @@ class ClipBIBAU(BIBAU):
     # measured with the stop level of every default before it
     negate_first: bool = False
     stop_fooling: float | None = 0.05
+    # the contrastive M-step has no classifier KL to take on blends (see validate)
+    mix_kl_weight: float = 0.0
 
     def validate(self) -> None:
         super().validate()
