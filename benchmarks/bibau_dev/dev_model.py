@@ -18,13 +18,14 @@ trigger (e.g. Blended's pattern) differs from the test zoo's seed-0 one. ``RUNS`
 checkout lost with an hour of training per model. ``--dataset mnist`` does the same for MNIST's
 small CNN (54,000 training images, 6,000 dev; ``dev_split_mnist.pt``, ``dev_mnist_NAME``), a
 minute per model. ``--seed S`` (default 1) trains another twin of the same recipe, named with a
-``_sS`` suffix (seed 1 keeps the plain name).
+``_sS`` suffix (seed 1 keeps the plain name); ``--epochs N`` trains N epochs instead of the
+recipe's (suffix ``_eN``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -59,23 +60,32 @@ def dev_split(dataset: str = "cifar10") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Train a BI-BAU development model.")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
+    parser.add_argument("--attack", default="badnets", help="an attack of the catalogue")
+    parser.add_argument("--clean", action="store_true", help="the never-backdoored twin")
+    parser.add_argument("--seed", type=int, default=1, help="1 keeps the plain name")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="instead of the recipe's; adds _eN to the name"
+    )
+    args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
-    args = sys.argv[1:]
-    dataset = args[args.index("--dataset") + 1] if "--dataset" in args else "cifar10"
-    arch, _, prefix = DATASETS[dataset]
-    train_idx, dev_idx = dev_split(dataset)
-    torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, split_path(dataset))
-    train = load_dataset(dataset, "train")
-    seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 1
-    suffix = "" if seed == 1 else f"_s{seed}"
-    data = dict(test_data=train.subset(dev_idx, dataset), seed=seed, overwrite=True)
-    if "--clean" in args:
-        out = RUNS / f"{prefix}clean{suffix}"
-        train_model(train.subset(train_idx, dataset), arch, out=out, **data)
-        return
-    attack = args[args.index("--attack") + 1] if "--attack" in args else "badnets"
-    out = RUNS / f"{prefix}{attack}{suffix}"
-    attack_model(train.subset(train_idx, dataset), arch, attack, out=out, **data)
+    arch, _, prefix = DATASETS[args.dataset]
+    train_idx, dev_idx = dev_split(args.dataset)
+    torch.save({"train_idx": train_idx, "dev_idx": dev_idx}, split_path(args.dataset))
+    train = load_dataset(args.dataset, "train")
+    suffix = ("" if args.seed == 1 else f"_s{args.seed}") + (
+        f"_e{args.epochs}" if args.epochs else ""
+    )
+    data = dict(test_data=train.subset(dev_idx, args.dataset), seed=args.seed, overwrite=True)
+    if args.epochs:
+        data["epochs"] = args.epochs
+    name = "clean" if args.clean else args.attack
+    out = RUNS / f"{prefix}{name}{suffix}"
+    if args.clean:
+        train_model(train.subset(train_idx, args.dataset), arch, out=out, **data)
+    else:
+        attack_model(train.subset(train_idx, args.dataset), arch, args.attack, out=out, **data)
 
 
 if __name__ == "__main__":
