@@ -1047,8 +1047,8 @@ def test_augment_option_picks_the_m_steps_augmentation():
 
 
 def test_mix_kl_blends_pairs_of_clean_images():
-    """``mix_kl_weight`` (default 1): no blends when 0; else one convex blend of two batch images per
-    image, with the backdoored model's logits on it; negative weights are refused."""
+    """``mix_kl_weight`` (default 1): no blends when 0; else one convex blend of two batch
+    images per image, with the backdoored model's logits on it; negative weights refused."""
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     x = torch.rand(5, 3, 2, 2)
     gen = torch.Generator().manual_seed(0)
