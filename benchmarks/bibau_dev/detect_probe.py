@@ -1,0 +1,65 @@
+"""Why does BI-BAU's blind detection miss some Blended dev twins at 500 images? (session 29)
+
+    DEV_MODEL=dev_mnist_blended_s3 python benchmarks/bibau_dev/detect_probe.py 500
+
+Runs only the additive family's inversion, as BI-BAU's detection does (same defender draw as
+``tune.py``, 7919; the same 80/20 split as ``unlearn``, seed 0), and prints the target's and
+the most anomalous class's numbers: anomaly index, effect size (how many times cheaper than
+the median class) and fooling rate, against the thresholds (index 2, effect 4x). A
+diagnosis on MNIST dev twins only; it chooses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from unbackdoor.attacks.store import load_attack
+from unbackdoor.data import load_dataset
+from unbackdoor.defenses.bibau import BIBAU
+from unbackdoor.inversion.detect import detect_with
+from unbackdoor.models import load_model
+from unbackdoor.unlearn import split_defender_data
+
+from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    name = os.environ.get("DEV_MODEL", "dev_mnist_blended")
+    split = torch.load(split_path("mnist"), weights_only=True)
+    train = load_dataset("mnist", "train")
+    tr = train.subset(split["train_idx"], "mnist")
+    model, _ = load_model(RUNS / name)
+    target = load_attack(RUNS / name).policy.target
+    part, _ = split_defender_data(tr.sample(n, 7919), 0.2, 0)
+    det = detect_with(BIBAU(), model, part, families=("additive",), seed=0, desc="additive")
+    res = det.result
+    anomaly, effect = res.anomaly_index(), res.effect_size()
+    top = int(anomaly.argmax())
+
+    def stats(k: int) -> dict:
+        return {
+            "class": int(res.classes[k]),
+            "anomaly": round(float(anomaly[k]), 2),
+            "effect": round(float(effect[k]), 2),
+            "fooling": round(float(res.fooling[k]), 3),
+        }
+
+    row = {
+        "model": name,
+        "n": n,
+        "train_images": len(part),
+        "found": det.verdict.found,
+        "eps_trail": det.eps_trail,
+        "target": stats(list(res.classes).index(target)),
+        "most_anomalous": stats(top),
+    }
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
