@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
 
 from unbackdoor.attacks.store import load_attack
 from unbackdoor.data import load_dataset
@@ -23,8 +24,6 @@ from unbackdoor.defenses.bibau import BIBAU
 from unbackdoor.inversion.detect import detect_with
 from unbackdoor.models import load_model
 from unbackdoor.unlearn import split_defender_data
-
-from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
 
 
 def main() -> None:
