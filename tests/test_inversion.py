@@ -418,3 +418,31 @@ def test_budget_prior_off_leaves_a_budgeted_trigger_only_its_budget():
     # a mask has no budget: its prior is what keeps it small, with or without the option
     mask = invert(model, data, InversionConfig(steps=5, budget_prior=False), classes=[3])
     assert (mask.lambdas > 0).all()
+
+
+def test_strong_effect_finds_a_class_the_wide_mad_hides():
+    """Most classes never fooled spread the costs, so the target's index stays under 2 though
+    it is 231x cheaper than the median class: found only with ``strong_effect``, and only
+    while it fools half the images."""
+    k = 10
+    fooling = torch.tensor([0.7, 1e-4, 1e-4, 1e-4, 1e-4, 0.003, 0.01, 0.02, 0.05, 0.1])
+    ones = torch.ones(k)
+    res = InversionResult(Additive(k, (1, 4, 4), eps=0.1), list(range(k)), ones, fooling, ones)
+    assert res.anomaly_index()[0] < 2 and res.effect_size()[0] > 200
+    assert not res.verdict().found
+    v = res.verdict(2.0, 4.0, strong_effect=200)
+    assert v.found and v.klass == 0 and v.as_dict()["by_effect"] is True
+    assert not res.verdict(2.0, 4.0, strong_effect=300).found
+    weak = fooling.clone()
+    weak[0] = 0.45  # cheap, but fools under half the images
+    res = InversionResult(Additive(k, (1, 4, 4), eps=0.1), list(range(k)), ones, weak, ones)
+    assert res.effect_size()[0] > 50 and not res.verdict(2.0, 4.0, strong_effect=50).found
+
+
+def test_strong_effect_option_is_validated():
+    from unbackdoor.defenses import create_defense
+
+    for name in ("bibau", "tbar"):
+        assert create_defense(name, strong_effect=200).strong_effect == 200
+        with pytest.raises(ConfigError, match="strong_effect"):
+            create_defense(name, strong_effect=2)  # below min_effect

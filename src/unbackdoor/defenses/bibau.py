@@ -215,6 +215,7 @@ class BIBAU(Defense):
         "negate_families": ("mask_pattern", "additive", "warp"),
         "augment": "default",
         "mix_kl_weight": 0.0,
+        "strong_effect": None,
     }
 
     mode: str = "auto"
@@ -224,6 +225,10 @@ class BIBAU(Defense):
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
+    #: a second way for the most anomalous class to be found: at least this many times
+    #: cheaper than the median class and fooling half the images, whatever its index
+    #: (None: the index alone; ``benchmarks/bibau_dev``, session 29)
+    strong_effect: float | None = None
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60
@@ -417,6 +422,11 @@ class BIBAU(Defense):
         self._require(self.rounds >= 1, "rounds", ">= 1")
         self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
         self._require(self.min_effect >= 1, "min_effect", ">= 1")
+        self._require(
+            self.strong_effect is None or self.strong_effect >= self.min_effect,
+            "strong_effect",
+            "None or >= min_effect",
+        )
         self._require(
             self.time_budget is None or self.time_budget > 0, "time_budget", "None or > 0 seconds"
         )

@@ -148,6 +148,7 @@ class TBAR(Defense):
         "repair_distill": 0.0,
         "refine_smallest": False,
         "warp_shift": None,
+        "strong_effect": None,
         "budget_prior": True,
         "inversion_batch_size": None,
     }
@@ -187,6 +188,10 @@ class TBAR(Defense):
     inversion_batch_size: int | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
+    #: a second way for the most anomalous class to be found: at least this many times
+    #: cheaper than the median class and fooling half the images, whatever its index
+    #: (None: the index alone; ``benchmarks/bibau_dev``, session 29)
+    strong_effect: float | None = None
     bf16: bool = False
     plot: bool = True
 
@@ -232,6 +237,11 @@ class TBAR(Defense):
         )
         self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
         self._require(self.min_effect >= 1, "min_effect", ">= 1")
+        self._require(
+            self.strong_effect is None or self.strong_effect >= self.min_effect,
+            "strong_effect",
+            "None or >= min_effect",
+        )
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
         self._require(

@@ -61,6 +61,7 @@ def detect(
     auto_families: tuple[str, ...] = AUTO_FAMILIES,
     anomaly_threshold: float = 2.0,
     min_effect: float = 4.0,
+    strong_effect: float | None = None,
     auto_eps: bool = True,
     stop_at_first: bool = False,
     invert_fn: Callable[..., InversionResult] | None = None,
@@ -96,7 +97,9 @@ def detect(
         )
         eps_trail += trail
         results[fam] = res
-        verdict = res.verdict(anomaly_threshold, min_effect) if config.targeted else None
+        verdict = (
+            res.verdict(anomaly_threshold, min_effect, strong_effect) if config.targeted else None
+        )
         if verdict is not None:
             verdicts[fam] = verdict.as_dict()
         if verdict is None or verdict.found or stop_at_first:
@@ -116,6 +119,7 @@ class DetectionSettings(Protocol):
     family: str
     anomaly_threshold: float
     min_effect: float
+    strong_effect: float | None
 
 
 def detect_with(
@@ -148,5 +152,6 @@ def detect_with(
         auto_families=families or AUTO_FAMILIES + (("warp",) if settings.warp_shift else ()),
         anomaly_threshold=settings.anomaly_threshold,
         min_effect=settings.min_effect,
+        strong_effect=settings.strong_effect,
         **kwargs,
     )

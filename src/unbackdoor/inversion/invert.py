@@ -111,6 +111,7 @@ class Verdict:
     effect: float
     fooling: float
     checks: dict[str, bool]
+    by_effect: bool = False  # it stood out only by ``strong_effect``, not by its index
 
     @property
     def found(self) -> bool:
@@ -123,6 +124,7 @@ class Verdict:
             "effect": self.effect,
             "fooling": self.fooling,
             "found": self.found,
+            "by_effect": self.by_effect,
         }
 
 
@@ -161,24 +163,42 @@ class InversionResult:
         cost = self.costs()
         return cost.median() / cost
 
-    def verdict(self, anomaly_threshold: float = 2.0, min_effect: float = 4.0) -> Verdict:
+    def verdict(
+        self,
+        anomaly_threshold: float = 2.0,
+        min_effect: float = 4.0,
+        strong_effect: float | None = None,
+    ) -> Verdict:
         """Is the most anomalous class a backdoor target? The tests, each kept apart.
 
         It must stand out (NC's index), be ``min_effect`` times cheaper than the median class
         and, for a mask (whose size grows until it fools), fool half the images; an additive
         trigger's budget is fixed, so its fooling rate is the measurement itself, already in
         the effect (a blend fools 43% of MNIST at eps 0.1 against the median class's 1%).
+        With ``strong_effect``, a class at least that many times cheaper than the median that
+        fools half the images stands out whatever its index: when the other classes' costs
+        spread widely (most never fooled), the MAD is wide and hides it.
         """
         anomaly, effect = self.anomaly_index(), self.effect_size()
         k = int(anomaly.argmax())
+        by_effect = (
+            strong_effect is not None
+            and bool(effect[k] >= strong_effect)
+            and bool(self.fooling[k] >= 0.5)
+        )
         checks = {
-            "anomaly index": bool(anomaly[k] >= anomaly_threshold),
+            "anomaly index": bool(anomaly[k] >= anomaly_threshold) or by_effect,
             "effect": bool(effect[k] >= min_effect),
         }
         if not self.family.budgeted:
             checks["fooling"] = bool(self.fooling[k] >= 0.5)
         return Verdict(
-            self.classes[k], float(anomaly[k]), float(effect[k]), float(self.fooling[k]), checks
+            self.classes[k],
+            float(anomaly[k]),
+            float(effect[k]),
+            float(self.fooling[k]),
+            checks,
+            by_effect=by_effect and bool(anomaly[k] < anomaly_threshold),
         )
 
     def stamp(self, x: torch.Tensor, klass: int) -> torch.Tensor:
