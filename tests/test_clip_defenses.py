@@ -193,3 +193,11 @@ def test_clip_bibau_refuses_the_classifier_only_mix_kl():
 
     with pytest.raises(ConfigError, match="mix_kl_weight"):
         create_defense("clip-bibau", mix_kl_weight=1.0)
+
+
+def test_clip_defenses_keep_the_index_only_detection():
+    from unbackdoor.defenses import create_defense
+
+    for name in ("clip-bibau", "clip-tbar"):
+        assert create_defense(name).strong_effect is None
+    assert create_defense("bibau").strong_effect == create_defense("tbar").strong_effect == 200

@@ -74,6 +74,8 @@ class ClipBIBAU(BIBAU):
     stop_fooling: float | None = 0.05
     # the contrastive M-step has no classifier KL to take on blends (see validate)
     mix_kl_weight: float = 0.0
+    # the classifier's effect-size path of detection (session 29) has not been measured on CLIP
+    strong_effect: float | None = None
 
     def validate(self) -> None:
         super().validate()

@@ -42,6 +42,8 @@ class ClipTBAR(TBAR):
     refine_smallest: bool = False
     # the benchmarked CLIP rows ran with the prior; without it has not been measured there
     budget_prior: bool = True
+    # the classifier's effect-size path of detection (session 29) has not been measured on CLIP
+    strong_effect: float | None = None
 
     def validate(self) -> None:
         super().validate()
