@@ -229,7 +229,7 @@ class BIBAU(Defense):
     #: cheaper than the median class and fooling half the images, whatever its index
     #: (None: the index alone). Chosen by a rule on MNIST dev twins (``benchmarks/bibau_dev``,
     #: session 29): it found two of three Blended twins the index missed at 500 images, and
-    #: no clean twin's class came near it (largest 169x, fooling 1.7%)
+    #: no clean twin's class met it (largest effect 169x, but at 1.7% fooling)
     strong_effect: float | None = 200.0
     inversion_steps: int = 300
     inner_steps: int = 150
