@@ -130,7 +130,7 @@ from unbackdoor.inversion import (
     transitions,
 )
 from unbackdoor.inversion.collapse import collapse
-from unbackdoor.inversion.detect import FAMILY_CHOICES, detect_with
+from unbackdoor.inversion.detect import FAMILY_CHOICES, STRONG_EFFECT, detect_with
 from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
@@ -225,12 +225,9 @@ class BIBAU(Defense):
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
-    #: a second way for the most anomalous class to be found: at least this many times
-    #: cheaper than the median class and fooling half the images, whatever its index
-    #: (None: the index alone). Chosen by a rule on MNIST dev twins (``benchmarks/bibau_dev``,
-    #: session 29): it found two of three Blended twins the index missed at 500 images, and
-    #: no clean twin's class met it (largest effect 169x, but at 1.7% fooling)
-    strong_effect: float | None = 200.0
+    #: a second way to be found, by effect size alone (None: the index alone; the default's
+    #: rationale is at ``unbackdoor.inversion.detect.STRONG_EFFECT``)
+    strong_effect: float | None = STRONG_EFFECT
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60

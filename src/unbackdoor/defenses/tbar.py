@@ -99,6 +99,7 @@ from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import FAMILY_CHOICES, detect_with, invert
+from unbackdoor.inversion.detect import STRONG_EFFECT
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -188,12 +189,9 @@ class TBAR(Defense):
     inversion_batch_size: int | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
-    #: a second way for the most anomalous class to be found: at least this many times
-    #: cheaper than the median class and fooling half the images, whatever its index
-    #: (None: the index alone). Chosen by a rule on MNIST dev twins (``benchmarks/bibau_dev``,
-    #: session 29): it found two of three Blended twins the index missed at 500 images, and
-    #: no clean twin's class met it (largest effect 169x, but at 1.7% fooling)
-    strong_effect: float | None = 200.0
+    #: a second way to be found, by effect size alone (None: the index alone; the default's
+    #: rationale is at ``unbackdoor.inversion.detect.STRONG_EFFECT``)
+    strong_effect: float | None = STRONG_EFFECT
     bf16: bool = False
     plot: bool = True
 

@@ -33,6 +33,12 @@ from unbackdoor.utils.config import check_choice
 FAMILY_CHOICES = ("auto", "mask_pattern", "additive", "warp")
 #: the families ``family="auto"`` tries, in order, while none finds a backdoor
 AUTO_FAMILIES = ("mask_pattern", "additive")
+#: the default ``strong_effect`` of the defenses that detect blindly (BI-BAU, TBAR): a class at
+#: least this many times cheaper than the median class that fools half the images is found
+#: whatever its index. Chosen by a rule on MNIST dev twins (``benchmarks/bibau_dev``, session
+#: 29): it found two of three Blended twins the index missed at 500 images, and no clean twin's
+#: class met it (largest effect 169x, but at 1.7% fooling)
+STRONG_EFFECT = 200.0
 
 
 @dataclass
