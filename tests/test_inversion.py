@@ -439,6 +439,25 @@ def test_strong_effect_finds_a_class_the_wide_mad_hides():
     assert res.effect_size()[0] > 50 and not res.verdict(2.0, 4.0, strong_effect=50).found
 
 
+def test_min_fooling_drops_a_budgeted_class_that_fools_a_handful_of_images():
+    """The false alarm seen on clean MNIST twins at 500 images: most classes sit at the
+    fooling floor, the MAD of their costs is zero and one class fooling 1.7% gets an index in
+    the millions. ``min_fooling`` asks a budgeted family's class to fool that share itself;
+    a mask (whose size grows until it fools) keeps its own half."""
+    k = 10
+    fooling = torch.full((k,), 0.0025)
+    fooling[8] = 0.017
+    ones = torch.ones(k)
+    res = InversionResult(Additive(k, (1, 4, 4), eps=0.1), list(range(k)), ones, fooling, ones)
+    assert res.anomaly_index()[8] > 1e3 and res.verdict().found and res.verdict().klass == 8
+    v = res.verdict(min_fooling=0.2)
+    assert not v.found and v.checks == {"anomaly index": True, "effect": True, "fooling": False}
+    fooling[8] = 0.43  # a blend's target at 3,000 MNIST images (calibration.md)
+    assert res.verdict(min_fooling=0.2).found
+    mask = InversionResult(MaskPattern(k, (1, 4, 4)), list(range(k)), ones, fooling, ones)
+    assert mask.verdict(min_fooling=0.2).checks["fooling"] is False  # masks: half, whatever
+
+
 def test_strong_effect_option_is_validated():
     from unbackdoor.defenses import create_defense
 
@@ -446,3 +465,5 @@ def test_strong_effect_option_is_validated():
         assert create_defense(name, strong_effect=200).strong_effect == 200
         with pytest.raises(ConfigError, match="strong_effect"):
             create_defense(name, strong_effect=2)  # below min_effect
+        with pytest.raises(ConfigError, match="min_fooling"):
+            create_defense(name, min_fooling=1.5)

@@ -8,7 +8,9 @@ own), as BI-BAU's detection does (same defender draw as ``tune.py``, 7919; the s
 split as ``unlearn``, seed 0), and prints the numbers of the target (none for a clean model),
 of the most anomalous class and of the class with the largest effect: anomaly index, effect
 size (how many times cheaper than the median class) and fooling rate, against the thresholds
-(index 2, effect 4x). A diagnosis on MNIST dev twins; it chooses nothing by itself.
+(index 2, effect 4x), and whether the same inversion is found under the defaults and with a
+candidate ``min_fooling`` (``CANDIDATE_MIN_FOOLING``, 0.2). A diagnosis on MNIST dev twins; it
+chooses nothing by itself.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def main() -> None:
     target = load_attack(RUNS / name).policy.target if has_attack(RUNS / name) else None
     part, _ = split_defender_data(tr.sample(n, 7919), 0.2, 0)
     families = tuple(os.environ.get("FAMILIES", "additive").split(","))
+    candidate = float(os.environ.get("CANDIDATE_MIN_FOOLING", "0.2"))
+    defaults = BIBAU()
     for fam in families:  # each family on its own, as detection would read it
-        det = detect_with(BIBAU(), model, part, families=(fam,), seed=0, desc=fam)
+        det = detect_with(defaults, model, part, families=(fam,), seed=0, desc=fam)
         res = det.result
         anomaly, effect = res.anomaly_index(), res.effect_size()
         top = int(anomaly.argmax())
@@ -59,6 +63,11 @@ def main() -> None:
             "train_images": len(part),
             "family": fam,
             "found": det.verdict.found,
+            # the same inversion judged with a candidate ``min_fooling`` (session 30)
+            "candidate_min_fooling": candidate,
+            "found_with_candidate": res.verdict(
+                defaults.anomaly_threshold, defaults.min_effect, defaults.strong_effect, candidate
+            ).found,
             "eps_trail": det.eps_trail,
             "target": None if target is None else stats(list(res.classes).index(target)),
             "most_anomalous": stats(top),

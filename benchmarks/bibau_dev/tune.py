@@ -5,6 +5,7 @@
     SAMPLE_SEED=1 python benchmarks/bibau_dev/tune.py ...  # another draw of the defender's images
     DEV_MODEL=dev_blended python benchmarks/bibau_dev/tune.py ...   # another dev model
     DEV_DATASET=mnist DEV_MODEL=dev_mnist_badnets python benchmarks/bibau_dev/tune.py TAG '{}' 1000
+    DEV_DATASET=mnist DEV_MODEL=dev_mnist_clean_s16 ...  # a clean twin: CA only
 
 The defender's data is 2,500 images of the dev model's own 45,000 training images; clean accuracy
 and ASR are measured on the 5,000 held-out training images, never on the CIFAR-10 test set.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from unbackdoor.attacks.store import load_attack
+from unbackdoor.attacks.store import has_attack, load_attack
 from unbackdoor.data import load_dataset
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.eval.retune import RetuneConfig, retune_attack
@@ -43,9 +44,12 @@ def main() -> None:
     dev = train.subset(split["dev_idx"], dataset)
     dev_model = os.environ.get("DEV_MODEL", "dev_badnets")
     model, _ = load_model(RUNS / dev_model)
-    rec = load_attack(RUNS / dev_model)
+    # a never-backdoored twin (``--clean``) has no attack: clean accuracy only, no re-tuning
+    rec = load_attack(RUNS / dev_model) if has_attack(RUNS / dev_model) else None
 
     def score(m: torch.nn.Module) -> dict:
+        if rec is None:
+            return {"ca": round(evaluate(m, dev).clean_acc, 4), "asr": None}
         x = evaluate(m, dev, trigger=rec.trigger, attack_labels=rec.attack_labels)
         return {"ca": round(x.clean_acc, 4), "asr": round(x.asr, 4)}
 
@@ -56,7 +60,7 @@ def main() -> None:
     clean, rep = unlearn(model, tr.sample(n_clean, draw), "bibau", seed=0, **{"bf16": True, **opts})
     after = score(clean)
     retuned = None
-    if os.environ.get("RETUNE") == "1":
+    if os.environ.get("RETUNE") == "1" and rec is not None:
         r = retune_attack(clean, tr, dev, rec, RetuneConfig(seed=0))
         retuned = {"ca": round(r.after.clean_acc, 4), "asr": round(r.after.asr, 4)}
     d = rep.diagnostics

@@ -130,7 +130,7 @@ from unbackdoor.inversion import (
     transitions,
 )
 from unbackdoor.inversion.collapse import collapse
-from unbackdoor.inversion.detect import FAMILY_CHOICES, STRONG_EFFECT, detect_with
+from unbackdoor.inversion.detect import FAMILY_CHOICES, MIN_FOOLING, STRONG_EFFECT, detect_with
 from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
@@ -216,6 +216,7 @@ class BIBAU(Defense):
         "augment": "default",
         "mix_kl_weight": 0.0,
         "strong_effect": None,
+        "min_fooling": 0.0,
     }
 
     mode: str = "auto"
@@ -228,6 +229,9 @@ class BIBAU(Defense):
     #: a second way to be found, by effect size alone (None: the index alone; the default's
     #: rationale is at ``unbackdoor.inversion.detect.STRONG_EFFECT``)
     strong_effect: float | None = STRONG_EFFECT
+    #: the share of the images an additive or warp trigger for the flagged class must fool
+    #: (masks: half); the default's rationale is at ``unbackdoor.inversion.detect.MIN_FOOLING``
+    min_fooling: float = MIN_FOOLING
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60
@@ -426,6 +430,7 @@ class BIBAU(Defense):
             "strong_effect",
             "None or >= min_effect",
         )
+        self._require(0 <= self.min_fooling <= 1, "min_fooling", "in [0, 1]")
         self._require(
             self.time_budget is None or self.time_budget > 0, "time_budget", "None or > 0 seconds"
         )
@@ -639,13 +644,14 @@ class BIBAU(Defense):
         }
         if not found:
             v = verdict
+            budgeted = det.result.family.budgeted
             failed = [name for name, ok in v.checks.items() if not ok]
             diag["stopped"] = (
                 f"no backdoor found ({' and '.join(det.tried)} families): class {v.klass} stands "
                 f"out most in the {family} family, but its {', '.join(failed)} falls short "
                 f"(index {v.anomaly:.2f}, needed {self.anomaly_threshold:g}; {v.effect:.1f}x "
                 f"cheaper than the median class, needed {self.min_effect:g}x; fooling "
-                f"{v.fooling:.2f}{', needed 0.5' if 'fooling' in v.checks else ''})"
+                f"{v.fooling:.2f}, needed {self.min_fooling if budgeted else 0.5:g})"
                 + _collapse_note(
                     diag["collapse"],
                     self.collapse_share,

@@ -99,7 +99,7 @@ from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import FAMILY_CHOICES, detect_with, invert
-from unbackdoor.inversion.detect import STRONG_EFFECT
+from unbackdoor.inversion.detect import MIN_FOOLING, STRONG_EFFECT
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -150,6 +150,7 @@ class TBAR(Defense):
         "refine_smallest": False,
         "warp_shift": None,
         "strong_effect": None,
+        "min_fooling": 0.0,
         "budget_prior": True,
         "inversion_batch_size": None,
     }
@@ -192,6 +193,9 @@ class TBAR(Defense):
     #: a second way to be found, by effect size alone (None: the index alone; the default's
     #: rationale is at ``unbackdoor.inversion.detect.STRONG_EFFECT``)
     strong_effect: float | None = STRONG_EFFECT
+    #: the share of the images an additive or warp trigger for the flagged class must fool
+    #: (masks: half); the default's rationale is at ``unbackdoor.inversion.detect.MIN_FOOLING``
+    min_fooling: float = MIN_FOOLING
     bf16: bool = False
     plot: bool = True
 
@@ -242,6 +246,7 @@ class TBAR(Defense):
             "strong_effect",
             "None or >= min_effect",
         )
+        self._require(0 <= self.min_fooling <= 1, "min_fooling", "in [0, 1]")
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
         self._require(

@@ -39,6 +39,9 @@ AUTO_FAMILIES = ("mask_pattern", "additive")
 #: 29): it found two of three Blended twins the index missed at 500 images, and no clean twin's
 #: class met it (largest effect 169x, but at 1.7% fooling)
 STRONG_EFFECT = 200.0
+#: the default ``min_fooling`` of the defenses that detect blindly: the share of the defender's
+#: images a budgeted family's (additive, warp) flagged class must fool (masks: half)
+MIN_FOOLING = 0.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ def detect(
     anomaly_threshold: float = 2.0,
     min_effect: float = 4.0,
     strong_effect: float | None = None,
+    min_fooling: float = 0.0,
     auto_eps: bool = True,
     stop_at_first: bool = False,
     invert_fn: Callable[..., InversionResult] | None = None,
@@ -104,7 +108,9 @@ def detect(
         eps_trail += trail
         results[fam] = res
         verdict = (
-            res.verdict(anomaly_threshold, min_effect, strong_effect) if config.targeted else None
+            res.verdict(anomaly_threshold, min_effect, strong_effect, min_fooling)
+            if config.targeted
+            else None
         )
         if verdict is not None:
             verdicts[fam] = verdict.as_dict()
@@ -126,6 +132,7 @@ class DetectionSettings(Protocol):
     anomaly_threshold: float
     min_effect: float
     strong_effect: float | None
+    min_fooling: float
 
 
 def detect_with(
@@ -159,5 +166,6 @@ def detect_with(
         anomaly_threshold=settings.anomaly_threshold,
         min_effect=settings.min_effect,
         strong_effect=settings.strong_effect,
+        min_fooling=settings.min_fooling,
         **kwargs,
     )

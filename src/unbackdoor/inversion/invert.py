@@ -168,6 +168,7 @@ class InversionResult:
         anomaly_threshold: float = 2.0,
         min_effect: float = 4.0,
         strong_effect: float | None = None,
+        min_fooling: float = 0.0,
     ) -> Verdict:
         """Is the most anomalous class a backdoor target? The tests, each kept apart.
 
@@ -177,7 +178,11 @@ class InversionResult:
         the effect (a blend fools 43% of MNIST at eps 0.1 against the median class's 1%).
         With ``strong_effect``, a class at least that many times cheaper than the median that
         fools half the images stands out whatever its index: when the other classes' costs
-        spread widely (most never fooled), the MAD is wide and hides it.
+        spread widely (most never fooled), the MAD is wide and hides it. ``min_fooling`` asks
+        the same of a budgeted family's class in absolute terms: where the median class is
+        almost never fooled (the median odds sit at the clamp), a class fooling a handful of
+        images is already "many times cheaper", and the MAD of costs that all sit at the floor
+        is zero, so its index runs into the millions.
         """
         anomaly, effect = self.anomaly_index(), self.effect_size()
         k = int(anomaly.argmax())
@@ -190,8 +195,7 @@ class InversionResult:
             "anomaly index": bool(anomaly[k] >= anomaly_threshold) or by_effect,
             "effect": bool(effect[k] >= min_effect),
         }
-        if not self.family.budgeted:
-            checks["fooling"] = bool(self.fooling[k] >= 0.5)
+        checks["fooling"] = bool(self.fooling[k] >= (min_fooling if self.family.budgeted else 0.5))
         return Verdict(
             self.classes[k],
             float(anomaly[k]),

@@ -44,6 +44,8 @@ class ClipTBAR(TBAR):
     budget_prior: bool = True
     # the classifier's effect-size path of detection (session 29) has not been measured on CLIP
     strong_effect: float | None = None
+    # nor its minimum fooling for the budgeted families (session 30)
+    min_fooling: float = 0.0
 
     def validate(self) -> None:
         super().validate()
