@@ -345,7 +345,8 @@ def test_saturated_additive_budget_is_halved_and_kept_for_the_reinversions(monke
 def test_steps_per_round_cap_passes_over_small_data():
     d = BIBAU(outer_steps=60, batch_size=128)
     assert d.steps_per_round(2000) == 60  # 3.8 passes: under the cap
-    assert d.steps_per_round(400) == 13  # 4 passes over 400 images
+    assert d.steps_per_round(400) == 25  # 8 passes over 400 images
+    assert BIBAU(max_epochs=4).steps_per_round(400) == 13
     assert BIBAU(max_epochs=None).steps_per_round(400) == 60
     with pytest.raises(ConfigError, match="max_epochs=0"):
         create_defense("bibau", max_epochs=0)

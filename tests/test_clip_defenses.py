@@ -200,4 +200,6 @@ def test_clip_defenses_keep_the_index_only_detection():
 
     for name in ("clip-bibau", "clip-tbar"):
         assert create_defense(name).strong_effect is None
+        assert create_defense(name).min_fooling == 0
     assert create_defense("bibau").strong_effect == create_defense("tbar").strong_effect == 200
+    assert create_defense("bibau").min_fooling == create_defense("tbar").min_fooling == 0.2
