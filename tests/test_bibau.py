@@ -382,6 +382,37 @@ def test_non_finite_unlearning_loss_is_a_clear_error(mnist_backdoor):
         d._unlearn(model, copy.deepcopy(model), data, [trigger], opt, None, torch.device("cpu"), 0)
 
 
+def test_held_out_guard_retries_a_diverged_round_at_half_the_rate(monkeypatch):
+    """A round whose loss diverges is undone and redone at half the rate, like one that costs
+    too much held-out accuracy; when the last try diverges too, the error reaches the user."""
+    import synth
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
+    d = BIBAU(lr_retries=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.4)
+    start = copy.deepcopy(model.state_dict())
+    tries = []
+
+    def unlearn(m, *args):
+        tries.append(opt.param_groups[0]["lr"])
+        with torch.no_grad():
+            m[1].weight.add_(1.0)  # the try's damage, undone before the next one
+        if len(tries) < 2:
+            raise FloatingPointError("bibau: the unlearning loss became nan")
+
+    monkeypatch.setattr(d, "_unlearn", unlearn)
+    diag: dict = {}
+    d._guarded_unlearn(model, copy.deepcopy(model), train, val, [], opt, None, "cpu", 0, diag)
+    assert tries == pytest.approx([0.4, 0.2])
+    assert diag["lr_halvings"] == [{"round": 1, "val_clean_acc": None, "lr": pytest.approx(0.2)}]
+    assert torch.equal(model[1].weight, start["1.weight"] + 1.0)  # one try's change, not two
+    tries.clear()
+    monkeypatch.setattr(d, "_unlearn", lambda *a: (_ for _ in ()).throw(FloatingPointError("x")))
+    with pytest.raises(FloatingPointError):
+        d._guarded_unlearn(model, copy.deepcopy(model), train, val, [], opt, None, "cpu", 0, {})
+
+
 def test_bibau_removes_the_backdoor_and_reports(mnist_backdoor, tmp_path):
     import shutil
 
@@ -847,7 +878,11 @@ def test_held_out_guard_halves_a_harmful_learning_rate(mnist_backdoor):
     assert [h["lr"] for h in halvings] == pytest.approx(
         [0.4 * 0.5**i for i in range(1, 5)][: len(halvings)]
     )
-    assert all(h["val_clean_acc"] < d["val_clean_acc_before"] - 0.03 for h in halvings)
+    # a try either cost too much or diverged (None), which the guard treats the same way
+    assert all(
+        h["val_clean_acc"] is None or h["val_clean_acc"] < d["val_clean_acc_before"] - 0.03
+        for h in halvings
+    )
     kept = d["val_clean_acc_per_round"][0]
     assert kept >= d["val_clean_acc_before"] - 0.03 or len(halvings) == 4
     assert f"halved the learning rate {len(halvings)} time(s)" in d["notes"][0]

@@ -410,7 +410,8 @@ class BIBAU(Defense):
     #: the held-out guard: a round whose unlearning lowers clean accuracy on the held-out
     #: images by more than this (absolute, against the backdoored model) is undone and redone
     #: at half the learning rate, at most ``lr_retries`` times; the last try is kept and the
-    #: lower rate stays for the rounds after. ``lr`` was chosen on the fast net, whose weights
+    #: lower rate stays for the rounds after; a round whose loss diverges is redone the same
+    #: way (the last try raises). ``lr`` was chosen on the fast net, whose weights
     #: tolerate it; PreAct-ResNet18 lost 9-16 points at it, 2.5-3.4 with the guard
     #: (``benchmarks/gpu_short``). None: off
     max_val_drop: float | None = 0.05
@@ -1103,7 +1104,8 @@ class BIBAU(Defense):
         diag: dict[str, Any],
     ) -> float:
         """One round's M-step under the held-out guard (``max_val_drop``); returns the
-        held-out clean accuracy after it."""
+        held-out clean accuracy after it. A round whose loss diverges (not finite) is the
+        costliest kind and is retried at half the rate the same way; the last try raises."""
         if self.max_val_drop is None:
             self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
             return evaluate(model, val).clean_acc
@@ -1113,9 +1115,15 @@ class BIBAU(Defense):
         floor = diag["val_clean_acc_before"] - self.max_val_drop
         saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
         for attempt in range(self.lr_retries + 1):
-            self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
-            acc = evaluate(model, val).clean_acc
-            if acc >= floor or attempt == self.lr_retries:
+            try:
+                self._unlearn(model, teacher, clean, bank, opt, augment, device, rnd)
+            except FloatingPointError:
+                if attempt == self.lr_retries:
+                    raise
+                acc = None  # diverged: retried below like a round that cost too much
+            else:
+                acc = evaluate(model, val).clean_acc
+            if acc is not None and (acc >= floor or attempt == self.lr_retries):
                 if attempt:
                     diag.setdefault("notes", []).append(
                         f"round {rnd + 1}: the held-out guard halved the learning rate "
@@ -1129,7 +1137,11 @@ class BIBAU(Defense):
             for group in opt.param_groups:
                 group["lr"] *= 0.5 ** (attempt + 1)
             diag["lr_halvings"].append(
-                {"round": rnd + 1, "val_clean_acc": acc, "lr": opt.param_groups[0]["lr"]}
+                {
+                    "round": rnd + 1,
+                    "val_clean_acc": acc,  # None: the loss diverged
+                    "lr": opt.param_groups[0]["lr"],
+                }
             )
         raise AssertionError("unreachable")
 
