@@ -173,16 +173,15 @@ class InversionResult:
         """Is the most anomalous class a backdoor target? The tests, each kept apart.
 
         It must stand out (NC's index), be ``min_effect`` times cheaper than the median class
-        and, for a mask (whose size grows until it fools), fool half the images; an additive
-        trigger's budget is fixed, so its fooling rate is the measurement itself, already in
-        the effect (a blend fools 43% of MNIST at eps 0.1 against the median class's 1%).
-        With ``strong_effect``, a class at least that many times cheaper than the median that
-        fools half the images stands out whatever its index: when the other classes' costs
-        spread widely (most never fooled), the MAD is wide and hides it. ``min_fooling`` asks
-        the same of a budgeted family's class in absolute terms: where the median class is
-        almost never fooled (the median odds sit at the clamp), a class fooling a handful of
-        images is already "many times cheaper", and the MAD of costs that all sit at the floor
-        is zero, so its index runs into the millions.
+        and, for a mask (whose size grows until it fools), fool half the images. A budgeted
+        (additive, warp) trigger's fooling rate at its fixed budget is the measurement itself,
+        in the effect (a blend fools 43% of MNIST at eps 0.1 against the median class's 1%),
+        and it must reach ``min_fooling``: where the median class is almost never fooled (its
+        odds sit at the clamp), a class fooling a handful of images is already "many times
+        cheaper", and the MAD of costs that all sit at the floor is zero, so its index runs
+        into the millions. With ``strong_effect``, a class at least that many times cheaper
+        than the median that fools half the images stands out whatever its index: when the
+        other classes' costs spread widely (most never fooled), the MAD is wide and hides it.
         """
         anomaly, effect = self.anomaly_index(), self.effect_size()
         k = int(anomaly.argmax())
