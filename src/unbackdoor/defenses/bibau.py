@@ -32,7 +32,9 @@ objective:
   for it fading (``rounds.png``). A backdoor is reported only if the most anomalous class also
   needs a trigger ``min_effect`` (4) times cheaper than the median class: with 10 classes NC's
   index alone (> 2) flags a never-backdoored model about a third of the time, because the MAD
-  rests on ten numbers (``benchmarks/bibau_dev``). Targeted: one-hot on the detected (or given)
+  rests on ten numbers (``benchmarks/bibau_dev``); and the class's trigger must fool half the
+  images (a mask) or ``min_fooling`` of them (an additive or warp trigger at its fixed budget:
+  with 500 MNIST images the index alone flagged classes fooling 1-4%). Targeted: one-hot on the detected (or given)
   target. Untargeted / all-to-all: one shared trigger that moves images off their label,
   unlearned towards their true labels (no target is named); the posterior is per sample,
   ``q_i(z)`` proportional to the model's probability of z != y_i on the stamped image (the

@@ -22,8 +22,9 @@ blind detection BI-BAU uses: a mask and pattern first, then, if no class stands 
 additive trigger (``family="auto"``; a blend is often found only that way), then a smooth warp
 of at most ``warp_shift`` pixels (WaNet's family). The
 suspected class must reach ``anomaly_threshold`` (Neural Cleanse's index) and be ``min_effect``
-times cheaper to reach than the median class; otherwise no backdoor is reported and the model
-is returned unchanged, as Neural Cleanse does.
+times cheaper to reach than the median class, and its trigger must fool half the images (a
+mask) or ``min_fooling`` of them (additive, warp); otherwise no backdoor is reported and the
+model is returned unchanged, as Neural Cleanse does.
 
 Why plain TBAR is weak on a saturated backdoor, and the defaults that follow (measured on
 MNIST's fine-tuning regime, ``benchmarks/tbar/mnist.md``): the trigger vector fine-tuned on
