@@ -34,9 +34,10 @@ objective:
   index alone (> 2) flags a never-backdoored model about a third of the time, because the MAD
   rests on ten numbers (``benchmarks/bibau_dev``); and the class's trigger must fool half the
   images (a mask) or ``min_fooling`` of them (an additive or warp trigger at its fixed budget:
-  with 500 MNIST images the index alone flagged classes fooling 1-4%). Targeted: one-hot on the detected (or given)
-  target. Untargeted / all-to-all: one shared trigger that moves images off their label,
-  unlearned towards their true labels (no target is named); the posterior is per sample,
+  with 500 MNIST images the index alone flagged classes fooling 1-4%). Targeted: one-hot on
+  the detected (or given) target. Untargeted / all-to-all: one shared trigger that moves
+  images off their label, unlearned towards their true labels (no target is named); the
+  posterior is per sample,
   ``q_i(z)`` proportional to the model's probability of z != y_i on the stamped image (the
   E-step of the inner objective in closed form), recorded per round averaged per true class
   (``transitions_per_round``, ``transitions.png``) with its spread.
