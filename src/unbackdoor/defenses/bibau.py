@@ -37,10 +37,9 @@ objective:
   with 500 MNIST images the index alone flagged classes fooling 1-4%). Targeted: one-hot on
   the detected (or given) target. Untargeted / all-to-all: one shared trigger that moves
   images off their label, unlearned towards their true labels (no target is named); the
-  posterior is per sample,
-  ``q_i(z)`` proportional to the model's probability of z != y_i on the stamped image (the
-  E-step of the inner objective in closed form), recorded per round averaged per true class
-  (``transitions_per_round``, ``transitions.png``) with its spread.
+  posterior is per sample, ``q_i(z)`` proportional to the model's probability of z != y_i on
+  the stamped image (the E-step of the inner objective in closed form), recorded per round
+  averaged per true class (``transitions_per_round``, ``transitions.png``) with its spread.
 - M-step, inner maximisation: before each round after the first, the trigger is re-inverted
   against the current model from a new initialisation (``reinvert="fresh"``), projected every
   step onto a size budget: 1.5x the first trigger's, or the median class's over
