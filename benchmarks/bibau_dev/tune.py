@@ -6,6 +6,7 @@
     DEV_MODEL=dev_blended python benchmarks/bibau_dev/tune.py ...   # another dev model
     DEV_DATASET=mnist DEV_MODEL=dev_mnist_badnets python benchmarks/bibau_dev/tune.py TAG '{}' 1000
     DEV_DATASET=mnist DEV_MODEL=dev_mnist_clean_s16 ...  # a clean twin: CA only
+    METHOD=tbar DEV_DATASET=mnist ...  # TBAR (unknown attack) instead of BI-BAU
 
 The defender's data is 2,500 images of the dev model's own 45,000 training images; clean accuracy
 and ASR are measured on the 5,000 held-out training images, never on the CIFAR-10 test set.
@@ -57,7 +58,8 @@ def main() -> None:
     t0 = time.time()
     # SAMPLE_SEED draws another set of defender images (the logged runs before session 14: 7919)
     draw = 7919 + int(os.environ.get("SAMPLE_SEED", "0"))
-    clean, rep = unlearn(model, tr.sample(n_clean, draw), "bibau", seed=0, **{"bf16": True, **opts})
+    method = os.environ.get("METHOD", "bibau")  # tbar: the same twin and draw through TBAR
+    clean, rep = unlearn(model, tr.sample(n_clean, draw), method, seed=0, **{"bf16": True, **opts})
     after = score(clean)
     retuned = None
     if os.environ.get("RETUNE") == "1" and rec is not None:
@@ -66,6 +68,7 @@ def main() -> None:
     d = rep.diagnostics
     row = {
         "tag": tag,
+        "method": method,
         "model": dev_model,
         "opts": opts,
         "n": n_clean,
