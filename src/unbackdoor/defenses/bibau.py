@@ -132,7 +132,13 @@ from unbackdoor.inversion import (
     transitions,
 )
 from unbackdoor.inversion.collapse import collapse
-from unbackdoor.inversion.detect import FAMILY_CHOICES, MIN_FOOLING, STRONG_EFFECT, detect_with
+from unbackdoor.inversion.detect import (
+    FAMILY_CHOICES,
+    MIN_FOOLING,
+    STRONG_EFFECT,
+    detect_with,
+    detection_checks,
+)
 from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
@@ -428,14 +434,8 @@ class BIBAU(Defense):
     def validate(self) -> None:
         self._require(self.mode in MODES, "mode", f"one of {MODES}")
         self._require(self.rounds >= 1, "rounds", ">= 1")
-        self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
-        self._require(self.min_effect >= 1, "min_effect", ">= 1")
-        self._require(
-            self.strong_effect is None or self.strong_effect >= self.min_effect,
-            "strong_effect",
-            "None or >= min_effect",
-        )
-        self._require(0 <= self.min_fooling <= 1, "min_fooling", "in [0, 1]")
+        for ok, option, expected in detection_checks(self):
+            self._require(ok, option, expected)
         self._require(
             self.time_budget is None or self.time_budget > 0, "time_budget", "None or > 0 seconds"
         )

@@ -100,7 +100,7 @@ from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.inversion import FAMILY_CHOICES, detect_with, invert
-from unbackdoor.inversion.detect import MIN_FOOLING, STRONG_EFFECT
+from unbackdoor.inversion.detect import MIN_FOOLING, STRONG_EFFECT, detection_checks
 from unbackdoor.taskvec import LinearizedModel, TaskVector
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.config import OPTIMIZERS
@@ -240,14 +240,8 @@ class TBAR(Defense):
             "top_layers",
             "None or a share in (0, 1]",
         )
-        self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
-        self._require(self.min_effect >= 1, "min_effect", ">= 1")
-        self._require(
-            self.strong_effect is None or self.strong_effect >= self.min_effect,
-            "strong_effect",
-            "None or >= min_effect",
-        )
-        self._require(0 <= self.min_fooling <= 1, "min_fooling", "in [0, 1]")
+        for ok, option, expected in detection_checks(self):
+            self._require(ok, option, expected)
         self._require(self.family in FAMILY_CHOICES, "family", f"one of {FAMILY_CHOICES}")
         self._require(0 < self.additive_eps <= 1, "additive_eps", "in (0, 1]")
         self._require(

@@ -139,6 +139,22 @@ class DetectionSettings(Protocol):
     min_fooling: float
 
 
+def detection_checks(settings: DetectionSettings) -> list[tuple[bool, str, str]]:
+    """The validity of the thresholds every defense that detects blindly shares, as
+    ``(ok, option, expected)`` for the defense's own validation."""
+    s = settings
+    return [
+        (s.anomaly_threshold > 0, "anomaly_threshold", "> 0"),
+        (s.min_effect >= 1, "min_effect", ">= 1"),
+        (
+            s.strong_effect is None or s.strong_effect >= s.min_effect,
+            "strong_effect",
+            "None or >= min_effect",
+        ),
+        (0 <= s.min_fooling <= 1, "min_fooling", "in [0, 1]"),
+    ]
+
+
 def detect_with(
     settings: DetectionSettings,
     model: nn.Module,
