@@ -1,8 +1,9 @@
 """BI-BAU's rounds as pictures: what a user looks at to see whether the loop did its job.
 
 :func:`rounds_image` (targeted runs) shows each class's evidence per round, i.e. the anomaly
-index of its first inverted trigger re-measured on the current model (the backdoor target's
-should fall to the others' level), beside the fooling rates and the held-out clean accuracy
+index of its first inverted trigger re-measured on the current model over the held-out
+images (so not the detection's index, ``anomaly_score``; the backdoor target's should fall
+to the others' level), beside the fooling rates and the held-out clean accuracy
 per round. :func:`transitions_image` (untargeted runs) shows the per-sample posterior over
 targets averaged per true class, for the first trigger and the last one unlearned: an
 all-to-all backdoor shows as a shifted diagonal that unlearning should blur. Both return
@@ -39,7 +40,8 @@ def rounds_image(
         )
     left.axhline(threshold, color="black", ls=":", lw=1, label=f"index {threshold:g}")
     left.set_xlabel("round (0: before unlearning)")
-    left.set_ylabel("anomaly index of the first trigger")
+    # not the report's anomaly_score, which is the detection's index on the inversion images
+    left.set_ylabel("first trigger's anomaly index\n(held-out images)")
     left.set_title("E-step: how anomalously cheap each class is", fontsize=9)
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
