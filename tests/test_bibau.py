@@ -616,6 +616,10 @@ def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monk
     # round 1 came from the checkpoint: its diagnostics are there, round 2 was run now
     assert len(report.diagnostics["fooling_per_round"]) == 2
     assert 0 not in rounds[first:] and 1 in rounds[first:]
+    # the same config on other defender data must not pick up this run's weights
+    other = unbackdoor.load_dataset("mnist", "train").sample(400, 4)
+    with pytest.raises(ConfigError, match="another model or other defender data"):
+        unbackdoor.unlearn(model, other, "bibau", **cfg)
 
 
 def test_clean_model_is_left_alone(mnist_clean):

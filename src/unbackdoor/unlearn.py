@@ -142,8 +142,9 @@ def defender_data(
     clean_fraction: float,
     seed: int,
 ) -> ImageDataset:
-    """The defender's clean data: a seeded subset of the training distribution or a folder."""
-    from unbackdoor.data.registry import load_dataset
+    """The defender's clean data: a seeded subset of a training split (``clean_fraction`` of
+    it unless ``clean_samples`` is given), or a folder, used whole unless ``clean_samples``."""
+    from unbackdoor.data.registry import DATASETS, load_dataset
 
     if isinstance(clean_data, ImageDataset):
         data = clean_data
@@ -159,7 +160,8 @@ def defender_data(
             image_size=tuple(spec.input_size),
             channels=spec.in_channels,
         )
-        if clean_data is None and clean_samples is None:
+        if clean_samples is None and (clean_data is None or clean_data in DATASETS):
+            # a training split gets the default share; a user's folder is used whole
             clean_samples = max(10, round(clean_fraction * len(data)))
     if clean_samples is not None:
         if clean_samples > len(data):

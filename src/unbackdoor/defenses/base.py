@@ -17,7 +17,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
-from unbackdoor.utils.config import without_added_later
+from unbackdoor.utils.config import check_types, without_added_later
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Defense:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_types(self, f"defense {self.name!r}")
         self.validate()
 
     def validate(self) -> None:

@@ -145,6 +145,7 @@ from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
 from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.train.path_point import toward
+from unbackdoor.utils.digest import tensors_digest
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
@@ -227,7 +228,12 @@ class BIBAU(Defense):
         "min_fooling": 0.0,
     }
 
+    #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
+    #: ``untargeted`` (all-to-all or unknown mapping: a per-sample posterior, always unlearns).
+    #: ``auto`` is today the targeted path; it does not yet detect an all-to-all backdoor, so
+    #: such a model needs ``mode="untargeted"``.
     mode: str = "auto"
+    #: the target class when it is known (targeted modes only); None: found blindly
     target: int | None = None
     rounds: int = 8
     #: seconds from the start after which no new round begins (the first always runs)
@@ -434,6 +440,12 @@ class BIBAU(Defense):
     def validate(self) -> None:
         self._require(self.mode in MODES, "mode", f"one of {MODES}")
         self._require(self.rounds >= 1, "rounds", ">= 1")
+        self._require(self.target is None or self.target >= 0, "target", "None or a class index")
+        self._require(
+            self.target is None or self.mode != "untargeted",
+            "target",
+            "None with mode='untargeted' (an untargeted run has no single target)",
+        )
         for ok, option, expected in detection_checks(self):
             self._require(ok, option, expected)
         self._require(
@@ -550,6 +562,24 @@ class BIBAU(Defense):
         model.to(device)
         t0 = time.perf_counter()
         targeted = self.mode != "untargeted"
+        # what a checkpoint was made from: resuming on another model or other data would
+        # hand this run that run's weights
+        self._inputs = (
+            tensors_digest(
+                [
+                    *model.state_dict().items(),
+                    *(("clean." + k, v) for k, v in (("x", clean.images), ("y", clean.labels))),
+                    *(("val." + k, v) for k, v in (("x", val.images), ("y", val.labels))),
+                ]
+            )
+            if self.checkpoint_dir
+            else None
+        )
+        if self.target is not None and self.target >= clean.num_classes:
+            raise ConfigError(
+                f"bibau: target={self.target} but {clean.name} has {clean.num_classes} classes "
+                f"(0 to {clean.num_classes - 1})"
+            )
         if targeted and self.target is None and clean.num_classes < MIN_BLIND_CLASSES:
             # With 3 classes NC's anomaly index (deviation from the median in MADs) cannot
             # exceed 0.67, whatever the costs: the MAD is then the smaller of two deviations.
@@ -888,7 +918,9 @@ class BIBAU(Defense):
             diag,
             images,
             suspected_target=z if targeted else None,
-            backdoor_found=True,
+            # untargeted mode tests nothing (no median class to compare a shared trigger
+            # with): it unlearns what it inverts, so whether a backdoor was there is unknown
+            backdoor_found=True if targeted else None,
             anomaly_score=float(anomaly.max()) if targeted else None,
         )
 
@@ -1376,6 +1408,7 @@ class BIBAU(Defense):
             "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
             "config_json": json.dumps(self.comparable_config(), default=str),
+            "inputs": self._inputs,
         }
         atomic_write(path, lambda p: torch.save(state, p))
 
@@ -1400,6 +1433,12 @@ class BIBAU(Defense):
             raise ConfigError(
                 f"{path}: made with another BI-BAU config (differs in {', '.join(keys)}); "
                 "delete it to restart"
+            )
+        if state.get("inputs") != self._inputs:
+            raise ConfigError(
+                f"{path}: made from another model or other defender data (inputs "
+                f"{state.get('inputs')}, this run's {self._inputs}); resuming would return "
+                "that run's weights; use another checkpoint_dir, or delete it to restart"
             )
         stored = json.loads(state["diag_json"])
         was, now = _first_choices(stored), _first_choices(diag)

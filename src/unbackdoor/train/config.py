@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from unbackdoor.utils.config import check, check_choice
+from unbackdoor.utils.config import check, check_choice, check_types
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "triangle", "cosine", "linear", "constant")
@@ -65,6 +65,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         o = "TrainConfig"
+        check_types(self, o)
         check(
             isinstance(self.epochs, int) and self.epochs >= 0,
             o,
