@@ -472,7 +472,6 @@ def test_strong_effect_option_is_validated():
 def test_total_variation_prior_smooths_the_pattern():
     """The TV prior on the pattern (NC's smoothness prior) is there and does what it says."""
     import synth
-
     from unbackdoor.inversion.families import total_variation
 
     data = synth.blobs(n=128, classes=4, size=12, channels=3)

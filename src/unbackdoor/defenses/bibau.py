@@ -236,7 +236,8 @@ class BIBAU(Defense):
     #: the target class when it is known (targeted modes only); None: found blindly
     target: int | None = None
     rounds: int = 8
-    #: seconds from the start after which no new round begins (the first always runs)
+    #: seconds from the start after which no new round begins (the first always runs); a
+    #: resumed run counts the seconds its checkpoint had already spent
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
@@ -561,6 +562,7 @@ class BIBAU(Defense):
         device = resolve_device(self.device)
         model.to(device)
         t0 = time.perf_counter()
+        self._t0, self._carried = t0, 0.0  # seconds spent before a resume (from its checkpoint)
         targeted = self.mode != "untargeted"
         # what a checkpoint was made from: resuming on another model or other data would
         # hand this run that run's weights
@@ -816,7 +818,7 @@ class BIBAU(Defense):
         for rnd in range(start_round, self.rounds):
             if "stopped" in diag:  # resumed after the stop rule fired
                 break
-            spent = time.perf_counter() - t0
+            spent = self._carried + time.perf_counter() - t0
             if self.time_budget and rnd > 0 and spent > self.time_budget:  # one round always
                 diag["stopped"] = f"time budget {self.time_budget:.0f}s spent"
                 break
@@ -1409,6 +1411,7 @@ class BIBAU(Defense):
             "diag_json": json.dumps(diag),
             "config_json": json.dumps(self.comparable_config(), default=str),
             "inputs": self._inputs,
+            "seconds": self._carried + time.perf_counter() - self._t0,
         }
         atomic_write(path, lambda p: torch.save(state, p))
 
@@ -1440,6 +1443,7 @@ class BIBAU(Defense):
                 f"{state.get('inputs')}, this run's {self._inputs}); resuming would return "
                 "that run's weights; use another checkpoint_dir, or delete it to restart"
             )
+        self._carried = float(state.get("seconds", 0.0))  # the time budget counts them too
         stored = json.loads(state["diag_json"])
         was, now = _first_choices(stored), _first_choices(diag)
         for key in was:
