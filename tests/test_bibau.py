@@ -596,7 +596,7 @@ def test_fresh_bibau_lowers_asr_on_mnist(mnist_backdoor):
 def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
-    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path))
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path), time_budget=3600)
     rounds = []  # the round index of each unlearning call (the held-out guard may retry one)
     crash = {"on": True}
     original = BIBAU._unlearn
@@ -610,8 +610,16 @@ def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monk
     monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
     with pytest.raises(KeyboardInterrupt):
         unbackdoor.unlearn(model, data, "bibau", **cfg)
-    saved = torch.load(tmp_path / "bibau_round.pt", weights_only=True)
+    ckpt = tmp_path / "bibau_round.pt"
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["seconds"] > 0  # what the time budget carries over to the resumed run
+    # a resumed run counts the time already spent: with the budget used up, no second round
+    spent = tmp_path / "spent"
+    spent.mkdir()
+    torch.save({**saved, "seconds": 7200.0}, spent / ckpt.name)
+    _, report = unbackdoor.unlearn(model, data, "bibau", **{**cfg, "checkpoint_dir": str(spent)})
+    assert report.diagnostics["stopped"].startswith("time budget")
+    assert len(report.diagnostics["fooling_per_round"]) == 1
     crash["on"], first = False, len(rounds)
     _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
     # round 1 came from the checkpoint: its diagnostics are there, round 2 was run now

@@ -2,7 +2,6 @@
 user expects (issue 4's validation, issue 8's re-tuning options, the ground rules on outputs)."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -98,15 +97,12 @@ def test_inversion_restores_the_model_when_it_fails():
     assert model.training and model.lin.weight.requires_grad
 
 
-def test_atomic_outputs_get_the_usual_permissions(tmp_path):
-    mask = os.umask(0o022)
-    try:
-        path = atomic_write_text(tmp_path / "out.json", "{}")
-    finally:
-        os.umask(mask)
+def test_atomic_outputs_get_the_usual_permissions(tmp_path, monkeypatch):
     from unbackdoor.utils import io
 
-    assert path.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+    monkeypatch.setattr(io, "_UMASK", 0o022)  # the process's umask, read at import
+    path = atomic_write_text(tmp_path / "out.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
 
 
 def test_a_named_data_set_gives_the_default_share_a_folder_all(mnist_backdoor, tmp_path):

@@ -47,7 +47,7 @@ class Defense:
     added_later: ClassVar[dict[str, Any]] = {}
 
     seed: int = 0
-    device: str = "auto"
+    device: str | torch.device = "auto"
 
     def __post_init__(self) -> None:
         check_types(self, f"defense {self.name!r}")

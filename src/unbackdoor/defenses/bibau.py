@@ -1437,10 +1437,15 @@ class BIBAU(Defense):
                 f"{path}: made with another BI-BAU config (differs in {', '.join(keys)}); "
                 "delete it to restart"
             )
-        if state.get("inputs") != self._inputs:
+        if "inputs" not in state:
+            raise ConfigError(
+                f"{path}: written by an older version that did not record which model and data "
+                "it came from, so it cannot be resumed safely; delete it to restart"
+            )
+        if state["inputs"] != self._inputs:
             raise ConfigError(
                 f"{path}: made from another model or other defender data (inputs "
-                f"{state.get('inputs')}, this run's {self._inputs}); resuming would return "
+                f"{state['inputs']}, this run's {self._inputs}); resuming would return "
                 "that run's weights; use another checkpoint_dir, or delete it to restart"
             )
         self._carried = float(state.get("seconds", 0.0))  # the time budget counts them too

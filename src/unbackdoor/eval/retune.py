@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from unbackdoor.attacks.poison import poison_dataset
@@ -39,7 +40,7 @@ class RetuneConfig:
     batch_size: int = 128
     eval_every: int | None = None  # steps between points of the ASR curve (None: ends only)
     seed: int = 0
-    device: str = "auto"  # where the fine-tuning runs (cpu, cuda, auto)
+    device: str | torch.device = "auto"  # where the fine-tuning runs (cpu, cuda, auto)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The fine-tuning recipe of the attack: constant lr, no warm-up, no weight decay."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from unbackdoor.utils.config import check, check_choice, check_types
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -61,7 +63,7 @@ class TrainConfig:
     adv_step: float = 0.0
     adv_steps: int = 1
     seed: int = 0
-    device: str = "auto"
+    device: str | torch.device = "auto"
 
     def validate(self) -> TrainConfig:
         o = "TrainConfig"

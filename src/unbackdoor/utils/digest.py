@@ -17,7 +17,10 @@ def tensors_digest(named: Iterable[tuple[str, torch.Tensor]], n: int = 16) -> st
     """The first ``n`` hex digits of a SHA-256 over names, dtypes, shapes and raw bytes."""
     h = hashlib.sha256()
     for name, t in named:
-        t = t.detach().to("cpu").contiguous()
+        if t.is_meta:
+            raise ValueError(f"{name}: a meta tensor holds no values to hash")
+        t = t.detach().to("cpu")
+        t = (t.to_dense() if t.is_sparse else t).contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return h.hexdigest()[:n]
