@@ -631,6 +631,33 @@ def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monk
         unbackdoor.unlearn(model, other, "bibau", **cfg)
 
 
+def test_unlearn_into_a_folder_resumes_the_same_command(mnist_backdoor, tmp_path, monkeypatch):
+    """``unlearn_artifact(..., out=DIR)`` checkpoints in DIR/.checkpoint without being asked;
+    the same call after an interruption resumes there; the folder goes once DIR is written."""
+    from unbackdoor.unlearn import unlearn_artifact
+
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0)
+    out = tmp_path / "purified"
+    original, crash, rounds = BIBAU._unlearn, {"on": True}, []
+
+    def crash_in_second_round(self, *a, **k):
+        rounds.append(a[-1])
+        if a[-1] == 1 and crash["on"]:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
+    call = dict(method="bibau", out=out, clean_samples=400, **cfg)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn_artifact(mnist_backdoor, **call)
+    assert (out / ".checkpoint" / "bibau_round.pt").is_file()
+    crash["on"], first = False, len(rounds)
+    _, report = unlearn_artifact(mnist_backdoor, **call)
+    assert len(report.diagnostics["fooling_per_round"]) == 2
+    assert 0 not in rounds[first:] and 1 in rounds[first:]  # round 1 came from the checkpoint
+    assert (out / "report.json").is_file() and not (out / ".checkpoint").exists()
+
+
 def test_clean_model_is_left_alone(mnist_clean):
     model, _ = unbackdoor.load_model(mnist_clean)
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
