@@ -596,7 +596,7 @@ def test_fresh_bibau_lowers_asr_on_mnist(mnist_backdoor):
 def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
-    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path))
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path), time_budget=3600)
     rounds = []  # the round index of each unlearning call (the held-out guard may retry one)
     crash = {"on": True}
     original = BIBAU._unlearn
@@ -610,12 +610,52 @@ def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monk
     monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
     with pytest.raises(KeyboardInterrupt):
         unbackdoor.unlearn(model, data, "bibau", **cfg)
-    assert (tmp_path / "bibau_round.pt").is_file()
+    ckpt = tmp_path / "bibau_round.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["seconds"] > 0  # what the time budget carries over to the resumed run
+    # a resumed run counts the time already spent: with the budget used up, no second round
+    spent = tmp_path / "spent"
+    spent.mkdir()
+    torch.save({**saved, "seconds": 7200.0}, spent / ckpt.name)
+    _, report = unbackdoor.unlearn(model, data, "bibau", **{**cfg, "checkpoint_dir": str(spent)})
+    assert report.diagnostics["stopped"].startswith("time budget")
+    assert len(report.diagnostics["fooling_per_round"]) == 1
     crash["on"], first = False, len(rounds)
     _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
     # round 1 came from the checkpoint: its diagnostics are there, round 2 was run now
     assert len(report.diagnostics["fooling_per_round"]) == 2
     assert 0 not in rounds[first:] and 1 in rounds[first:]
+    # the same config on other defender data must not pick up this run's weights
+    other = unbackdoor.load_dataset("mnist", "train").sample(400, 4)
+    with pytest.raises(ConfigError, match="another model or other defender data"):
+        unbackdoor.unlearn(model, other, "bibau", **cfg)
+
+
+def test_unlearn_into_a_folder_resumes_the_same_command(mnist_backdoor, tmp_path, monkeypatch):
+    """``unlearn_artifact(..., out=DIR)`` checkpoints in DIR/.checkpoint without being asked;
+    the same call after an interruption resumes there; the folder goes once DIR is written."""
+    from unbackdoor.unlearn import unlearn_artifact
+
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0)
+    out = tmp_path / "purified"
+    original, crash, rounds = BIBAU._unlearn, {"on": True}, []
+
+    def crash_in_second_round(self, *a, **k):
+        rounds.append(a[-1])
+        if a[-1] == 1 and crash["on"]:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
+    call = dict(method="bibau", out=out, clean_samples=400, **cfg)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn_artifact(mnist_backdoor, **call)
+    assert (out / ".checkpoint" / "bibau_round.pt").is_file()
+    crash["on"], first = False, len(rounds)
+    _, report = unlearn_artifact(mnist_backdoor, **call)
+    assert len(report.diagnostics["fooling_per_round"]) == 2
+    assert 0 not in rounds[first:] and 1 in rounds[first:]  # round 1 came from the checkpoint
+    assert (out / "report.json").is_file() and not (out / ".checkpoint").exists()
 
 
 def test_clean_model_is_left_alone(mnist_clean):

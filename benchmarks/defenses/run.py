@@ -24,7 +24,6 @@ from common import md_table, provenance  # noqa: E402
 from run import cell as zoo_cell  # noqa: E402  (benchmarks/attacks/run.py)
 
 from unbackdoor.api import evaluate_artifact, retune_artifact  # noqa: E402
-from unbackdoor.bench.cells import retune_with_trigger  # noqa: E402
 from unbackdoor.eval.metrics import defense_effectiveness_rate  # noqa: E402
 from unbackdoor.eval.retune import RetuneConfig  # noqa: E402
 from unbackdoor.train.recipes import DEFAULT_MODEL  # noqa: E402
@@ -53,7 +52,7 @@ def main() -> None:
         bd_path = Path(bd["path"])
         key = f"{attack}/backdoored"
         if key not in results["rows"]:
-            floor = retune_with_trigger(clean["path"], bd_path, retune_cfg).after.asr
+            floor = retune_artifact(clean["path"], config=retune_cfg, attack_from=bd_path).after.asr
             ceil = retune_artifact(bd_path, config=retune_cfg).after.asr
             results["rows"][key] = {
                 "attack": attack,

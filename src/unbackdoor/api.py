@@ -17,7 +17,7 @@ from torch import nn
 
 from unbackdoor.data import ImageDataset
 from unbackdoor.data.registry import load_dataset
-from unbackdoor.errors import ArtifactError, DataError
+from unbackdoor.errors import ArtifactError, ConfigError, DataError
 from unbackdoor.eval.metrics import Metrics, evaluate
 from unbackdoor.models import create_model, is_artifact, load_model, save_model
 from unbackdoor.models.artifact import Manifest
@@ -189,15 +189,20 @@ def evaluate_artifact(
     split: str = "test",
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    attack_from: str | Path | None = None,
 ) -> Metrics:
-    """Clean accuracy of the model in ``directory`` (and ASR/RA once it carries an attack)."""
-    from unbackdoor.attacks.store import has_attack, load_attack
+    """Clean accuracy of the model in ``directory`` (and ASR/RA once it carries an attack).
+
+    ``attack_from``: measure ASR/RA with the trigger of another artifact's ``attack.json``
+    (for example a never-backdoored model against an attack's trigger).
+    """
+    from unbackdoor.attacks.store import has_attack
 
     model, manifest = load_model(directory, device or "cpu")
     data = load_test_data(manifest, dataset, split)
-    if not has_attack(directory):
+    if attack_from is None and not has_attack(directory):
         return evaluate(model, data, batch_size=batch_size)
-    record = load_attack(directory)
+    record = _attack_for(directory, manifest, attack_from, "measure")
     return evaluate(
         model,
         data,
@@ -213,23 +218,60 @@ def _is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def retune_artifact(directory: str | Path, dataset: str | None = None, config: Any = None) -> Any:
-    """The re-tuning attack on the model in ``directory`` with its own trigger (attack.json).
+def retune_artifact(
+    directory: str | Path,
+    dataset: str | None = None,
+    config: Any = None,
+    *,
+    attack_from: str | Path | None = None,
+) -> Any:
+    """The re-tuning attack on the model in ``directory`` with its own trigger (attack.json),
+    or with ``attack_from``'s: on a never-backdoored model of the same architecture that is
+    the floor of DESIGN.md section 4 (what a few poisoned samples teach a clean model).
 
     A CLIP model directory goes to :func:`unbackdoor.clip.api.retune_clip_artifact`, whose
     default learning rate is the CLIP one (``config=None``).
     """
-    from unbackdoor.attacks.store import has_attack, load_attack
     from unbackdoor.clip.model.store import is_clip_source
     from unbackdoor.eval.retune import retune_attack
 
     if is_clip_source(directory):
         from unbackdoor.clip.api import retune_clip_artifact
 
+        if attack_from is not None:
+            raise ConfigError("attack_from is not supported for CLIP models yet")
         return retune_clip_artifact(directory, dataset, config)
-    if not has_attack(directory):
-        raise ArtifactError(f"{directory}: no attack.json, so no trigger to re-tune with")
     model, manifest = load_model(directory)
+    record = _attack_for(directory, manifest, attack_from, "re-tune")
     test = load_test_data(manifest, dataset, "test")
     pool = load_test_data(manifest, dataset, "train")
-    return retune_attack(model, pool, test, load_attack(directory), config)
+    return retune_attack(model, pool, test, record, config)
+
+
+def _attack_for(
+    directory: str | Path, manifest: Manifest, attack_from: str | Path | None, purpose: str
+) -> Any:
+    """The attack record of ``directory``, or of ``attack_from`` once its model is checked to
+    take the same inputs and classes (a trigger of another data set would fail deep inside)."""
+    from unbackdoor.attacks.store import has_attack, load_attack
+    from unbackdoor.models.artifact import load_manifest
+
+    source = directory if attack_from is None else attack_from
+    if not has_attack(source):
+        raise ArtifactError(f"{source}: no attack.json, so no trigger to {purpose} with")
+    if attack_from is not None and is_artifact(attack_from):
+        other = load_manifest(attack_from)
+        for what, mine, theirs in [
+            ("input shape", _shape(manifest), _shape(other)),
+            ("classes", list(manifest.class_names), list(other.class_names)),
+        ]:
+            if mine != theirs:
+                raise ConfigError(
+                    f"{attack_from}: its model's {what} ({theirs}) differ from {directory}'s "
+                    f"({mine}); its trigger does not apply to this model"
+                )
+    return load_attack(source)
+
+
+def _shape(manifest: Manifest) -> list[int]:
+    return [manifest.spec.in_channels, *manifest.spec.input_size]

@@ -126,7 +126,8 @@ def train(
 
 @app.command(
     epilog="Examples:\n\n  unbackdoor evaluate runs/mnist\n\n"
-    "  unbackdoor evaluate runs/c10 --dataset cifar10 --json"
+    "  unbackdoor evaluate runs/c10 --dataset cifar10 --json\n\n"
+    "  unbackdoor evaluate runs/clean --retune --attack-from runs/badnets   # the floor"
 )
 def evaluate(
     directory: Annotated[Path, typer.Argument(help="Model directory.")],
@@ -161,6 +162,14 @@ def evaluate(
     retune_plot: Annotated[
         Path | None, typer.Option(help="Draw the re-tuning curve into this PNG.")
     ] = None,
+    attack_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Measure ASR (and re-tune) with the trigger of this model directory's "
+            "attack.json: a never-backdoored model with an attack's trigger gives the "
+            "re-tuning floor."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the re-tuning attack.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -187,12 +196,23 @@ def evaluate(
         budget["eval_every"] = retune_eval_every
     if retune_plot is not None and not retune:
         raise typer.BadParameter("--retune-plot needs --retune", param_hint="--retune-plot")
+    if retune and split != "test":
+        raise typer.BadParameter(
+            "the re-tuning attack fine-tunes on training images and measures on the test split; "
+            "drop --split or --retune",
+            param_hint="--split",
+        )
+    budget["device"] = device
     cfg = RetuneConfig(**budget)
     if is_clip_source(directory):
         from unbackdoor.clip.api import evaluate_clip_artifact, retune_clip_artifact
         from unbackdoor.clip.eval.retune import clip_retune_config
 
         cfg = clip_retune_config(**budget)
+        if attack_from is not None:
+            raise typer.BadParameter(
+                "not supported for CLIP models yet", param_hint="--attack-from"
+            )
 
         r = evaluate_clip_artifact(directory, dataset, split)
         clip_rows = [
@@ -214,7 +234,9 @@ def evaluate(
         return
     from unbackdoor.utils.runinfo import resolve_device
 
-    m = evaluate_artifact(directory, dataset, split=split, device=resolve_device(device))
+    m = evaluate_artifact(
+        directory, dataset, split=split, device=resolve_device(device), attack_from=attack_from
+    )
     result: dict[str, Any] = m.to_dict()
     rows = [
         ("clean accuracy", _pct(m.clean_acc)),
@@ -222,7 +244,7 @@ def evaluate(
         ("robust accuracy", _pct(m.robust_acc)),
     ]
     if retune:
-        r = retune_artifact(directory, dataset, cfg)
+        r = retune_artifact(directory, dataset, cfg, attack_from=attack_from)
         result.update(_retune_fields(r, retune_plot, directory))
         rows += [
             ("ASR after re-tuning", _pct(r.after.asr)),
@@ -411,10 +433,8 @@ def unlearn(
     clean_data: Annotated[
         str | None,
         typer.Option(
-            help="Defender's data: a registered name "
-            "or an image folder (default: a "
-            "subset of the model's training "
-            "distribution)."
+            help="Defender's data: a registered name (its training split, 5% by default) or "
+            "an image folder (all of it by default); default: the model's own data set."
         ),
     ] = None,
     clean_samples: Annotated[
@@ -433,7 +453,8 @@ def unlearn(
 ) -> None:
     """Remove a backdoor: writes the purified model, report.json and trigger pictures.
 
-    CLIP models (an unbackdoor CLIP directory, a Hugging Face CLIP directory or an OpenAI /
+    BI-BAU checkpoints after every round in OUT/.checkpoint: after an interruption, the same
+    command resumes there. CLIP models (an unbackdoor CLIP directory, a Hugging Face CLIP directory or an OpenAI /
     open_clip weights file) take the CLIP defenses: clip-bibau, clip-tbar, cleanclip.
     """
     from unbackdoor.clip.model.store import is_clip_source

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,8 +144,9 @@ def defender_data(
     clean_fraction: float,
     seed: int,
 ) -> ImageDataset:
-    """The defender's clean data: a seeded subset of the training distribution or a folder."""
-    from unbackdoor.data.registry import load_dataset
+    """The defender's clean data: a seeded subset of a training split (``clean_fraction`` of
+    it unless ``clean_samples`` is given), or a folder, used whole unless ``clean_samples``."""
+    from unbackdoor.data.registry import DATASETS, load_dataset
 
     if isinstance(clean_data, ImageDataset):
         data = clean_data
@@ -159,7 +162,8 @@ def defender_data(
             image_size=tuple(spec.input_size),
             channels=spec.in_channels,
         )
-        if clean_data is None and clean_samples is None:
+        if clean_samples is None and (clean_data is None or clean_data in DATASETS):
+            # a training split gets the default share; a user's folder is used whole
             clean_samples = max(10, round(clean_fraction * len(data)))
     if clean_samples is not None:
         if clean_samples > len(data):
@@ -188,8 +192,11 @@ def unlearn_artifact(
 
     The method never reads ``attack.json`` unless ``known_attack`` is set; the purified artifact
     carries the input's ``attack.json`` over unchanged so that ``evaluate`` measures its ASR.
+    With ``out``, a method that checkpoints (BI-BAU: after every round) does so in
+    ``out/.checkpoint`` unless ``checkpoint_dir`` is given: the same call after an
+    interruption resumes there, and the folder goes once the artifact is written.
     """
-    from unbackdoor.api import prepare_out
+    from unbackdoor.api import CHECKPOINT_DIR, prepare_out
     from unbackdoor.attacks.store import copy_attack, load_attack
     from unbackdoor.models import load_model, save_model
     from unbackdoor.utils.io import atomic_write_json
@@ -198,6 +205,10 @@ def unlearn_artifact(
     data = defender_data(manifest, clean_data, clean_samples, clean_fraction, seed)
     record = load_attack(directory) if known_attack else None
     out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
+    ckpt = None
+    if out_dir is not None and "checkpoint_dir" not in config and _checkpoints(method):
+        ckpt = out_dir / CHECKPOINT_DIR
+        config["checkpoint_dir"] = str(ckpt)
     purified, report = unlearn(
         model, data, method, seed=seed, known_attack=record, device=device, **config
     )
@@ -213,7 +224,18 @@ def unlearn_artifact(
         copy_attack(directory, out_dir)
         save_report_images(report, out_dir)
         atomic_write_json(out_dir / "report.json", {**report.to_dict(), "source": str(directory)})
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return purified, report
+
+
+def _checkpoints(method: str) -> bool:
+    """Whether the defense ``method`` can checkpoint (has a ``checkpoint_dir`` option)."""
+    from unbackdoor.defenses.registry import DEFENSES
+
+    if method not in DEFENSES:
+        return False  # create_defense names the unknown method
+    return any(f.name == "checkpoint_dir" for f in dataclasses.fields(DEFENSES.get(method)))
 
 
 def save_report_images(report: UnlearnReport, directory: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
+from unbackdoor.utils.config import check_types
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ class Attack:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self, f"attack {self.name!r}")
         self.validate()
 
     # --- to implement -------------------------------------------------------------------------

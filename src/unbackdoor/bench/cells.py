@@ -34,7 +34,7 @@ from unbackdoor.bench.config import NONE, AttackSpec, DefenseSpec, TrainSpec, st
 from unbackdoor.bench.store import cpu_name, now_iso
 from unbackdoor.data import ImageDataset
 from unbackdoor.errors import ConfigError
-from unbackdoor.utils.io import atomic_write_json, read_json
+from unbackdoor.utils.io import atomic_write_json, atomic_write_text, read_json
 
 FAILED_MARKER = ".failed"  # in a zoo entry whose training failed in this grid run
 
@@ -303,22 +303,6 @@ def zoo_model(
     return job.get(), job.zoo_config()
 
 
-def retune_with_trigger(model_dir: str | Path, attack_dir: str | Path, config: Any = None) -> Any:
-    """The re-tuning attack on ``model_dir`` with ``attack_dir``'s trigger (full test split).
-
-    With a never-backdoored ``model_dir`` this is the floor of DESIGN.md section 4.
-    """
-    from unbackdoor.api import load_test_data
-    from unbackdoor.attacks.store import load_attack
-    from unbackdoor.eval.retune import retune_attack
-    from unbackdoor.models import load_model
-
-    model, manifest = load_model(model_dir)
-    test = load_test_data(manifest, None, "test")
-    pool = load_test_data(manifest, None, "train")
-    return retune_attack(model, pool, test, load_attack(attack_dir), config)
-
-
 def build_model(job: ModelJob) -> dict[str, Any]:
     """Run in a worker: make sure the zoo holds ``job``'s model; never raises. A failure
     leaves a marker in the entry (see :meth:`ModelJob.get`) until the next attempt."""
@@ -332,8 +316,7 @@ def build_model(job: ModelJob) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001  (the grid records it on every cell that needs it)
         error = f"{type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(error + "\n")
+            atomic_write_text(marker, error + "\n")
         return {"error": error, "traceback": traceback.format_exc()}
 
 
@@ -502,7 +485,7 @@ def _retune(
 
     if record is None:
         return {"retune_asr": None}
-    cfg = RetuneConfig(**{**cell.retune, "seed": cell.seed})
+    cfg = RetuneConfig(**{**cell.retune, "seed": cell.seed, "device": cell.device})
     pool = split_for(cell.dataset, "train", manifest)
     t0 = time.perf_counter()
     r = retune_attack(model, pool, test, record, cfg, before=before)

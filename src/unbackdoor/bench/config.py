@@ -237,6 +237,8 @@ def parse_config(values: Mapping[str, Any], source: str = "bench config") -> Ben
         d["models"] = [None if m in (None, "default") else m for m in d.get("models", [None])]
         if isinstance(d.get("retune"), Mapping) and "seed" in d["retune"]:
             raise ConfigError("retune: no 'seed' here: each cell re-tunes with its own seed")
+        if isinstance(d.get("retune"), Mapping) and "device" in d["retune"]:
+            raise ConfigError("retune: no 'device' here: the grid's 'device' is used")
         for key, cls in (("train", TrainSpec), ("retune", RetuneConfig)):
             if key in d:
                 d[key] = _section(cls, d[key], key)

@@ -65,7 +65,10 @@ def default_model(dataset: str) -> str:
 def expand(cfg: BenchConfig, out: Path, zoo: str | None) -> list[Cell]:
     """Every cell of the grid, in a fixed order (ceiling, floor, then defenses per attack)."""
     cells: list[Cell] = []
-    retune = {k: v for k, v in dataclasses.asdict(cfg.retune).items() if k != "seed"}
+    # seed and device come from the cell (and stay out of its key, as before they existed)
+    retune = {
+        k: v for k, v in dataclasses.asdict(cfg.retune).items() if k not in ("seed", "device")
+    }
     common = {
         "retune": retune,
         "out": str(out),

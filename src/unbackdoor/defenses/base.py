@@ -17,7 +17,7 @@ from torch import nn
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.errors import ConfigError
-from unbackdoor.utils.config import without_added_later
+from unbackdoor.utils.config import check_types, without_added_later
 
 
 @dataclass
@@ -47,9 +47,10 @@ class Defense:
     added_later: ClassVar[dict[str, Any]] = {}
 
     seed: int = 0
-    device: str = "auto"
+    device: str | torch.device = "auto"
 
     def __post_init__(self) -> None:
+        check_types(self, f"defense {self.name!r}")
         self.validate()
 
     def validate(self) -> None:

@@ -145,6 +145,7 @@ from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
 from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.train.path_point import toward
+from unbackdoor.utils.digest import tensors_digest
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
@@ -227,10 +228,16 @@ class BIBAU(Defense):
         "min_fooling": 0.0,
     }
 
+    #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
+    #: ``untargeted`` (all-to-all or unknown mapping: a per-sample posterior, always unlearns).
+    #: ``auto`` is today the targeted path; it does not yet detect an all-to-all backdoor, so
+    #: such a model needs ``mode="untargeted"``.
     mode: str = "auto"
+    #: the target class when it is known (targeted modes only); None: found blindly
     target: int | None = None
     rounds: int = 8
-    #: seconds from the start after which no new round begins (the first always runs)
+    #: seconds from the start after which no new round begins (the first always runs); a
+    #: resumed run counts the seconds its checkpoint had already spent
     time_budget: float | None = None
     anomaly_threshold: float = 2.0
     min_effect: float = 4.0
@@ -434,6 +441,12 @@ class BIBAU(Defense):
     def validate(self) -> None:
         self._require(self.mode in MODES, "mode", f"one of {MODES}")
         self._require(self.rounds >= 1, "rounds", ">= 1")
+        self._require(self.target is None or self.target >= 0, "target", "None or a class index")
+        self._require(
+            self.target is None or self.mode != "untargeted",
+            "target",
+            "None with mode='untargeted' (an untargeted run has no single target)",
+        )
         for ok, option, expected in detection_checks(self):
             self._require(ok, option, expected)
         self._require(
@@ -549,7 +562,26 @@ class BIBAU(Defense):
         device = resolve_device(self.device)
         model.to(device)
         t0 = time.perf_counter()
+        self._t0, self._carried = t0, 0.0  # seconds spent before a resume (from its checkpoint)
         targeted = self.mode != "untargeted"
+        # what a checkpoint was made from: resuming on another model or other data would
+        # hand this run that run's weights
+        self._inputs = (
+            tensors_digest(
+                [
+                    *model.state_dict().items(),
+                    *(("clean." + k, v) for k, v in (("x", clean.images), ("y", clean.labels))),
+                    *(("val." + k, v) for k, v in (("x", val.images), ("y", val.labels))),
+                ]
+            )
+            if self.checkpoint_dir
+            else None
+        )
+        if self.target is not None and self.target >= clean.num_classes:
+            raise ConfigError(
+                f"bibau: target={self.target} but {clean.name} has {clean.num_classes} classes "
+                f"(0 to {clean.num_classes - 1})"
+            )
         if targeted and self.target is None and clean.num_classes < MIN_BLIND_CLASSES:
             # With 3 classes NC's anomaly index (deviation from the median in MADs) cannot
             # exceed 0.67, whatever the costs: the MAD is then the smaller of two deviations.
@@ -786,7 +818,7 @@ class BIBAU(Defense):
         for rnd in range(start_round, self.rounds):
             if "stopped" in diag:  # resumed after the stop rule fired
                 break
-            spent = time.perf_counter() - t0
+            spent = self._carried + time.perf_counter() - t0
             if self.time_budget and rnd > 0 and spent > self.time_budget:  # one round always
                 diag["stopped"] = f"time budget {self.time_budget:.0f}s spent"
                 break
@@ -888,7 +920,9 @@ class BIBAU(Defense):
             diag,
             images,
             suspected_target=z if targeted else None,
-            backdoor_found=True,
+            # untargeted mode tests nothing (no median class to compare a shared trigger
+            # with): it unlearns what it inverts, so whether a backdoor was there is unknown
+            backdoor_found=True if targeted else None,
             anomaly_score=float(anomaly.max()) if targeted else None,
         )
 
@@ -1376,6 +1410,8 @@ class BIBAU(Defense):
             "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
             "config_json": json.dumps(self.comparable_config(), default=str),
+            "inputs": self._inputs,
+            "seconds": self._carried + time.perf_counter() - self._t0,
         }
         atomic_write(path, lambda p: torch.save(state, p))
 
@@ -1401,6 +1437,18 @@ class BIBAU(Defense):
                 f"{path}: made with another BI-BAU config (differs in {', '.join(keys)}); "
                 "delete it to restart"
             )
+        if "inputs" not in state:
+            raise ConfigError(
+                f"{path}: written by an older version that did not record which model and data "
+                "it came from, so it cannot be resumed safely; delete it to restart"
+            )
+        if state["inputs"] != self._inputs:
+            raise ConfigError(
+                f"{path}: made from another model or other defender data (inputs "
+                f"{state['inputs']}, this run's {self._inputs}); resuming would return "
+                "that run's weights; use another checkpoint_dir, or delete it to restart"
+            )
+        self._carried = float(state.get("seconds", 0.0))  # the time budget counts them too
         stored = json.loads(state["diag_json"])
         was, now = _first_choices(stored), _first_choices(diag)
         for key in was:

@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from unbackdoor.attacks.poison import poison_dataset
@@ -23,7 +24,8 @@ from unbackdoor.attacks.store import AttackRecord
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.eval.metrics import Metrics, evaluate
 from unbackdoor.train import TrainConfig, train
-from unbackdoor.utils.config import check
+from unbackdoor.train.config import OPTIMIZERS
+from unbackdoor.utils.config import check, check_choice, check_types
 
 
 @dataclass
@@ -38,6 +40,7 @@ class RetuneConfig:
     batch_size: int = 128
     eval_every: int | None = None  # steps between points of the ASR curve (None: ends only)
     seed: int = 0
+    device: str | torch.device = "auto"  # where the fine-tuning runs (cpu, cuda, auto)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The fine-tuning recipe of the attack: constant lr, no warm-up, no weight decay."""
@@ -50,15 +53,26 @@ class RetuneConfig:
             warmup=0.0,
             weight_decay=0.0,
             seed=self.seed,
+            device=self.device,
             **overrides,
         )
 
     def validate(self) -> RetuneConfig:
         o = "RetuneConfig"
+        check_types(self, o)
         check(self.samples >= 10, o, "samples", self.samples, ">= 10")
         check(0 <= self.poison_rate < 1, o, "poison_rate", self.poison_rate, "in [0, 1)")
         check(self.epochs >= 1, o, "epochs", self.epochs, ">= 1")
         check(self.lr > 0, o, "lr", self.lr, "> 0")
+        check(self.batch_size >= 1, o, "batch_size", self.batch_size, ">= 1")
+        check(
+            self.eval_every is None or self.eval_every >= 1,
+            o,
+            "eval_every",
+            self.eval_every,
+            "None or >= 1",
+        )
+        check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
         return self
 
 

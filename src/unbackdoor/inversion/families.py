@@ -12,8 +12,8 @@
   by an adversarial warp.
 
 Each family holds one trigger per candidate class (``K`` of them) so that all classes are
-inverted in one batched forward pass; ``shared=True`` keeps a single trigger for every class
-(the untargeted / all-to-all case).
+inverted in one batched forward pass; an untargeted inversion (``InversionConfig(targeted=False)``)
+holds a single trigger (K = 1) shared by every class (the all-to-all case).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from torch import nn
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
 from unbackdoor.inversion.families import FAMILIES, TriggerFamily
-from unbackdoor.utils.config import check, check_choice
+from unbackdoor.utils.config import check, check_choice, check_types
+from unbackdoor.utils.frozen import frozen
 from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 
@@ -81,6 +82,7 @@ class InversionConfig:
 
     def validate(self) -> InversionConfig:
         o = "InversionConfig"
+        check_types(self, o)
         check_choice(o, "family", self.family, FAMILIES)
         check(self.steps >= 1, o, "steps", self.steps, ">= 1")
         check(self.lr > 0, o, "lr", self.lr, "> 0")
@@ -296,85 +298,81 @@ def invert(
     if family is None:
         family = FAMILIES[cfg.family](len(classes), (c, h, w), generator=g, **cfg.family_kwargs())
     family = family.to(device)
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    # Adam moves each parameter by about ``lr`` per step (with scaled_steps: lr * step_scale)
-    lr = cfg.lr * (family.step_scale if cfg.scaled_steps else 1.0)
-    opt = torch.optim.Adam(family.parameters(), lr=lr, betas=(0.5, 0.9))
-    k = len(classes)
-    class_t = torch.tensor(classes)
-    lambda_init = cfg.lambda_init if cfg.budget_prior or not family.budgeted else 0.0
-    lambdas = torch.full((k,), lambda_init, device=device)  # 0 stays 0 under the schedule
-    best_size = torch.full((k,), float("inf"))
-    best_state = {n: t.detach().clone() for n, t in family.state_dict().items()}
-    fooled_steps = torch.zeros(k)
-    missed_steps = torch.zeros(k)
-    history: list[dict[str, Any]] = []
-    step, epoch = 0, 0
-    bar = progress(range(cfg.steps), desc=desc, total=cfg.steps)
-    it = iter(())
-    for step in bar:
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(
-                iterate(data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
-            )
-            epoch += 1
-            batch = next(it)
-        with autocast(device, cfg.bf16):
-            loss_k, fool_k = _objective(model, family, batch.x, batch.y, class_t, cfg.targeted)
-        prior = family.prior() / (h * w)
-        total = (loss_k + lambdas * prior).sum()
-        if cfg.scaled_steps:  # the state this step measured (the update below moves it)
-            measured = {n: t.detach().clone() for n, t in family.state_dict().items()}
-            sizes = family.size().detach().cpu()
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        family.project()
-        if cfg.max_size is not None:
-            family.limit_size(cfg.max_size)
-        with torch.no_grad():
-            fool = fool_k.detach().cpu()
-            if not cfg.scaled_steps:  # the state after the update, as before session 16
-                measured = {n: t.detach() for n, t in family.state_dict().items()}
+    with frozen(model):  # only the trigger learns; the model is left as it came
+        # Adam moves each parameter by about ``lr`` per step (with scaled_steps: lr * step_scale)
+        lr = cfg.lr * (family.step_scale if cfg.scaled_steps else 1.0)
+        opt = torch.optim.Adam(family.parameters(), lr=lr, betas=(0.5, 0.9))
+        k = len(classes)
+        class_t = torch.tensor(classes)
+        lambda_init = cfg.lambda_init if cfg.budget_prior or not family.budgeted else 0.0
+        lambdas = torch.full((k,), lambda_init, device=device)  # 0 stays 0 under the schedule
+        best_size = torch.full((k,), float("inf"))
+        best_state = {n: t.detach().clone() for n, t in family.state_dict().items()}
+        fooled_steps = torch.zeros(k)
+        missed_steps = torch.zeros(k)
+        history: list[dict[str, Any]] = []
+        step, epoch = 0, 0
+        bar = progress(range(cfg.steps), desc=desc, total=cfg.steps)
+        it = iter(())
+        for step in bar:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(
+                    iterate(
+                        data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, device=device
+                    )
+                )
+                epoch += 1
+                batch = next(it)
+            with autocast(device, cfg.bf16):
+                loss_k, fool_k = _objective(model, family, batch.x, batch.y, class_t, cfg.targeted)
+            prior = family.prior() / (h * w)
+            total = (loss_k + lambdas * prior).sum()
+            if cfg.scaled_steps:  # the state this step measured (the update below moves it)
+                measured = {n: t.detach().clone() for n, t in family.state_dict().items()}
                 sizes = family.size().detach().cpu()
-            ok = fool >= cfg.fooling_threshold
-            better = ok & (sizes < best_size)
-            if better.any():  # keep, per class, the smallest trigger that still fools
-                for name, t in measured.items():
-                    best_state[name][better] = t[better.to(t.device)]
-                best_size[better] = sizes[better]
-            fooled_steps = torch.where(ok, fooled_steps + 1, torch.zeros_like(fooled_steps))
-            missed_steps = torch.where(ok, torch.zeros_like(missed_steps), missed_steps + 1)
-            up = fooled_steps >= cfg.patience
-            down = missed_steps >= cfg.patience
-            lambdas[up.to(device)] *= cfg.lambda_multiplier
-            lambdas[down.to(device)] /= cfg.lambda_multiplier**1.5
-            fooled_steps[up] = 0
-            missed_steps[down] = 0
-        if step % 20 == 0 or step == cfg.steps - 1:
-            history.append(
-                {
-                    "step": step,
-                    "loss": loss_k.detach().cpu().tolist(),
-                    "fooling": fool.tolist(),
-                    "size": sizes.tolist(),
-                    "lambda": lambdas.cpu().tolist(),
-                }
-            )
-    never = torch.isinf(best_size)
-    if (~never).any():  # classes that never fooled keep their last state
-        current = family.state_dict()
-        for name, t in best_state.items():
-            t[never] = current[name].detach()[never.to(t.device)]
-        family.load_state_dict(best_state)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.train(was_training)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            family.project()
+            if cfg.max_size is not None:
+                family.limit_size(cfg.max_size)
+            with torch.no_grad():
+                fool = fool_k.detach().cpu()
+                if not cfg.scaled_steps:  # the state after the update, as before session 16
+                    measured = {n: t.detach() for n, t in family.state_dict().items()}
+                    sizes = family.size().detach().cpu()
+                ok = fool >= cfg.fooling_threshold
+                better = ok & (sizes < best_size)
+                if better.any():  # keep, per class, the smallest trigger that still fools
+                    for name, t in measured.items():
+                        best_state[name][better] = t[better.to(t.device)]
+                    best_size[better] = sizes[better]
+                fooled_steps = torch.where(ok, fooled_steps + 1, torch.zeros_like(fooled_steps))
+                missed_steps = torch.where(ok, torch.zeros_like(missed_steps), missed_steps + 1)
+                up = fooled_steps >= cfg.patience
+                down = missed_steps >= cfg.patience
+                lambdas[up.to(device)] *= cfg.lambda_multiplier
+                lambdas[down.to(device)] /= cfg.lambda_multiplier**1.5
+                fooled_steps[up] = 0
+                missed_steps[down] = 0
+            if step % 20 == 0 or step == cfg.steps - 1:
+                history.append(
+                    {
+                        "step": step,
+                        "loss": loss_k.detach().cpu().tolist(),
+                        "fooling": fool.tolist(),
+                        "size": sizes.tolist(),
+                        "lambda": lambdas.cpu().tolist(),
+                    }
+                )
+        never = torch.isinf(best_size)
+        if (~never).any():  # classes that never fooled keep their last state
+            current = family.state_dict()
+            for name, t in best_state.items():
+                t[never] = current[name].detach()[never.to(t.device)]
+            family.load_state_dict(best_state)
     fooling = fooling_rate(model, family, data, classes, cfg.targeted, device, bf16=cfg.bf16)
     return InversionResult(
         family, classes, family.size().detach().cpu(), fooling, lambdas.cpu(), history

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from unbackdoor.utils.config import check, check_choice
+import torch
+
+from unbackdoor.utils.config import check, check_choice, check_types
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "triangle", "cosine", "linear", "constant")
@@ -61,10 +63,11 @@ class TrainConfig:
     adv_step: float = 0.0
     adv_steps: int = 1
     seed: int = 0
-    device: str = "auto"
+    device: str | torch.device = "auto"
 
     def validate(self) -> TrainConfig:
         o = "TrainConfig"
+        check_types(self, o)
         check(
             isinstance(self.epochs, int) and self.epochs >= 0,
             o,

@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# read once: os.umask can only be read by setting it, which would race with other threads
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place."""
@@ -20,6 +24,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        # mkstemp makes the file private (0600); the output gets what open() would have given it
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        with open(tmp_path, "rb") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
