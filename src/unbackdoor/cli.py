@@ -454,8 +454,9 @@ def unlearn(
     """Remove a backdoor: writes the purified model, report.json and trigger pictures.
 
     BI-BAU checkpoints after every round in OUT/.checkpoint: after an interruption, the same
-    command resumes there. CLIP models (an unbackdoor CLIP directory, a Hugging Face CLIP directory or an OpenAI /
-    open_clip weights file) take the CLIP defenses: clip-bibau, clip-tbar, cleanclip.
+    command resumes there. CLIP models (an unbackdoor CLIP directory, a Hugging Face CLIP
+    directory or an OpenAI / open_clip weights file) take the CLIP defenses: clip-bibau,
+    clip-tbar, cleanclip.
     """
     from unbackdoor.clip.model.store import is_clip_source
     from unbackdoor.unlearn import unlearn_artifact
