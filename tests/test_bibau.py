@@ -593,21 +593,28 @@ def test_fresh_bibau_lowers_asr_on_mnist(mnist_backdoor):
     assert after.asr < 0.2
 
 
-def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
-    model, _ = unbackdoor.load_model(mnist_backdoor)
-    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
-    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path), time_budget=3600)
-    rounds = []  # the round index of each unlearning call (the held-out guard may retry one)
+def crash_in_second_round(monkeypatch) -> tuple[list[int], dict[str, bool]]:
+    """Make BI-BAU's unlearning raise KeyboardInterrupt in round 2 while ``crash["on"]``;
+    ``rounds`` records each call's round index (the held-out guard may retry one)."""
+    rounds: list[int] = []
     crash = {"on": True}
     original = BIBAU._unlearn
 
-    def crash_in_second_round(self, *a, **k):
+    def unlearn(self, *a, **k):
         rounds.append(a[-1])
         if a[-1] == 1 and crash["on"]:
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
+    monkeypatch.setattr(BIBAU, "_unlearn", unlearn)
+    return rounds, crash
+
+
+def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
+    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path), time_budget=3600)
+    rounds, crash = crash_in_second_round(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         unbackdoor.unlearn(model, data, "bibau", **cfg)
     ckpt = tmp_path / "bibau_round.pt"
@@ -638,15 +645,7 @@ def test_unlearn_into_a_folder_resumes_the_same_command(mnist_backdoor, tmp_path
 
     cfg = dict(FAST, rounds=2, stop_fooling=0.0)
     out = tmp_path / "purified"
-    original, crash, rounds = BIBAU._unlearn, {"on": True}, []
-
-    def crash_in_second_round(self, *a, **k):
-        rounds.append(a[-1])
-        if a[-1] == 1 and crash["on"]:
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(BIBAU, "_unlearn", crash_in_second_round)
+    rounds, crash = crash_in_second_round(monkeypatch)
     call = dict(method="bibau", out=out, clean_samples=400, **cfg)
     with pytest.raises(KeyboardInterrupt):
         unlearn_artifact(mnist_backdoor, **call)
