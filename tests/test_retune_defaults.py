@@ -42,7 +42,7 @@ def seen(monkeypatch):
         got["clip"] = config
         return _fake_result(config)
 
-    def classifier_retune(directory, dataset=None, config=None):
+    def classifier_retune(directory, dataset=None, config=None, *, attack_from=None):
         got["classifier"] = config
         return _fake_result(config)
 

@@ -1389,6 +1389,11 @@ class BIBAU(Defense):
     def _ckpt_path(self) -> Path | None:
         return Path(self.checkpoint_dir) / "bibau_round.pt" if self.checkpoint_dir else None
 
+    def _resume_config(self) -> dict[str, Any]:
+        """The config a checkpoint must match to be resumed: where it lies is not part of it
+        (a moved output folder still resumes)."""
+        return {k: v for k, v in self.comparable_config().items() if k != "checkpoint_dir"}
+
     def _checkpoint(
         self,
         model: nn.Module,
@@ -1409,7 +1414,7 @@ class BIBAU(Defense):
             "bank": [b.state_dict() for b in bank],
             "bank_kinds_json": json.dumps([b.kind for b in bank]),
             "diag_json": json.dumps(diag),
-            "config_json": json.dumps(self.comparable_config(), default=str),
+            "config_json": json.dumps(self._resume_config(), default=str),
             "inputs": self._inputs,
             "seconds": self._carried + time.perf_counter() - self._t0,
         }
@@ -1429,7 +1434,7 @@ class BIBAU(Defense):
         import json
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-        now_json = json.dumps(self.comparable_config(), default=str)
+        now_json = json.dumps(self._resume_config(), default=str)
         if state["config_json"] != now_json:
             saved, now = json.loads(state["config_json"]), json.loads(now_json)
             keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
