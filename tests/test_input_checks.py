@@ -35,6 +35,8 @@ def test_bibau_refuses_a_bad_value_by_name(options, named):
 
 def test_an_int_passes_for_a_float_and_attacks_are_checked_too():
     assert create_defense("bibau", lr=1).lr == 1
+    assert create_defense("ft", device=torch.device("cpu")).device == torch.device("cpu")
+    assert RetuneConfig(device=torch.device("cpu")).validate().device == torch.device("cpu")
     with pytest.raises(ConfigError, match="size=2.5"):
         create_attack("badnets", size=2.5)
 
