@@ -32,7 +32,7 @@ class BadNets(Attack):
     random_location: bool = False
 
     def validate(self) -> None:
-        self._require(isinstance(self.size, int) and self.size >= 1, "size", "a positive integer")
+        self._require(self.size >= 1, "size", "a positive integer")
         self._require(self.position in POSITIONS, "position", f"one of {sorted(POSITIONS)}")
         self._require(self.pattern in ("solid", "checker"), "pattern", "'solid' or 'checker'")
         self._require(

@@ -96,7 +96,6 @@ class BppAttack(Attack):
             "squeeze_num",
             "an integer in [2, 255]",
         )
-        self._require(isinstance(self.dithering, bool), "dithering", "true or false")
         self._require(
             _is_number(self.neg_ratio) and 0.0 <= self.neg_ratio < 1.0,
             "neg_ratio",

@@ -160,7 +160,7 @@ class InputAware(Attack):
             "cross_ratio",
             "(1 + cross_ratio) * p_attack < 1",
         )
-        self._require(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
+        self._require(self.steps >= 1, "steps", "an integer >= 1")
         self._require(
             isinstance(self.mask_steps, int) and self.mask_steps >= 0,
             "mask_steps",

@@ -142,7 +142,7 @@ class LabelConsistent(Attack):
 
     def validate(self) -> None:
         self._require(0 <= self.eps <= 127, "eps", "a radius in [0, 127] on the 0-255 scale")
-        self._require(isinstance(self.steps, int) and self.steps >= 0, "steps", "an integer >= 0")
+        self._require(self.steps >= 0, "steps", "an integer >= 0")
         self._require(self.step_size >= 0, "step_size", ">= 0 (0: 2.5 * eps / steps)")
         self._require(self.trigger in TRIGGERS, "trigger", f"one of {sorted(TRIGGERS)}")
         self._require(0 <= self.amplitude <= 1, "amplitude", "a number in [0, 1]")

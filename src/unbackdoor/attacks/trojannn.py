@@ -70,12 +70,11 @@ class TrojanNN(Attack):
         self.fit_info: dict[str, Any] = {}
 
     def validate(self) -> None:
-        self._require(isinstance(self.size, int) and self.size >= 1, "size", "a positive integer")
+        self._require(self.size >= 1, "size", "a positive integer")
         self._require(self.position in POSITIONS, "position", f"one of {sorted(POSITIONS)}")
         self._require(
             isinstance(self.margin, int) and self.margin >= 0, "margin", "an integer >= 0"
         )
-        self._require(isinstance(self.layer, str), "layer", "a module name or ''")
         self._require(
             isinstance(self.num_neurons, int) and self.num_neurons >= 1,
             "num_neurons",
@@ -88,7 +87,7 @@ class TrojanNN(Attack):
             "canvas_size",
             "a positive integer",
         )
-        self._require(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1")
+        self._require(self.steps >= 1, "steps", "an integer >= 1")
         self._require(self.lr > 0, "lr", "a positive learning rate")
         self._require(self.tolerance >= 0, "tolerance", ">= 0")
 

@@ -50,7 +50,7 @@ class WaNet(Attack):
         self._control: torch.Tensor | None = None
 
     def validate(self) -> None:
-        self._require(isinstance(self.k, int) and self.k >= 2, "k", "an integer >= 2")
+        self._require(self.k >= 2, "k", "an integer >= 2")
         self._require(self.s > 0, "s", "a positive warping strength")
         self._require(self.grid_rescale > 0, "grid_rescale", "a positive number (usually 1)")
         self._require(self.cross_ratio >= 0, "cross_ratio", ">= 0 (cover samples per poison)")

@@ -564,19 +564,6 @@ class BIBAU(Defense):
         t0 = time.perf_counter()
         self._t0, self._carried = t0, 0.0  # seconds spent before a resume (from its checkpoint)
         targeted = self.mode != "untargeted"
-        # what a checkpoint was made from: resuming on another model or other data would
-        # hand this run that run's weights
-        self._inputs = (
-            tensors_digest(
-                [
-                    *model.state_dict().items(),
-                    *(("clean." + k, v) for k, v in (("x", clean.images), ("y", clean.labels))),
-                    *(("val." + k, v) for k, v in (("x", val.images), ("y", val.labels))),
-                ]
-            )
-            if self.checkpoint_dir
-            else None
-        )
         if self.target is not None and self.target >= clean.num_classes:
             raise ConfigError(
                 f"bibau: target={self.target} but {clean.name} has {clean.num_classes} classes "
@@ -590,6 +577,13 @@ class BIBAU(Defense):
                 f"classes' spread, which needs at least {MIN_BLIND_CLASSES} classes ({clean.name} "
                 f"has {clean.num_classes}); give target=... if it is known, or mode='untargeted'"
             )
+        # what a checkpoint was made from: resuming on another model or other data would
+        # hand this run that run's weights
+        self._inputs = None
+        if self.checkpoint_dir:
+            named = [("clean.x", clean.images), ("clean.y", clean.labels)]
+            named += [("val.x", val.images), ("val.y", val.labels)]
+            self._inputs = tensors_digest([*model.state_dict().items(), *named])
         det = detect_with(
             self,
             model,

@@ -69,14 +69,14 @@ class TrainConfig:
         o = "TrainConfig"
         check_types(self, o)
         check(
-            isinstance(self.epochs, int) and self.epochs >= 0,
+            self.epochs >= 0,
             o,
             "epochs",
             self.epochs,
             "a non-negative integer",
         )
         check(
-            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            self.batch_size >= 1,
             o,
             "batch_size",
             self.batch_size,
