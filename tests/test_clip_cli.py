@@ -62,3 +62,24 @@ def test_unlearn_on_clip_names_a_wrong_method(tmp_path, capsys):
     code = main(["unlearn", str(tmp_path / "m"), "--method", "bibau", "--out", str(tmp_path / "o")])
     assert code != 0
     assert "clip-bibau" in capsys.readouterr().err
+
+
+def test_evaluate_puts_a_clip_model_on_the_requested_device(tmp_path, capsys, monkeypatch):
+    import unbackdoor.clip.api as clip_api
+    from unbackdoor.clip import TinyClip, save_clip
+
+    names = [str(i) for i in range(10)]
+    save_clip(TinyClip(), tmp_path / "m", class_names=names, extra={"dataset": "mnist"})
+    seen: list[str] = []
+    real = clip_api.load_clip
+
+    def spy(path, **kw):
+        seen.append(kw.get("device", "cpu"))
+        return real(path, **kw)
+
+    monkeypatch.setattr(clip_api, "load_clip", spy)
+    e = run_cli(["evaluate", str(tmp_path / "m"), "--device", "cpu", "--json"], capsys)
+    assert seen == ["cpu"] and 0 <= e["clean_acc"] <= 1
+    code = main(["evaluate", str(tmp_path / "m"), "--device", "tpu9"])
+    assert code != 0
+    assert "tpu9" in capsys.readouterr().err

@@ -214,7 +214,7 @@ def evaluate(
                 "not supported for CLIP models yet", param_hint="--attack-from"
             )
 
-        r = evaluate_clip_artifact(directory, dataset, split)
+        r = evaluate_clip_artifact(directory, dataset, split, device=device)
         clip_rows = [
             ("zero-shot accuracy", _pct(r["clean_acc"])),
             ("attack success rate", _pct(r["asr"])),

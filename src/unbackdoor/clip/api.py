@@ -112,10 +112,15 @@ def attack_clip(
 
 
 def evaluate_clip_artifact(
-    directory: str | Path, dataset: str | None = None, split: str = "test"
+    directory: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    *,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Zero-shot CA (and ASR/RA with the artifact's attack) and retrieval recall@1/5/10."""
-    model, man = load_clip(directory)
+    """Zero-shot CA (and ASR/RA with the artifact's attack) and retrieval recall@1/5/10,
+    with the model on ``device`` (``"auto"``: CUDA when present)."""
+    model, man = load_clip(directory, device=str(resolve_device(device)))
     data = _load(_dataset_name(man, dataset), split, man)
     templates = man.templates or None
     if has_attack(directory):
