@@ -454,6 +454,11 @@ def test_recalibration_reaches_the_fast_nets_shift_only_batchnorm():
         "output_bias": False,
     }
     assert recalibration_scope(model, "none") == {"batchnorm_layers": 0, "output_bias": False}
+    # BI-BAU's negate_first keeps the calibrated behaviour: PyTorch BatchNorms only
+    with torch.no_grad():
+        first.running_mean.fill_(5.0)
+    assert recalibrate_batchnorm(model, data, 32, all_norms=False) == 0
+    assert float(first.running_mean[0]) == 5.0
 
 
 def test_tbar_says_when_nothing_was_applied_and_refuses_params_that_name_nothing():

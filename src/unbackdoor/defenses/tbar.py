@@ -157,6 +157,7 @@ class TBAR(Defense):
         "min_fooling": 0.0,
         "budget_prior": True,
         "inversion_batch_size": None,
+        "recalibrate_all_norms": False,
     }
 
     epochs: int = 5
@@ -176,6 +177,10 @@ class TBAR(Defense):
     buffers: bool = False
     clean_projection: str | bool = "target"
     recalibrate: str = "bn+bias"
+    #: the ``"bn"`` recalibration also reaches BatchNorms with a fixed scale (the fast net's
+    #: shift-only layers); False: ``torch.nn`` BatchNorms only, as before 2026-12-06, when the
+    #: fast net's layers were missed (BI-BAU's ``negate_first`` keeps that, as calibrated)
+    recalibrate_all_norms: bool = True
     repair_epochs: int = 5
     repair_lr: float = 0.01
     repair_distill: float = 0.0
@@ -395,7 +400,7 @@ class TBAR(Defense):
         if alpha == 0:
             return model
         if "bn" in self.recalibrate:
-            recalibrate_batchnorm(model, clean, self.batch_size)
+            recalibrate_batchnorm(model, clean, self.batch_size, self.recalibrate_all_norms)
         if "bias" in self.recalibrate:
             refit_output_bias(model, clean, self.batch_size)
         if self.repair_epochs:
@@ -610,7 +615,7 @@ class TBAR(Defense):
             )
             return DefenseOutput(model, diag, images, None, False, spec.anomaly)
         alpha, rule, sweep, base_ca = self.negate(model, clean, val, spec, diag)
-        scope = recalibration_scope(model, self.recalibrate)
+        scope = recalibration_scope(model, self.recalibrate, self.recalibrate_all_norms)
         diag.update(
             {
                 "alpha": alpha,
@@ -730,19 +735,21 @@ def _mean_loss(model: nn.Module, data: ImageDataset) -> float:
     return total / max(1, len(data))
 
 
-def recalibrate_batchnorm(model: nn.Module, data: ImageDataset, batch_size: int = 128) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module, data: ImageDataset, batch_size: int = 128, all_norms: bool = True
+) -> int:
     """Recompute every BatchNorm layer's running statistics on ``data`` (in place).
 
     Both PyTorch's BatchNorm and the fast net's shift-only one
-    (:func:`~unbackdoor.models.norms.batch_norms`). The statistics become the exact averages
-    over ``data`` (batch k enters with momentum 1/k), one pass without augmentation and without
-    gradients; the layers' momenta are restored. Returns the number of BatchNorm layers (0: the
-    model is unchanged).
+    (:func:`~unbackdoor.models.norms.batch_norms`); ``all_norms=False``: PyTorch's only. The
+    statistics become the exact averages over ``data`` (batch k enters with momentum 1/k), one
+    pass without augmentation and without gradients; the layers' momenta are restored. Returns
+    the number of BatchNorm layers (0: the model is unchanged).
     """
     from unbackdoor.data.loader import iterate
     from unbackdoor.eval.loop import model_device
 
-    bns = batch_norms(model)
+    bns = batch_norms(model, shift_only=all_norms)
     if not bns or len(data) == 0:
         return 0
     momenta = [m.momentum for m in bns]
@@ -762,12 +769,14 @@ def recalibrate_batchnorm(model: nn.Module, data: ImageDataset, batch_size: int 
     return len(bns)
 
 
-def recalibration_scope(model: nn.Module, recalibrate: str) -> dict[str, Any]:
+def recalibration_scope(
+    model: nn.Module, recalibrate: str, all_norms: bool = True
+) -> dict[str, Any]:
     """What ``recalibrate`` can change in ``model``: its BatchNorm layers and whether its last
     linear layer has a bias (the fast net's has none, so ``"bias"`` does nothing there)."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return {
-        "batchnorm_layers": len(batch_norms(model)) if "bn" in recalibrate else 0,
+        "batchnorm_layers": len(batch_norms(model, all_norms)) if "bn" in recalibrate else 0,
         "output_bias": "bias" in recalibrate and bool(head) and head[-1].bias is not None,
     }
 

@@ -22,11 +22,12 @@ def is_shift_only_norm(m: nn.Module) -> bool:
     )
 
 
-def batch_norms(model: nn.Module) -> list[nn.Module]:
-    """Every layer of ``model`` with BatchNorm running statistics, of either kind above."""
+def batch_norms(model: nn.Module, shift_only: bool = True) -> list[nn.Module]:
+    """Every layer of ``model`` with BatchNorm running statistics: PyTorch's, and with
+    ``shift_only`` the shift-only kind above."""
     return [
         m
         for m in model.modules()
         if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
-        or is_shift_only_norm(m)
+        or (shift_only and is_shift_only_norm(m))
     ]
