@@ -4,10 +4,10 @@ The ASR tests are slow (marked): I-BAU needs its official defaults on 2,000 imag
 backdoor (see ``SETUPS``), and SAU and fine-tuning do not remove this backdoor at all (the
 measured reasons are on their xfail markers). ANP is checked for what it does (masks, a pruning
 chosen on the held-out split only, a loadable model, the fast net's fixed-scale BatchNorms) but
-not for a lower ASR: on this 2-conv net the backdoor lives in the hidden units of the linear head, not in BatchNorm channels
-(zeroing even the 20 BatchNorm channels that react most to the trigger leaves the ASR at 100%),
-and ANP's adversarial neuron perturbations send clean images to classes 4 and 5, not to the
-target, so the paper's premise does not hold here.
+not for a lower ASR: on this 2-conv net the backdoor lives in the hidden units of the linear
+head, not in BatchNorm channels (zeroing even the 20 BatchNorm channels that react most to the
+trigger leaves the ASR at 100%), and ANP's adversarial neuron perturbations send clean images
+to classes 4 and 5, not to the target, so the paper's premise does not hold here.
 """
 
 from __future__ import annotations
