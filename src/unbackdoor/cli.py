@@ -352,11 +352,22 @@ def attack(
     if clip is not None:
         from unbackdoor.clip.api import attack_clip
 
+        classifier_only = {
+            "--model": model, "--policy": policy, "--cover-rate": cover_rate, "--init": init,
+            "--clean-model": clean_model,
+        }  # fmt: skip
+        for flag, value in classifier_only.items():
+            if value is not None:
+                raise typer.BadParameter(
+                    "not for CLIP models (--clip poisons image-caption pairs all-to-one and "
+                    "fine-tunes the given CLIP model)",
+                    param_hint=flag,
+                )
         r = attack_clip(
             clip, dataset, attack_name, out=out, rate=poison_rate, target=target,
             target_caption=target_caption, attack_options=_parse_options(option),
             epochs=2 if epochs is None else epochs, lr=1e-4 if lr is None else lr,
-            train_samples=train_samples, seed=seed, device=device,
+            train_samples=train_samples, seed=seed, device=device, overwrite=force,
         )  # fmt: skip
         if json_out:
             _echo_json({"out": str(out), **r})
@@ -370,6 +381,8 @@ def attack(
                 title="backdoored CLIP",
             )
         return
+    if target_caption is not None:
+        raise typer.BadParameter("only with --clip", param_hint="--target-caption")
     t, record = attack_model(
         dataset,
         model,
