@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from unbackdoor.attacks import create_attack
-from unbackdoor.clip import TinyClip, load_clip, zero_shot_classifier
+from unbackdoor.clip import TinyClip, load_clip, save_clip, zero_shot_classifier
 from unbackdoor.clip.attacks import backdoor_clip
 from unbackdoor.clip.data import caption_pairs
 from unbackdoor.clip.eval import zero_shot_metrics
@@ -127,17 +127,25 @@ def test_unlearn_clip_artifact_data_share_and_checkpoint(tiny_backdoor, tmp_path
     seen = {}
 
     def fake_unlearn(model, data, method, **kw):
-        seen.update(n=len(data), ckpt=kw.get("checkpoint_dir"))
+        seen.update(n=len(data), ckpt=kw.get("checkpoint_dir"), templates=kw.get("templates"))
         if seen["ckpt"]:
             Path(seen["ckpt"]).mkdir(parents=True)
         return model, unlearn_mod.UnlearnReport(method, {}, len(data), 0, 0.0, None, False)
 
     monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
     clip_api.unlearn_clip_artifact(bd, "clip-tbar", clean_data="mnist", out=tmp_path / "a")
-    assert seen == {"n": 20, "ckpt": None}  # 5% of 400; TBAR does not checkpoint
+    assert seen == {"n": 20, "ckpt": None, "templates": None}  # 5% of 400; TBAR: no checkpoint
     clip_api.unlearn_clip_artifact(bd, "clip-bibau", clean_data="/my/folder", out=tmp_path / "b")
-    assert seen == {"n": 400, "ckpt": str(tmp_path / "b" / ".checkpoint")}
+    assert seen == {"n": 400, "ckpt": str(tmp_path / "b" / ".checkpoint"), "templates": None}
     assert not (tmp_path / "b" / ".checkpoint").exists()
+    # a model evaluated with its own prompt templates is defended under the same head
+    save_clip(TinyClip(), tmp_path / "t", class_names=CLASSES, templates=["a {} here."])
+    clip_api.unlearn_clip_artifact(tmp_path / "t", "clip-tbar", clean_data="x", out=tmp_path / "c")
+    assert seen["templates"] == ["a {} here."]
+    clip_api.unlearn_clip_artifact(
+        tmp_path / "t", "clip-tbar", clean_data="x", templates=["b {}."], out=tmp_path / "d"
+    )
+    assert seen["templates"] == ["b {}."]  # an explicit option wins
 
 
 def test_cleanclip_lowers_asr(tiny_backdoor):

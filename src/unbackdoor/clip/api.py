@@ -205,6 +205,9 @@ def unlearn_clip_artifact(
             raise DataError(f"{data.name}: asked for {clean_samples} clean samples of {len(data)}")
         data = data.sample(clean_samples, seed + 7919)
     record = load_attack(directory) if known_attack else None
+    takes = {f.name for f in dataclasses.fields(DEFENSES.get(method))}
+    if man.templates and "templates" in takes and config.get("templates") is None:
+        config["templates"] = list(man.templates)  # the head the model is evaluated with
     out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
     ckpt = None
     if out_dir is not None and "checkpoint_dir" not in config and checkpoints(method):
