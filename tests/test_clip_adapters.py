@@ -168,6 +168,10 @@ def test_openai_loader_errors(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"visual.conv1.weight": Evil()}))
     with pytest.raises(UnsafeFileError):
         load_clip(tmp_path / "evil.pt")
+    # OpenAI's released .pt files are TorchScript archives: said so, not "corrupt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "jit.pt"))
+    with pytest.raises(ArtifactError, match="TorchScript archive"):
+        load_clip(tmp_path / "jit.pt")
 
 
 def test_openai_loader_reads_sizes_gelu_and_context_from_what_the_user_brings(tmp_path):
