@@ -84,6 +84,9 @@ def test_evaluate_puts_a_clip_model_on_the_requested_device(tmp_path, capsys, mo
     code = main(["evaluate", str(tmp_path / "m"), "--device", "tpu9"])
     assert code != 0
     assert "tpu9" in capsys.readouterr().err
+    code = main(["evaluate", str(tmp_path / "m"), "--retune", "--retune-eval-every", "4"])
+    assert code != 0
+    assert "--retune-eval-every" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

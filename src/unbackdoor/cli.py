@@ -213,6 +213,11 @@ def evaluate(
             raise typer.BadParameter(
                 "not supported for CLIP models yet", param_hint="--attack-from"
             )
+        if retune_eval_every is not None:
+            raise typer.BadParameter(
+                "the CLIP re-tuning attack measures before and after only",
+                param_hint="--retune-eval-every",
+            )
 
         r = evaluate_clip_artifact(directory, dataset, split, device=device)
         clip_rows = [
