@@ -75,7 +75,7 @@ def test_evaluate_puts_a_clip_model_on_the_requested_device(tmp_path, capsys, mo
     real = clip_api.load_clip
 
     def spy(path, **kw):
-        seen.append(kw.get("device", "cpu"))
+        seen.append(kw["device"])  # evaluate names the device, not load_clip's default
         return real(path, **kw)
 
     monkeypatch.setattr(clip_api, "load_clip", spy)

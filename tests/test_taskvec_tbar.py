@@ -409,7 +409,7 @@ def test_recalibrate_batchnorm_and_refit_output_bias():
     with torch.no_grad():  # 4 equal batches: the running mean is the data's mean
         act = model.features[0](model.normalize(data.float_images()))
     assert torch.allclose(bn.running_mean, act.mean((0, 2, 3)), atol=1e-4)
-    assert bn.momentum == 0.1
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 4  # the count restarts
     with torch.no_grad():
         model.head[3].bias[0] -= 30.0  # class 0 is never predicted any more
     assert not (predict(model, data) == 0).any()
@@ -454,6 +454,10 @@ def test_recalibration_reaches_the_fast_nets_shift_only_batchnorm():
         "output_bias": False,
     }
     assert recalibration_scope(model, "none") == {"batchnorm_layers": 0, "output_bias": False}
+    # a pass that fails leaves the momenta and the mode as they were
+    with pytest.raises(RuntimeError):
+        recalibrate_batchnorm(model, synth.blobs(8, classes=4, channels=3, size=16), 4)
+    assert first.momentum == momentum and not model.training
     # BI-BAU's negate_first keeps the calibrated behaviour: PyTorch BatchNorms only
     with torch.no_grad():
         first.running_mean.fill_(5.0)

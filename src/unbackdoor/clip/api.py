@@ -101,15 +101,16 @@ def attack_clip(
     test = load_dataset(dataset, "test", class_names=train.class_names)
     if train_samples is not None:
         train = train.sample(train_samples, seed)
-    prepare_out(out, overwrite)
+    loaded = None if source == "tiny" else load_clip(source, device=str(dev))[0]
+    prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
     cfg = clip_train_config(epochs, lr, seed, str(dev))
-    if source == "tiny":
+    if loaded is None:
         model: ClipModel = TinyClip(
             image_size=train.images.shape[-1], in_channels=train.images.shape[1]
         ).to(dev)
         finetune_contrastive(model, caption_pairs(train, seed=seed), cfg, desc="clip: clean")
     else:
-        model, _ = load_clip(source, device=str(dev))
+        model = loaded
     made = backdoor_clip(
         model,
         train,
