@@ -1,13 +1,13 @@
-"""Adversarial baselines on the small MNIST BadNets model: I-BAU, ANP, SAU (issue 6).
+"""Adversarial baselines on the small MNIST BadNets model: I-BAU, ANP, SAU, and FT (issue 6).
 
 The ASR tests are slow (marked): I-BAU needs its official defaults on 2,000 images to find the
-backdoor (see ``SETUPS``), and SAU does not remove this backdoor at all (the measured reason is on
-its xfail marker). ANP is checked for what it does (masks, a pruning chosen on the held-out split
-only, a loadable model, the fast net's fixed-scale BatchNorms) but not for a lower ASR: on this
-2-conv net the backdoor lives in the hidden units of the linear head, not in BatchNorm channels
-(zeroing even the 20 BatchNorm channels that react most to the trigger leaves the ASR at 100%),
-and ANP's adversarial neuron perturbations send clean images to classes 4 and 5, not to the
-target, so the paper's premise does not hold here.
+backdoor (see ``SETUPS``), and SAU and fine-tuning do not remove this backdoor at all (the
+measured reasons are on their xfail markers). ANP is checked for what it does (masks, a pruning
+chosen on the held-out split only, a loadable model, the fast net's fixed-scale BatchNorms) but
+not for a lower ASR: on this 2-conv net the backdoor lives in the hidden units of the linear
+head, not in BatchNorm channels (zeroing even the 20 BatchNorm channels that react most to the
+trigger leaves the ASR at 100%), and ANP's adversarial neuron perturbations send clean images
+to classes 4 and 5, not to the target, so the paper's premise does not hold here.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from unbackdoor.errors import ConfigError
 SETUPS: dict[str, tuple[int, dict]] = {
     "ibau": (2000, {}),
     "sau": (1000, dict(rounds=4, batch_size=64)),
+    "ft": (1000, {}),
 }
 
 
@@ -64,8 +65,19 @@ SAU_OPEN = pytest.mark.xfail(
 )
 
 
+FT_OPEN = pytest.mark.xfail(
+    reason="fine-tuning on clean data keeps this backdoor, as the literature's weakest baseline "
+    "often does: measured 2026-12-06 with the defaults (10 epochs of 128, SGD lr 0.01, cosine), "
+    "ASR 99.7% -> 99.1% (600 images) and 97.8% (1,000 images) at CA 92.5% -> 94.7%",
+    strict=False,
+)
+
+
 @pytest.mark.slow  # I-BAU: 5 rounds over 1,600 images, 1-5 min on this project's 2-core CPU
-@pytest.mark.parametrize("method", ["ibau", pytest.param("sau", marks=SAU_OPEN)])
+@pytest.mark.parametrize(
+    "method",
+    ["ibau", pytest.param("sau", marks=SAU_OPEN), pytest.param("ft", marks=FT_OPEN)],
+)
 def test_lowers_asr_and_keeps_clean_accuracy(bench, method):
     path, model, _, metrics, before = bench
     n, options = SETUPS[method]

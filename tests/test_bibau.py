@@ -1025,6 +1025,23 @@ def test_negate_min_gain_undoes_a_move_that_does_not_lower_the_found_triggers_as
         BIBAU(negate_min_gain=1.5)
 
 
+def test_negate_first_recalibrates_only_torch_batchnorms_as_calibrated(monkeypatch):
+    """The pre-step's rule was calibrated when TBAR's recalibration missed the fast net's
+    shift-only BatchNorms; it keeps that until a dev-model check says otherwise."""
+    from unbackdoor.defenses import negate_first as nf
+
+    seen = {}
+
+    def fake_negate(self, model, clean, val, spec, diag):
+        seen["all_norms"] = self.recalibrate_all_norms
+        return 0.0, "largest", [{"alpha": 0.0, "val_clean_acc": 0.9, "val_asr": 0.8}], 0.9
+
+    monkeypatch.setattr(nf.TBAR, "negate", fake_negate)
+    nf.negate_found_trigger(torch.nn.Linear(4, 3), None, None, None, 0)
+    assert seen == {"all_norms": False}
+    assert nf.TBAR().recalibrate_all_norms  # TBAR itself reaches every BatchNorm
+
+
 def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     mnist_backdoor, monkeypatch, tmp_path
 ):

@@ -168,6 +168,39 @@ def test_openai_loader_errors(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"visual.conv1.weight": Evil()}))
     with pytest.raises(UnsafeFileError):
         load_clip(tmp_path / "evil.pt")
+    # OpenAI's released .pt files are TorchScript archives: said so, not "corrupt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "jit.pt"))
+    with pytest.raises(ArtifactError, match="TorchScript archive"):
+        load_clip(tmp_path / "jit.pt")
+
+
+def test_openai_loader_reads_sizes_gelu_and_context_from_what_the_user_brings(tmp_path):
+    """A truncated state dict names what it lacks; an explicit tokenizer path takes the text
+    tower's context length; open_clip's config beside the weights decides the GELU."""
+    import json
+
+    vocab, _ = write_tokenizer(tmp_path / "tok.json")
+    torch.manual_seed(0)
+    cfg = OpenAIConfig(**TINY, vocab_size=vocab)
+    sd = OpenAIClip(cfg, HashTokenizer(vocab, 16)).state_dict()
+    (tmp_path / "m").mkdir()
+    weights = tmp_path / "m" / "clip.pt"
+    torch.save({k: v for k, v in sd.items() if k != "ln_final.weight"}, weights)
+    with pytest.raises(ArtifactError, match="lacks ln_final.weight"):
+        load_clip(weights, tokenizer=tmp_path / "tok.json")
+    torch.save(sd, weights)
+    model, _ = load_clip(weights, tokenizer=tmp_path / "tok.json")  # 16 tokens, not 77
+    assert model.tokenizer.context_length == 16 and model.cfg.quick_gelu  # OpenAI's default
+    sidecar = tmp_path / "m" / "open_clip_config.json"
+    for written, expected in [({}, False), ({"quick_gelu": True}, True)]:
+        sidecar.write_text(json.dumps({"model_cfg": {"embed_dim": 16, **written}}))
+        model, _ = load_clip(weights, tokenizer=tmp_path / "tok.json")
+        assert model.cfg.quick_gelu is expected
+    model, _ = load_clip(weights, tokenizer=tmp_path / "tok.json", quick_gelu=True)
+    assert model.cfg.quick_gelu  # an explicit choice wins
+    sidecar.write_text(json.dumps({"model_cfg": {"quick_gelu": "yes"}}))
+    with pytest.raises(ArtifactError, match="quick_gelu='yes'"):
+        load_clip(weights, tokenizer=tmp_path / "tok.json")
 
 
 # --- Hugging Face transformers ------------------------------------------------------------------

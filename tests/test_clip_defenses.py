@@ -8,19 +8,20 @@ fine-tuning of a clean tiny CLIP.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 from unbackdoor.attacks import create_attack
-from unbackdoor.clip import TinyClip, load_clip, zero_shot_classifier
+from unbackdoor.clip import TinyClip, load_clip, save_clip, zero_shot_classifier
 from unbackdoor.clip.attacks import backdoor_clip
 from unbackdoor.clip.data import caption_pairs
 from unbackdoor.clip.eval import zero_shot_metrics
 from unbackdoor.clip.train import finetune_contrastive
 from unbackdoor.data import ImageDataset
 from unbackdoor.defenses import create_defense
-from unbackdoor.errors import ConfigError
+from unbackdoor.errors import ArtifactError, ConfigError
 from unbackdoor.models import create_model
 from unbackdoor.train import TrainConfig
 
@@ -80,9 +81,11 @@ def test_tbar_known_attack_removes_the_backdoor(tiny_backdoor):
     m = _after(made, out, test)
     assert m.asr <= 0.05 and m.clean_acc >= 0.95, m
     assert out.diagnostics["alpha"] > 0
-    # the vector covered the image tower only: the text tower is untouched
+    # the vector covered the image tower only: the text tower and the temperature are untouched
     for k, v in out.model.text.state_dict().items():
         assert torch.equal(v, made.model.text.state_dict()[k])
+    assert torch.equal(out.model.logit_scale, made.model.logit_scale)
+    assert all(p.requires_grad for p in out.model.parameters())  # frozen only while it ran
 
 
 def test_unlearn_clip_artifact_writes_the_report_and_its_pictures(
@@ -106,6 +109,43 @@ def test_unlearn_clip_artifact_writes_the_report_and_its_pictures(
         assert (out / f"{name}.png").stat().st_size > 100
     assert json.loads((out / "report.json").read_text())["method"] == "clip-tbar"
     assert (out / "attack.json").is_file()
+    with pytest.raises(ArtifactError, match="already holds a finished model"):
+        clip_api.unlearn_clip_artifact(bd, "clip-tbar", out=out, known_attack=True)
+
+
+def test_unlearn_clip_artifact_data_share_and_checkpoint(tiny_backdoor, tmp_path, monkeypatch):
+    """A named data set gets the default 5%, a user's folder is used whole (as for classifiers),
+    and a defense that checkpoints (clip-bibau) does so in OUT/.checkpoint, removed at the end."""
+    import importlib
+
+    import unbackdoor.clip.api as clip_api
+
+    unlearn_mod = importlib.import_module("unbackdoor.unlearn")  # the package exports a function
+
+    _, bd, _, _, _ = tiny_backdoor
+    monkeypatch.setattr(clip_api, "_load", lambda name, split, man: tinted(400, 2))
+    seen = {}
+
+    def fake_unlearn(model, data, method, **kw):
+        seen.update(n=len(data), ckpt=kw.get("checkpoint_dir"), templates=kw.get("templates"))
+        if seen["ckpt"]:
+            Path(seen["ckpt"]).mkdir(parents=True)
+        return model, unlearn_mod.UnlearnReport(method, {}, len(data), 0, 0.0, None, False)
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
+    clip_api.unlearn_clip_artifact(bd, "clip-tbar", clean_data="mnist", out=tmp_path / "a")
+    assert seen == {"n": 20, "ckpt": None, "templates": None}  # 5% of 400; TBAR: no checkpoint
+    clip_api.unlearn_clip_artifact(bd, "clip-bibau", clean_data="/my/folder", out=tmp_path / "b")
+    assert seen == {"n": 400, "ckpt": str(tmp_path / "b" / ".checkpoint"), "templates": None}
+    assert not (tmp_path / "b" / ".checkpoint").exists()
+    # a model evaluated with its own prompt templates is defended under the same head
+    save_clip(TinyClip(), tmp_path / "t", class_names=CLASSES, templates=["a {} here."])
+    clip_api.unlearn_clip_artifact(tmp_path / "t", "clip-tbar", clean_data="x", out=tmp_path / "c")
+    assert seen["templates"] == ["a {} here."]
+    clip_api.unlearn_clip_artifact(
+        tmp_path / "t", "clip-tbar", clean_data="x", templates=["b {}."], out=tmp_path / "d"
+    )
+    assert seen["templates"] == ["b {}."]  # an explicit option wins
 
 
 def test_cleanclip_lowers_asr(tiny_backdoor):

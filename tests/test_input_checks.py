@@ -68,6 +68,25 @@ def test_retune_runs_where_it_is_told():
     assert RetuneConfig(device="cpu").train_config().device == "cpu"
 
 
+def test_a_device_name_torch_does_not_know_is_refused_up_front():
+    from unbackdoor.train import TrainConfig
+    from unbackdoor.utils.runinfo import resolve_device
+
+    with pytest.raises(ConfigError, match="defense 'ft': device='gpu0' is not a device"):
+        create_defense("ft", device="gpu0")
+    with pytest.raises(ConfigError, match="RetuneConfig: device=5 is invalid"):
+        RetuneConfig(device=5).validate()
+    with pytest.raises(ConfigError, match="TrainConfig: device='cuda:x'"):
+        TrainConfig(device="cuda:x").validate()
+    # a config may name CUDA on a machine without it (a grid prepared for a GPU node), but
+    # running there says so by name rather than failing inside a tensor move
+    create_defense("ft", device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'cuda' was asked for, but CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
 def test_inversion_leaves_frozen_and_trainable_parameters_as_they_were():
     import synth
 

@@ -50,7 +50,7 @@ def seen(monkeypatch):
     monkeypatch.setattr(
         clip_api,
         "evaluate_clip_artifact",
-        lambda *a: {"clean_acc": 0.9, "asr": 0.1, "retrieval": {"image_to_text": {1: 0.5}}},
+        lambda *a, **k: {"clean_acc": 0.9, "asr": 0.1, "retrieval": {"image_to_text": {1: 0.5}}},
     )
     monkeypatch.setattr(api, "retune_artifact", classifier_retune)
     monkeypatch.setattr(api, "evaluate_artifact", lambda *a, **k: Metrics(clean_acc=0.9, asr=0.1))

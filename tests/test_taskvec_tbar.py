@@ -409,7 +409,7 @@ def test_recalibrate_batchnorm_and_refit_output_bias():
     with torch.no_grad():  # 4 equal batches: the running mean is the data's mean
         act = model.features[0](model.normalize(data.float_images()))
     assert torch.allclose(bn.running_mean, act.mean((0, 2, 3)), atol=1e-4)
-    assert bn.momentum == 0.1
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 4  # the count restarts
     with torch.no_grad():
         model.head[3].bias[0] -= 30.0  # class 0 is never predicted any more
     assert not (predict(model, data) == 0).any()
@@ -423,6 +423,72 @@ def test_recalibrate_batchnorm_and_refit_output_bias():
         assert F.cross_entropy(model(x), data.labels) < loss_before
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"head.3.bias"}  # only the output biases move
+
+
+def test_recalibration_reaches_the_fast_nets_shift_only_batchnorm():
+    """The fast net's BatchNorm has no scale and is not a ``_BatchNorm``; its head has no bias.
+    Recalibration must still reach its running statistics, and the report says what moved."""
+    import synth
+    from unbackdoor.defenses.tbar import recalibrate_batchnorm, recalibration_scope
+    from unbackdoor.models.norms import batch_norms
+
+    data = synth.blobs(96, classes=4, size=16)
+    model = net(0, "fastnet").eval()
+    bns = batch_norms(model)
+    assert bns and all(type(m).__name__ == "FrozenScaleBatchNorm" for m in bns)
+    first = bns[0]
+    with torch.no_grad():
+        first.running_mean.fill_(5.0)
+    momentum = first.momentum
+    assert recalibrate_batchnorm(model, data, 32) == len(bns) and not model.training
+    acts = {}
+    hook = first.register_forward_pre_hook(lambda m, a: acts.setdefault("x", a[0].detach()))
+    with torch.no_grad():
+        model(data.float_images())
+    hook.remove()
+    # three equal batches: the running mean is the data's mean of the layer's input
+    assert torch.allclose(first.running_mean, acts["x"].mean((0, 2, 3)), atol=1e-4)
+    assert first.momentum == momentum
+    assert recalibration_scope(model, "bn+bias") == {
+        "batchnorm_layers": len(bns),
+        "output_bias": False,
+    }
+    assert recalibration_scope(model, "none") == {"batchnorm_layers": 0, "output_bias": False}
+    # a pass that fails leaves the momenta and the mode as they were
+    with pytest.raises(RuntimeError):
+        recalibrate_batchnorm(model, synth.blobs(8, classes=4, channels=3, size=16), 4)
+    assert first.momentum == momentum and not model.training
+    # BI-BAU's negate_first keeps the calibrated behaviour: PyTorch BatchNorms only
+    with torch.no_grad():
+        first.running_mean.fill_(5.0)
+    assert recalibrate_batchnorm(model, data, 32, all_norms=False) == 0
+    assert float(first.running_mean[0]) == 5.0
+
+
+def test_tbar_says_when_nothing_was_applied_and_refuses_params_that_name_nothing():
+    from unbackdoor.defenses import create_defense
+    from unbackdoor.defenses.tbar import _result_text
+
+    scope = {"batchnorm_layers": 3, "output_bias": False}
+    text = _result_text(0.0, "no alpha kept the accuracy: smallest alpha", scope, 5)
+    assert "not applied" in text and "model unchanged" in text and "removed" not in text
+    text = _result_text(1.5, "smallest alpha meeting both", scope, 5)
+    assert text == (
+        "backdoor removed along the trigger vector, alpha 1.5, "
+        "3 BatchNorm layers recalibrated, repaired (5 clean epochs)"
+    )
+    model = net(0)
+    with pytest.raises(ConfigError, match=r"\['featurs.0.'\] match no parameter.*features"):
+        create_defense("tbar", params=["features.0.", "featurs.0."]).key_filter(model)
+    with pytest.raises(ConfigError, match="an empty list"):
+        create_defense("tbar", params=[]).key_filter(model)
+    with pytest.raises(ConfigError, match="no linear layer"):
+        create_defense("tbar", params="no_head").key_filter(torch.nn.Conv2d(1, 2, 3))
+    for options, named in [({"batch_size": 0}, "batch_size=0"), ({"inversion_steps": 0}, "inv")]:
+        with pytest.raises(ConfigError, match=named):
+            create_defense("tbar", **options)
+    with pytest.raises(ConfigError, match="lr=0"):
+        create_defense("nc", lr=0)
 
 
 def test_repair_fine_tunes_each_negated_candidate_on_clean_data():

@@ -69,7 +69,10 @@ def prepare_out(out: str | Path | None, overwrite: bool) -> Path | None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out}: exists and is not a directory")
-    if is_artifact(out) and not (out / CHECKPOINT_DIR).exists() and not overwrite:
+    from unbackdoor.clip.model.store import is_clip_artifact
+
+    finished = is_artifact(out) or is_clip_artifact(out)
+    if finished and not (out / CHECKPOINT_DIR).exists() and not overwrite:
         raise ArtifactError(f"{out}: already holds a finished model; pass overwrite (--force)")
     out.mkdir(parents=True, exist_ok=True)
     return out

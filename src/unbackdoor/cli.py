@@ -213,8 +213,13 @@ def evaluate(
             raise typer.BadParameter(
                 "not supported for CLIP models yet", param_hint="--attack-from"
             )
+        if retune_eval_every is not None:
+            raise typer.BadParameter(
+                "the CLIP re-tuning attack measures before and after only",
+                param_hint="--retune-eval-every",
+            )
 
-        r = evaluate_clip_artifact(directory, dataset, split)
+        r = evaluate_clip_artifact(directory, dataset, split, device=device)
         clip_rows = [
             ("zero-shot accuracy", _pct(r["clean_acc"])),
             ("attack success rate", _pct(r["asr"])),
@@ -352,11 +357,22 @@ def attack(
     if clip is not None:
         from unbackdoor.clip.api import attack_clip
 
+        classifier_only = {
+            "--model": model, "--policy": policy, "--cover-rate": cover_rate, "--init": init,
+            "--clean-model": clean_model,
+        }  # fmt: skip
+        for flag, value in classifier_only.items():
+            if value is not None:
+                raise typer.BadParameter(
+                    "not for CLIP models (--clip poisons image-caption pairs all-to-one and "
+                    "fine-tunes the given CLIP model)",
+                    param_hint=flag,
+                )
         r = attack_clip(
             clip, dataset, attack_name, out=out, rate=poison_rate, target=target,
             target_caption=target_caption, attack_options=_parse_options(option),
             epochs=2 if epochs is None else epochs, lr=1e-4 if lr is None else lr,
-            train_samples=train_samples, seed=seed, device=device,
+            train_samples=train_samples, seed=seed, device=device, overwrite=force,
         )  # fmt: skip
         if json_out:
             _echo_json({"out": str(out), **r})
@@ -370,6 +386,8 @@ def attack(
                 title="backdoored CLIP",
             )
         return
+    if target_caption is not None:
+        raise typer.BadParameter("only with --clip", param_hint="--target-caption")
     t, record = attack_model(
         dataset,
         model,

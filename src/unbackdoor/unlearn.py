@@ -206,7 +206,7 @@ def unlearn_artifact(
     record = load_attack(directory) if known_attack else None
     out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
     ckpt = None
-    if out_dir is not None and "checkpoint_dir" not in config and _checkpoints(method):
+    if out_dir is not None and "checkpoint_dir" not in config and checkpoints(method):
         ckpt = out_dir / CHECKPOINT_DIR
         config["checkpoint_dir"] = str(ckpt)
     purified, report = unlearn(
@@ -229,7 +229,7 @@ def unlearn_artifact(
     return purified, report
 
 
-def _checkpoints(method: str) -> bool:
+def checkpoints(method: str) -> bool:
     """Whether the defense ``method`` can checkpoint (has a ``checkpoint_dir`` option)."""
     from unbackdoor.defenses.registry import DEFENSES
 

@@ -8,17 +8,19 @@ inside the model. Defenses run through :func:`unbackdoor.unlearn.unlearn`, like 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.attacks.registry import create_attack
+from unbackdoor.attacks.registry import ATTACKS, create_attack
 from unbackdoor.attacks.store import copy_attack, has_attack, load_attack
 from unbackdoor.clip.attacks.pipeline import backdoor_clip
 from unbackdoor.clip.data.pairs import caption_pairs
 from unbackdoor.clip.eval.metrics import retrieval_recall, zero_shot_metrics
 from unbackdoor.clip.model.base import ClipModel
-from unbackdoor.clip.model.store import ClipManifest, is_clip_artifact, load_clip, save_clip
+from unbackdoor.clip.model.store import ClipManifest, load_clip, save_clip
 from unbackdoor.clip.model.tiny import TinyClip
 from unbackdoor.clip.train.contrastive import finetune_contrastive
 from unbackdoor.data.dataset import ImageDataset
@@ -73,26 +75,42 @@ def attack_clip(
     train_samples: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Backdoor the CLIP model ``source`` (a path :func:`load_clip` reads, or ``"tiny"``).
 
     ``"tiny"`` first trains a :class:`TinyClip` on clean pairs of ``dataset`` for ``epochs``.
-    Returns the zero-shot metrics of the saved backdoored artifact.
+    ``target_caption`` captions the poisoned pairs and, for an attack optimised towards a text
+    (BadCLIP), is that text. Returns the zero-shot metrics of the saved backdoored artifact.
+    A finished model in ``out`` is refused unless ``overwrite``.
     """
+    from unbackdoor.api import prepare_out
+
     dev = resolve_device(device)
+    options = dict(attack_options or {})
+    fields = {f.name for f in dataclasses.fields(ATTACKS.get(attack_name))}
+    if target_caption is not None and "target_caption" in fields:
+        given = options.setdefault("target_caption", target_caption)
+        if given != target_caption:
+            raise ConfigError(
+                f"attack {attack_name!r}: target_caption given twice with different texts "
+                f"({given!r} as an option, {target_caption!r})"
+            )
+    attack = create_attack(attack_name, seed=seed, **options)
     train = load_dataset(dataset, "train")
     test = load_dataset(dataset, "test", class_names=train.class_names)
     if train_samples is not None:
         train = train.sample(train_samples, seed)
-    attack = create_attack(attack_name, seed=seed, **(attack_options or {}))
+    loaded = None if source == "tiny" else load_clip(source, device=str(dev))[0]
+    prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
     cfg = clip_train_config(epochs, lr, seed, str(dev))
-    if source == "tiny":
+    if loaded is None:
         model: ClipModel = TinyClip(
             image_size=train.images.shape[-1], in_channels=train.images.shape[1]
         ).to(dev)
         finetune_contrastive(model, caption_pairs(train, seed=seed), cfg, desc="clip: clean")
     else:
-        model, _ = load_clip(source, device=str(dev))
+        model = loaded
     made = backdoor_clip(
         model,
         train,
@@ -112,10 +130,15 @@ def attack_clip(
 
 
 def evaluate_clip_artifact(
-    directory: str | Path, dataset: str | None = None, split: str = "test"
+    directory: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    *,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Zero-shot CA (and ASR/RA with the artifact's attack) and retrieval recall@1/5/10."""
-    model, man = load_clip(directory)
+    """Zero-shot CA (and ASR/RA with the artifact's attack) and retrieval recall@1/5/10,
+    with the model on ``device`` (``"auto"``: CUDA when present)."""
+    model, man = load_clip(directory, device=str(resolve_device(device)))
     data = _load(_dataset_name(man, dataset), split, man)
     templates = man.templates or None
     if has_attack(directory):
@@ -160,9 +183,11 @@ def unlearn_clip_artifact(
     **config: Any,
 ) -> tuple[ClipModel, Any]:
     """Purify the CLIP model in ``directory`` with a CLIP defense; write it to ``out``."""
+    from unbackdoor.api import CHECKPOINT_DIR, prepare_out
     from unbackdoor.clip.defenses import CLIP_DEFENSES
+    from unbackdoor.data.registry import DATASETS
     from unbackdoor.defenses.registry import DEFENSES
-    from unbackdoor.unlearn import save_report_images, unlearn
+    from unbackdoor.unlearn import checkpoints, save_report_images, unlearn
 
     DEFENSES.get(method)  # an unknown name is an error that lists the known ones
     if method not in CLIP_DEFENSES:
@@ -170,22 +195,30 @@ def unlearn_clip_artifact(
             f"defense {method!r} works on classifiers; for CLIP models use one of "
             f"{', '.join(CLIP_DEFENSES)}"
         )
-    if out is not None and is_clip_artifact(out) and not overwrite:
-        raise ArtifactError(f"{out}: already holds a CLIP model; pass overwrite (--force)")
     model, man = load_clip(directory)
     name = _dataset_name(man, clean_data)
     data = _load(name, "train", man)
-    if clean_samples is None:
+    if clean_samples is None and (clean_data is None or clean_data in DATASETS):
+        # a training split gets the default share; a user's folder is used whole
         clean_samples = max(10, round(clean_fraction * len(data)))
-    if clean_samples > len(data):
-        raise DataError(f"{data.name}: asked for {clean_samples} clean samples of {len(data)}")
-    data = data.sample(clean_samples, seed + 7919)
+    if clean_samples is not None:
+        if clean_samples > len(data):
+            raise DataError(f"{data.name}: asked for {clean_samples} clean samples of {len(data)}")
+        data = data.sample(clean_samples, seed + 7919)
     record = load_attack(directory) if known_attack else None
+    takes = {f.name for f in dataclasses.fields(DEFENSES.get(method))}
+    if man.templates and "templates" in takes and config.get("templates") is None:
+        config["templates"] = list(man.templates)  # the head the model is evaluated with
+    out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
+    ckpt = None
+    if out_dir is not None and "checkpoint_dir" not in config and checkpoints(method):
+        ckpt = out_dir / CHECKPOINT_DIR  # clip-bibau resumes here after an interruption
+        config["checkpoint_dir"] = str(ckpt)
     purified, report = unlearn(
         model, data, method, seed=seed, known_attack=record, device=device, **config
     )
-    if out is not None:
-        out = Path(out)
+    if out_dir is not None:
+        out = out_dir
         save_clip(
             purified,
             out,
@@ -205,4 +238,6 @@ def unlearn_clip_artifact(
             out / "report.json",
             json.loads(json.dumps({**report.to_dict(), "source": str(directory)}, default=str)),
         )
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return purified, report

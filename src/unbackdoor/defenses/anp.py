@@ -60,22 +60,13 @@ from unbackdoor.data.transforms import default_augment
 from unbackdoor.defenses.base import Defense, DefenseOutput
 from unbackdoor.defenses.registry import register_defense
 from unbackdoor.eval.metrics import evaluate
+from unbackdoor.models.norms import is_shift_only_norm
 from unbackdoor.utils.precision import autocast
 from unbackdoor.utils.progress import progress
 from unbackdoor.utils.runinfo import resolve_device
 
 LAYERS = ("auto", "bn", "conv", "all")
 BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def is_shift_only_norm(m: nn.Module) -> bool:
-    """A BatchNorm whose scale is fixed (no ``weight``) and whose shift is learned, such as the
-    fast net's :class:`~unbackdoor.models.fastnet.FrozenScaleBatchNorm`."""
-    return (
-        isinstance(getattr(m, "running_var", None), torch.Tensor)
-        and isinstance(getattr(m, "bias", None), nn.Parameter)
-        and getattr(m, "weight", None) is None
-    )
 
 
 def _is_norm(m: nn.Module) -> bool:

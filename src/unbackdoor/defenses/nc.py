@@ -50,6 +50,8 @@ class NeuralCleanse(Defense):
         self._require(self.anomaly_threshold > 0, "anomaly_threshold", "> 0")
         self._require(0 < self.stamp_fraction < 1, "stamp_fraction", "in (0, 1)")
         self._require(self.epochs >= 1, "epochs", ">= 1")
+        self._require(self.lr > 0, "lr", "> 0")
+        self._require(self.batch_size >= 1, "batch_size", ">= 1")
 
     def run(
         self, model: nn.Module, clean: ImageDataset, val: ImageDataset, *, known_attack: Any = None

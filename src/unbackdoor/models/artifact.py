@@ -189,12 +189,29 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             "trusted environment."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if _is_torchscript(path):
+            raise ArtifactError(
+                f"{path}: a TorchScript archive (as OpenAI released its CLIP .pt files), not a "
+                "state dict: it carries code, so it is not loaded here. In a trusted "
+                "environment, torch.jit.load it and save its state_dict() with safetensors."
+            ) from None
         raise ArtifactError(f"{path}: corrupt or truncated weights file ({e})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ArtifactError(f"{path}: expected a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a zip archive holding TorchScript code (``<name>/code/...``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.startswith("code/") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

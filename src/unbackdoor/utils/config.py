@@ -11,6 +11,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import torch
+
 from unbackdoor.errors import ConfigError
 
 C = TypeVar("C")
@@ -65,6 +67,8 @@ def _matches(value: Any, tp: Any) -> bool | None:
         if any(r is True for r in results):
             return True
         return None if any(r is None for r in results) else False
+    if tp is torch.device:
+        return isinstance(value, torch.device)
     if tp is typing.Any or tp not in _SIMPLE:
         return None
     if tp is bool:
@@ -89,7 +93,8 @@ def check_types(obj: Any, owner: str) -> None:
     ``target="zero"``, ``steps=True``), naming it, before it fails somewhere deep inside.
 
     Only plain annotations are checked (bool, int, float, str, None, Literal and unions of
-    them; an int passes for a float); containers and other types are left to ``validate``."""
+    them; an int passes for a float; a device, whose name must be one torch knows); containers
+    and other types are left to ``validate``."""
     try:
         hints = typing.get_type_hints(type(obj))
     except (NameError, TypeError):  # an annotation that cannot be resolved at run time
@@ -101,3 +106,15 @@ def check_types(obj: Any, owner: str) -> None:
         if _matches(value, hints[f.name]) is False:
             expected = _type_name(hints[f.name])
             raise ConfigError(f"{owner}: {f.name}={value!r} is invalid; expected {expected}")
+        if isinstance(value, str) and value != "auto" and _admits_device(hints[f.name]):
+            try:
+                torch.device(value)
+            except (RuntimeError, TypeError):
+                raise ConfigError(
+                    f"{owner}: {f.name}={value!r} is not a device torch knows; "
+                    "expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+                ) from None
+
+
+def _admits_device(tp: Any) -> bool:
+    return tp is torch.device or torch.device in typing.get_args(tp)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unbackdoor.errors import ConfigError
 from unbackdoor.utils.precision import bf16_fast
 
 
@@ -53,7 +54,17 @@ def run_info(seed: int | None = None) -> dict[str, Any]:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when present, else the CPU."""
+    """``None`` or ``"auto"`` picks CUDA when present, else the CPU.
+
+    A name torch does not know, or CUDA asked for where there is none, is a
+    :class:`~unbackdoor.errors.ConfigError` that names it (not an error deep in a later move).
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a device torch knows ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but CUDA is not available here")
+    return dev

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from unbackdoor.clip.defenses.common import as_pairs, head, require_clip
+from unbackdoor.clip.defenses.common import FrozenText, as_pairs, head, require_clip
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.defenses.base import DefenseOutput
 from unbackdoor.defenses.registry import register_defense
@@ -65,9 +65,10 @@ class ClipTBAR(TBAR):
     ) -> DefenseOutput:
         clip = require_clip(model, self.name)
         zs = head(clip, clean, self.templates)
-        out = super().run(
-            zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
-        )
+        with FrozenText(clip):  # the fine-tunes and the repair move the image tower only
+            out = super().run(
+                zs, as_pairs(clean, self.seed).images_only(), val, known_attack=known_attack
+            )
         out.model = clip
         out.diagnostics["head"] = {"classes": zs.class_names, "templates": zs.templates}
         return out

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from unbackdoor.clip.model.base import OPENAI_MEAN, OPENAI_STD, ClipModel, Tokenizer
-from unbackdoor.errors import ArtifactError
+from unbackdoor.errors import ArtifactError, ConfigError
 
 
 @dataclass
@@ -134,7 +134,7 @@ class OpenAIClip(ClipModel):
     ) -> None:
         super().__init__(tokenizer, (cfg.image_size, cfg.image_size), mean=mean, std=std)
         if tokenizer.context_length != cfg.context_length:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer makes {tokenizer.context_length} tokens, the text tower takes "
                 f"{cfg.context_length}"
             )
@@ -205,7 +205,13 @@ def config_from_state_dict(
             "not an OpenAI / open_clip CLIP state dict: no 'visual.conv1.weight' "
             f"(first keys: {', '.join(list(state)[:4])})"
         )
-    need = ("visual.positional_embedding", "text_projection", "token_embedding.weight")
+    need = (
+        "visual.positional_embedding",
+        "text_projection",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+    )
     missing = [k for k in need if k not in state]
     if missing:
         raise ArtifactError(f"CLIP state dict lacks {', '.join(missing)}")

@@ -31,6 +31,8 @@ from unbackdoor.utils.io import atomic_write, atomic_write_json, read_json
 from unbackdoor.utils.runinfo import library_versions
 
 CLIP_JSON = "clip.json"
+#: open_clip's description of a model, beside its weights in its hub repositories
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 FORMAT_VERSION = 1
 
 Builder = Callable[[dict[str, Any], Tokenizer | None], ClipModel]
@@ -152,6 +154,18 @@ def load_clip_manifest(directory: str | Path) -> ClipManifest:
         raise ArtifactError(f"{path}: missing or malformed field ({e!r})") from None
 
 
+def _open_clip_quick_gelu(path: Path) -> bool:
+    """``model_cfg.quick_gelu`` of an ``open_clip_config.json`` (open_clip's default: False)."""
+    d = read_json(path)
+    cfg = d.get("model_cfg") if isinstance(d, dict) else None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{path}: no 'model_cfg' object, so not an open_clip model config")
+    value = cfg.get("quick_gelu", False)
+    if not isinstance(value, bool):
+        raise ArtifactError(f"{path}: model_cfg.quick_gelu={value!r} is not true or false")
+    return value
+
+
 def load_clip(
     path: str | Path,
     *,
@@ -164,12 +178,17 @@ def load_clip(
     ``tokenizer``: for an OpenAI / open_clip state dict, a ``tokenizer.json`` (the CLIP BPE as
     Hugging Face ships it); by default one beside the weights file is used. ``openai_kwargs``
     (``vision_heads``, ``text_heads``, ``quick_gelu``) go to
-    :func:`~unbackdoor.clip.model.openai.config_from_state_dict`.
+    :func:`~unbackdoor.clip.model.openai.config_from_state_dict`. A state dict does not say
+    which GELU its towers used: OpenAI's models use QuickGELU (the default), most open_clip
+    ones the exact GELU. An ``open_clip_config.json`` beside the weights (as open_clip's hub
+    repositories ship) decides it from its ``model_cfg.quick_gelu`` unless ``quick_gelu`` is
+    given.
     """
     path = Path(path)
     tok = tokenizer
-    if isinstance(tok, (str, Path)):
-        tok = FileTokenizer(tok)
+    tok_path = tok if isinstance(tok, (str, Path)) else None
+    if tok_path is not None:
+        tok = FileTokenizer(tok_path)
     if path.is_dir() and is_clip_artifact(path):
         man = load_clip_manifest(path)
         if man.kind not in BUILDERS:
@@ -192,7 +211,12 @@ def load_clip(
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file or directory")
     state = clean_state_dict(load_weights_file(path))
+    sidecar = path.parent / OPEN_CLIP_CONFIG
+    if "quick_gelu" not in openai_kwargs and sidecar.is_file():
+        openai_kwargs["quick_gelu"] = _open_clip_quick_gelu(sidecar)
     cfg = config_from_state_dict(state, **openai_kwargs)
+    if tok_path is not None:  # the tower's context length, not the tokenizer's default
+        tok = FileTokenizer(tok_path, cfg.context_length)
     if tok is None:
         beside = path.parent / "tokenizer.json"
         if not beside.is_file():
