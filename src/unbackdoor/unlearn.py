@@ -146,7 +146,7 @@ def defender_data(
 ) -> ImageDataset:
     """The defender's clean data: a seeded subset of a training split (``clean_fraction`` of
     it unless ``clean_samples`` is given), or a folder, used whole unless ``clean_samples``."""
-    from unbackdoor.data.registry import DATASETS, load_dataset
+    from unbackdoor.data.registry import load_dataset
 
     if isinstance(clean_data, ImageDataset):
         data = clean_data
@@ -162,16 +162,45 @@ def defender_data(
             image_size=tuple(spec.input_size),
             channels=spec.in_channels,
         )
-        if clean_samples is None and (clean_data is None or clean_data in DATASETS):
-            # a training split gets the default share; a user's folder is used whole
-            clean_samples = max(10, round(clean_fraction * len(data)))
-    if clean_samples is not None:
-        if clean_samples > len(data):
-            raise DataError(
-                f"{data.name}: asked for {clean_samples} clean samples, only {len(data)} exist"
-            )
-        data = data.sample(clean_samples, seed + 7919)
-    return data
+        return defender_subset(data, clean_data, clean_samples, clean_fraction, seed)
+    return defender_subset(data, clean_data, clean_samples, clean_fraction, seed, whole=True)
+
+
+def defender_subset(
+    data: ImageDataset,
+    clean_data: Any,
+    clean_samples: int | None,
+    clean_fraction: float,
+    seed: int,
+    *,
+    whole: bool = False,
+) -> ImageDataset:
+    """The seeded part of ``data`` a defense gets: ``clean_samples`` images if given; else
+    ``clean_fraction`` of a registered data set's training split (``clean_data`` None or a
+    registered name), and a user's folder (or ``whole``) as it is."""
+    from unbackdoor.data.registry import DATASETS
+
+    if clean_samples is None and not whole and (clean_data is None or clean_data in DATASETS):
+        clean_samples = max(10, round(clean_fraction * len(data)))
+    if clean_samples is None:
+        return data
+    if clean_samples > len(data):
+        raise DataError(
+            f"{data.name}: asked for {clean_samples} clean samples, only {len(data)} exist"
+        )
+    return data.sample(clean_samples, seed + 7919)
+
+
+def checkpoint_into(out_dir: Path | None, method: str, config: dict[str, Any]) -> Path | None:
+    """Point a defense that checkpoints (BI-BAU: after every round) at ``out_dir/.checkpoint``
+    unless ``config`` names a ``checkpoint_dir``; returns that folder, to remove once the
+    artifact is written (None: nothing to remove)."""
+    from unbackdoor.api import CHECKPOINT_DIR
+
+    if out_dir is None or "checkpoint_dir" in config or not _checkpoints(method):
+        return None
+    config["checkpoint_dir"] = str(out_dir / CHECKPOINT_DIR)
+    return out_dir / CHECKPOINT_DIR
 
 
 def unlearn_artifact(
@@ -196,7 +225,7 @@ def unlearn_artifact(
     ``out/.checkpoint`` unless ``checkpoint_dir`` is given: the same call after an
     interruption resumes there, and the folder goes once the artifact is written.
     """
-    from unbackdoor.api import CHECKPOINT_DIR, prepare_out
+    from unbackdoor.api import prepare_out
     from unbackdoor.attacks.store import copy_attack, load_attack
     from unbackdoor.models import load_model, save_model
     from unbackdoor.utils.io import atomic_write_json
@@ -205,10 +234,7 @@ def unlearn_artifact(
     data = defender_data(manifest, clean_data, clean_samples, clean_fraction, seed)
     record = load_attack(directory) if known_attack else None
     out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
-    ckpt = None
-    if out_dir is not None and "checkpoint_dir" not in config and checkpoints(method):
-        ckpt = out_dir / CHECKPOINT_DIR
-        config["checkpoint_dir"] = str(ckpt)
+    ckpt = checkpoint_into(out_dir, method, config)
     purified, report = unlearn(
         model, data, method, seed=seed, known_attack=record, device=device, **config
     )
@@ -229,7 +255,7 @@ def unlearn_artifact(
     return purified, report
 
 
-def checkpoints(method: str) -> bool:
+def _checkpoints(method: str) -> bool:
     """Whether the defense ``method`` can checkpoint (has a ``checkpoint_dir`` option)."""
     from unbackdoor.defenses.registry import DEFENSES
 

@@ -183,11 +183,10 @@ def unlearn_clip_artifact(
     **config: Any,
 ) -> tuple[ClipModel, Any]:
     """Purify the CLIP model in ``directory`` with a CLIP defense; write it to ``out``."""
-    from unbackdoor.api import CHECKPOINT_DIR, prepare_out
+    from unbackdoor.api import prepare_out
     from unbackdoor.clip.defenses import CLIP_DEFENSES
-    from unbackdoor.data.registry import DATASETS
     from unbackdoor.defenses.registry import DEFENSES
-    from unbackdoor.unlearn import checkpoints, save_report_images, unlearn
+    from unbackdoor.unlearn import checkpoint_into, defender_subset, save_report_images, unlearn
 
     DEFENSES.get(method)  # an unknown name is an error that lists the known ones
     if method not in CLIP_DEFENSES:
@@ -198,22 +197,13 @@ def unlearn_clip_artifact(
     model, man = load_clip(directory)
     name = _dataset_name(man, clean_data)
     data = _load(name, "train", man)
-    if clean_samples is None and (clean_data is None or clean_data in DATASETS):
-        # a training split gets the default share; a user's folder is used whole
-        clean_samples = max(10, round(clean_fraction * len(data)))
-    if clean_samples is not None:
-        if clean_samples > len(data):
-            raise DataError(f"{data.name}: asked for {clean_samples} clean samples of {len(data)}")
-        data = data.sample(clean_samples, seed + 7919)
+    data = defender_subset(data, clean_data, clean_samples, clean_fraction, seed)
     record = load_attack(directory) if known_attack else None
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(method))}
     if man.templates and "templates" in takes and config.get("templates") is None:
         config["templates"] = list(man.templates)  # the head the model is evaluated with
     out_dir = prepare_out(out, overwrite)  # after the inputs are checked: no empty folder left
-    ckpt = None
-    if out_dir is not None and "checkpoint_dir" not in config and checkpoints(method):
-        ckpt = out_dir / CHECKPOINT_DIR  # clip-bibau resumes here after an interruption
-        config["checkpoint_dir"] = str(ckpt)
+    ckpt = checkpoint_into(out_dir, method, config)  # clip-bibau resumes there
     purified, report = unlearn(
         model, data, method, seed=seed, known_attack=record, device=device, **config
     )

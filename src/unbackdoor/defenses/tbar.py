@@ -271,13 +271,13 @@ class TBAR(Defense):
         if self.params == "all":
             chosen = None
         elif self.params == "no_head":
-            heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            if not heads:
+            head = output_layer(model)
+            if head is None:
                 raise ConfigError(
                     f"defense 'tbar': params='no_head' but {type(model).__name__} has no "
                     "linear layer to leave out; use 'all' or a list of parameter-name prefixes"
                 )
-            chosen = lambda k: not k.startswith(heads[-1] + ".")  # noqa: E731
+            chosen = lambda k: not k.startswith(head[0] + ".")  # noqa: E731
         else:
             prefixes = tuple(self.params)
             names = set(model.state_dict()) if self.buffers else params
@@ -779,15 +779,21 @@ def recalibrate_batchnorm(
     return len(bns)
 
 
+def output_layer(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The name and module of ``model``'s last linear layer (its head), or None."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return heads[-1] if heads else None
+
+
 def recalibration_scope(
     model: nn.Module, recalibrate: str, all_norms: bool = True
 ) -> dict[str, Any]:
     """What ``recalibrate`` can change in ``model``: its BatchNorm layers and whether its last
     linear layer has a bias (the fast net's has none, so ``"bias"`` does nothing there)."""
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head = output_layer(model)
     return {
         "batchnorm_layers": len(batch_norms(model, all_norms)) if "bn" in recalibrate else 0,
-        "output_bias": "bias" in recalibrate and bool(head) and head[-1].bias is not None,
+        "output_bias": "bias" in recalibrate and head is not None and head[1].bias is not None,
     }
 
 
@@ -800,10 +806,10 @@ def refit_output_bias(model: nn.Module, data: ImageDataset, batch_size: int = 25
     """
     from unbackdoor.eval.loop import batched_logits
 
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not head or head[-1].bias is None or len(data) == 0:
+    head = output_layer(model)
+    if head is None or head[1].bias is None or len(data) == 0:
         return torch.zeros(0)
-    bias = head[-1].bias
+    bias = head[1].bias
     zs, ys = [], []
     for batch, out in batched_logits(model, data, {"x": None}, batch_size=batch_size, desc="bias"):
         zs.append(out["x"])
