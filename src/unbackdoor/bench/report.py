@@ -158,7 +158,7 @@ def _header(files: list[Path], rows: list[dict[str, Any]]) -> list[Block]:
                 f"{[d.get('label') or d['name'] for d in cfg.get('defenses', [])]}, budgets "
                 f"{cfg.get('budgets')}, seeds {cfg.get('seeds')}"
                 + (f", test subset {cfg['test_samples']}" if cfg.get("test_samples") else "")
-                + f". Raw rows: {', '.join(f'`{f.name}`' for f in files)}.",
+                + (f". Raw rows: `{files[0].name}`." if len(files) == 1 else "."),
             )
         )
     return blocks
