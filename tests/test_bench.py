@@ -476,6 +476,43 @@ def test_report_renders_from_stored_results(tmp_path):
     assert "<table>" in html and "bibau" in html and "<img" in html
 
 
+def test_report_merges_results_files_later_rows_winning(tmp_path):
+    """A grid run in pieces (two scratch folders, say two sessions) reported as one: a cell in
+    both files shows the later file's row, each file's pictures stay found, both are named."""
+    from unbackdoor.bench import merge_results
+    from unbackdoor.cli import main
+    from unbackdoor.errors import DataError
+
+    first, second = tmp_path / "part1", tmp_path / "part2"
+    ResultStore(first / "results.jsonl").extend(_synthetic_rows(first))
+    newer = [r for r in _synthetic_rows(second) if r["key"] == "bibau5000"]
+    newer[0]["asr"] = 0.0042
+    ResultStore(second / "results.jsonl").extend(newer)
+    files = [first / "results.jsonl", second / "results.jsonl"]
+
+    rows = {r["key"]: r for r in merge_results(files)}
+    assert rows["bibau5000"]["asr"] == 0.0042
+    assert rows["bibau5000"]["results_file"] == str(files[1])
+    assert rows["tbar5000"]["results_file"] == str(files[0])
+    assert Path(rows["bibau5000"]["inverted_trigger"]) == second / "inverted.png"
+    assert all(Path(r["true_trigger"]).is_file() for r in rows.values() if r.get("true_trigger"))
+    assert len(rows) == len(read_results(files[0]))  # superseded, not added
+
+    md = render_report(files, tmp_path / "report").markdown.read_text()
+    assert "Merged from 2 results files" in md
+    assert f"`{files[0]}` ({len(rows) - 1} cells shown)" in md
+    assert f"`{files[1]}` (1 cells shown)" in md
+    assert "0.71 ± 0.41%" in md  # bibau/500 over seeds: 0.42% (part2) and 1.00% (part1)
+    assert "triggers_mnist_small_cnn.png" in md
+    # the CLI takes several files, and names a missing one
+    code = main(["report", *map(str, files), "--out", str(tmp_path / "cli")])
+    assert code == 0 and (tmp_path / "cli" / "report.md").is_file()
+    with pytest.raises(DataError, match="part3/results.jsonl: no such results file"):
+        render_report([files[0], tmp_path / "part3" / "results.jsonl"], tmp_path / "x")
+    with pytest.raises(DataError, match="given twice"):
+        render_report([files[0], files[0]], tmp_path / "x")
+
+
 def test_report_names_rows_measured_on_different_trainings_of_a_zoo_model():
     """A lost zoo cache is retrained (on another CPU: other weights); the report says which
     rows measured which training, and stays quiet when they all measured one."""

@@ -672,17 +672,24 @@ def bench(
 
 
 @app.command(
-    epilog="Example:\n\n"
-    "  unbackdoor report benchmarks/quick/results.jsonl --out benchmarks/quick/report"
+    epilog="Examples:\n\n"
+    "  unbackdoor report benchmarks/quick/results.jsonl --out benchmarks/quick/report\n\n"
+    "  unbackdoor report runs/part1/results.jsonl runs/part2/results.jsonl --out runs/report"
 )
 def report(
-    results: Annotated[Path, typer.Argument(help="results.jsonl written by `unbackdoor bench`.")],
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.jsonl written by `unbackdoor bench`; several are merged in order, a "
+            "later file's row of a cell replacing an earlier one's."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and figures.")],
 ) -> None:
-    """Render the Markdown/HTML report and its plots from a results file."""
+    """Render the Markdown/HTML report and its plots from a results file (or several)."""
     from unbackdoor.bench import render_report
 
-    files = render_report(results, out)
+    files = render_report(results[0] if len(results) == 1 else results, out)
     typer.echo(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figures")
 
 

@@ -11,13 +11,14 @@
 from unbackdoor.bench.config import BenchConfig, load_config
 from unbackdoor.bench.grid import GridResult, run_grid
 from unbackdoor.bench.report import render_report
-from unbackdoor.bench.store import ResultStore, read_results
+from unbackdoor.bench.store import ResultStore, merge_results, read_results
 
 __all__ = [
     "BenchConfig",
     "GridResult",
     "ResultStore",
     "load_config",
+    "merge_results",
     "read_results",
     "render_report",
     "run_grid",

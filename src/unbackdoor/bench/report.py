@@ -1,4 +1,4 @@
-"""The benchmark report, drawn from a results file alone: Markdown, simple HTML and plots.
+"""The benchmark report, drawn from results files alone: Markdown, simple HTML and plots.
 
 ``render_report("benchmarks/quick/results.jsonl", out="benchmarks/quick/report")`` writes
 ``report.md``, ``report.html`` and PNG figures: the main table per (data set, model) with
@@ -6,8 +6,10 @@ mean +- std over seeds and the never-backdoored floor, a summary per defense ove
 CA-vs-ASR trade-off per method, ASR against the clean-data budget, the re-tuning ASR curves,
 TBAR's alpha sweeps when present, and each attack's true trigger beside the triggers the
 defenses inverted. The header says how the results were made (command, date, machine, wall
-time) from ``grid.json`` beside the results. The numbers are drawn in :mod:`.tables`, the
-figures in :mod:`.plots`; this module lays them out as a document.
+time) from ``grid.json`` beside the results. Several results files (a grid run in pieces, on
+other machines or in other sessions) are merged into one report, a later file's row of a cell
+replacing an earlier one's, with each file's provenance listed. The numbers are drawn in
+:mod:`.tables`, the figures in :mod:`.plots`; this module lays them out as a document.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from unbackdoor.bench.plots import (
     plot_tradeoff,
     plot_triggers,
 )
-from unbackdoor.bench.store import read_results
+from unbackdoor.bench.store import merge_results, read_results
 from unbackdoor.bench.tables import (
     Block,
     groups,
@@ -54,14 +56,15 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "_".join(parts)).strip("_")
 
 
-def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
+def _grid(results: Path) -> dict[str, Any]:
     grid_json = results.parent / "grid.json"
-    grid = read_json(grid_json) if grid_json.is_file() else {}
+    return read_json(grid_json) if grid_json.is_file() else {}
+
+
+def _provenance(results: Path, rows: list[dict[str, Any]]) -> str | None:
+    """How the rows of one results file were made: command, date, machine, wall time."""
+    grid = _grid(results)
     runs = [r for r in grid.get("runs", []) if r.get("computed") or r.get("status") != "finished"]
-    name = grid.get("name") or results.parent.name
-    blocks: list[Block] = [("h1", f"Benchmark: {name}")]
-    if grid.get("description"):
-        blocks.append(("p", grid["description"]))
     if runs:
         last = runs[-1]
         hw = last.get("hardware", {})
@@ -95,19 +98,41 @@ def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
                 f" **The last run was {runs[-1].get('status')}: {len(rows)} of {total} cells are "
                 "recorded; rerun the same command to finish the rest.**"
             )
-        blocks.append(("p", text))
-    elif rows:  # no grid.json (a run that was killed hard): what the rows themselves say
+        return text
+    if rows:  # no grid.json (a run that was killed hard): what the rows themselves say
         r0 = rows[0]
         times = sorted(t for r in rows for t in (r.get("started"), r.get("finished")) if t)
         span = f" between {times[0]} and {times[-1]}" if times else ""
+        return (
+            f"{len(rows)} cells computed on host {r0.get('host', '?')} ({r0.get('cpu', '?')}, "
+            f"torch {r0.get('versions', {}).get('torch', '?')}){span}; no grid.json beside "
+            "the results, so the command and wall time are unknown."
+        )
+    return None
+
+
+def _header(files: list[Path], rows: list[dict[str, Any]]) -> list[Block]:
+    grid = _grid(files[-1])
+    name = grid.get("name") or files[-1].parent.name
+    blocks: list[Block] = [("h1", f"Benchmark: {name}")]
+    if grid.get("description"):
+        blocks.append(("p", grid["description"]))
+    if len(files) == 1:
+        text = _provenance(files[0], rows)
+        if text:
+            blocks.append(("p", text))
+    else:
         blocks.append(
             (
                 "p",
-                f"{len(rows)} cells computed on host {r0.get('host', '?')} ({r0.get('cpu', '?')}, "
-                f"torch {r0.get('versions', {}).get('torch', '?')}){span}; no grid.json beside "
-                "the results, so the command and wall time are unknown.",
+                f"Merged from {len(files)} results files, in this order; where two hold the "
+                "same cell, the later file's row is the one shown:",
             )
         )
+        for f in files:
+            mine = [r for r in rows if r.get("results_file") == str(f)]
+            text = _provenance(f, mine) or "no rows."
+            blocks.append(("p", f"`{f}` ({len(mine)} cells shown): {text}"))
     cfg = grid.get("config") or {}
     rc = cfg.get("retune") or (rows[0].get("config", {}).get("retune") if rows else None)
     if rc:
@@ -133,18 +158,23 @@ def _header(results: Path, rows: list[dict[str, Any]]) -> list[Block]:
                 f"{[d.get('label') or d['name'] for d in cfg.get('defenses', [])]}, budgets "
                 f"{cfg.get('budgets')}, seeds {cfg.get('seeds')}"
                 + (f", test subset {cfg['test_samples']}" if cfg.get("test_samples") else "")
-                + f". Raw rows: `{results.name}`.",
+                + (f". Raw rows: `{files[0].name}`." if len(files) == 1 else "."),
             )
         )
     return blocks
 
 
-def build_blocks(results: Path, out: Path) -> tuple[list[Block], list[Path]]:
-    """The report as blocks (and the figures drawn for it, in ``out``)."""
-    rows = read_results(results)
-    blocks = _header(results, rows)
+def build_blocks(results: Path | Sequence[Path], out: Path) -> tuple[list[Block], list[Path]]:
+    """The report as blocks (and the figures drawn for it, in ``out``); several results
+    files are merged (:func:`~unbackdoor.bench.store.merge_results`)."""
+    files = [results] if isinstance(results, Path) else list(results)
+    if len(files) == 1:
+        rows = read_results(files[0])
+        base = files[0].parent
+    else:  # the rows' picture paths already carry their own file's folder
+        rows, base = merge_results(files), Path()
+    blocks = _header(files, rows)
     figures: list[Path] = []
-    base = results.parent
     for (dataset, model), gs in groups(rows).items():
         title = f"{dataset} / {model}"
         blocks.append(("h2", title))
@@ -242,16 +272,25 @@ def to_html(blocks: list[Block], title: str) -> str:
     )
 
 
-def render_report(results: str | Path, out: str | Path) -> ReportFiles:
-    """Write ``report.md``, ``report.html`` and the figures for ``results`` into ``out``."""
+def render_report(results: str | Path | Sequence[str | Path], out: str | Path) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and the figures for ``results`` into ``out``.
+
+    ``results`` is one results file or several, merged in order (a later file's row of a
+    cell supersedes an earlier one's): a grid that ran in pieces reported as one.
+    """
     from unbackdoor.errors import DataError
 
-    results = Path(results)
-    if not results.is_file():
-        raise DataError(f"{results}: no such results file")
+    files = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    if not files:
+        raise DataError("no results file given")
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{f}: no such results file")
+    if len(set(files)) != len(files):
+        raise DataError("a results file is given twice")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    blocks, figures = build_blocks(results, out)
+    blocks, figures = build_blocks(files[0] if len(files) == 1 else files, out)
     md = to_markdown(blocks)
     title = blocks[0][1] if blocks and blocks[0][0] == "h1" else "Benchmark"
     md_path = atomic_write_text(out / "report.md", md)

@@ -15,7 +15,7 @@ import platform
 import shlex
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,38 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         latest.pop(name, None)
         latest[name] = row
     return list(latest.values())
+
+
+#: the row fields that hold paths relative to their results file's folder (the cell's pictures)
+PATH_FIELDS = ("true_trigger", "inverted_trigger", "cell_dir")
+
+
+def merge_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The last row of each cell over several results files: a grid run in pieces (other
+    machines, other sessions, scratch folders) read as one.
+
+    Files are read in the order given and a later file's row of a cell supersedes an earlier
+    one, as a later row does within one file. Each row gains ``results_file`` (where it came
+    from), and its picture paths (:data:`PATH_FIELDS`, ``inverted_triggers``) are joined to
+    that file's folder, so they stay valid away from it.
+    """
+    if not paths:
+        raise ValueError("merge_results needs at least one results file")
+    merged: dict[str, dict[str, Any]] = {}
+    for path in map(Path, paths):
+        for row in read_results(path):
+            row = {**row, "results_file": str(path)}
+            for name in PATH_FIELDS:
+                if isinstance(row.get(name), str):
+                    row[name] = str(path.parent / row[name])
+            if isinstance(row.get("inverted_triggers"), dict):
+                row["inverted_triggers"] = {
+                    k: str(path.parent / v) for k, v in row["inverted_triggers"].items()
+                }
+            name = row["key"].partition("#")[0]
+            merged.pop(name, None)
+            merged[name] = row
+    return list(merged.values())
 
 
 def cpu_name() -> str:
