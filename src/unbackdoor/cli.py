@@ -689,7 +689,7 @@ def report(
     """Render the Markdown/HTML report and its plots from a results file (or several)."""
     from unbackdoor.bench import render_report
 
-    files = render_report(results[0] if len(results) == 1 else results, out)
+    files = render_report(results, out)
     typer.echo(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figures")
 
 

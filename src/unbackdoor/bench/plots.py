@@ -217,8 +217,9 @@ def plot_alpha(gs: list[Group], title: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_triggers(gs: list[Group], title: str, path: Path, base: Path) -> Path | None:
-    """Each attack's true trigger beside the trigger each defense inverted (first seed)."""
+def plot_triggers(gs: list[Group], title: str, path: Path) -> Path | None:
+    """Each attack's true trigger beside the trigger each defense inverted (first seed); the
+    rows' picture paths are those :func:`~unbackdoor.bench.store.merge_results` rebased."""
     from PIL import Image
 
     per_attack: dict[str, list[tuple[str, Path]]] = {}
@@ -230,9 +231,9 @@ def plot_triggers(gs: list[Group], title: str, path: Path, base: Path) -> Path |
                 continue
             inv = next((r["inverted_trigger"] for r in g.rows if r.get("inverted_trigger")), None)
             if inv:
-                found.append((f"{g.defense}\n({budget_label(g.budget)})", base / inv))
+                found.append((f"{g.defense}\n({budget_label(g.budget)})", Path(inv)))
         if true and found:
-            per_attack[attack] = [("true trigger", base / true), *found]
+            per_attack[attack] = [("true trigger", Path(true)), *found]
     if not per_attack:
         return None
     plt = _plt()

@@ -14,7 +14,6 @@ replacing an earlier one's, with each file's provenance listed. The numbers are 
 
 from __future__ import annotations
 
-import functools
 import html
 import re
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from unbackdoor.bench.plots import (
     plot_tradeoff,
     plot_triggers,
 )
-from unbackdoor.bench.store import merge_results, read_results
+from unbackdoor.bench.store import merge_results
 from unbackdoor.bench.tables import (
     Block,
     groups,
@@ -164,15 +163,11 @@ def _header(files: list[Path], rows: list[dict[str, Any]]) -> list[Block]:
     return blocks
 
 
-def build_blocks(results: Path | Sequence[Path], out: Path) -> tuple[list[Block], list[Path]]:
-    """The report as blocks (and the figures drawn for it, in ``out``); several results
-    files are merged (:func:`~unbackdoor.bench.store.merge_results`)."""
-    files = [results] if isinstance(results, Path) else list(results)
-    if len(files) == 1:
-        rows = read_results(files[0])
-        base = files[0].parent
-    else:  # the rows' picture paths already carry their own file's folder
-        rows, base = merge_results(files), Path()
+def build_blocks(files: list[Path], out: Path) -> tuple[list[Block], list[Path]]:
+    """The report of one or several results files (merged in order, see
+    :func:`~unbackdoor.bench.store.merge_results`) as blocks, and the figures drawn for it
+    in ``out``."""
+    rows = merge_results(files)
     blocks = _header(files, rows)
     figures: list[Path] = []
     for (dataset, model), gs in groups(rows).items():
@@ -193,7 +188,7 @@ def build_blocks(results: Path | Sequence[Path], out: Path) -> tuple[list[Block]
             ("ASR vs budget", "budget", plot_budget),
             ("re-tuning", "retune", plot_retune),
             ("alpha sweeps", "alpha", plot_alpha),
-            ("triggers", "triggers", functools.partial(plot_triggers, base=base)),
+            ("triggers", "triggers", plot_triggers),
         ]
         for alt, prefix, draw in drawers:
             p = draw(gs, title, out / f"{prefix}_{slug}.png")
@@ -290,7 +285,7 @@ def render_report(results: str | Path | Sequence[str | Path], out: str | Path) -
         raise DataError("a results file is given twice")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    blocks, figures = build_blocks(files[0] if len(files) == 1 else files, out)
+    blocks, figures = build_blocks(files, out)
     md = to_markdown(blocks)
     title = blocks[0][1] if blocks and blocks[0][0] == "h1" else "Benchmark"
     md_path = atomic_write_text(out / "report.md", md)

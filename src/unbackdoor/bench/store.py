@@ -106,50 +106,57 @@ class ResultStore:
             self.append(row)
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """The last row of each cell in a results file, in file order.
-
-    A cell rerun with another config (other options, or a changed default of its method)
-    has the same readable name; its newest row supersedes the older one.
-    """
+def _newest_per_cell(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last of ``rows`` for each cell name (the key without its config hash), in order."""
     latest: dict[str, dict[str, Any]] = {}
-    for row in ResultStore(path).latest().values():
+    for row in rows:
         name = row["key"].partition("#")[0]
         latest.pop(name, None)
         latest[name] = row
     return list(latest.values())
 
 
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The last row of each cell in a results file, in file order.
+
+    A cell rerun with another config (other options, or a changed default of its method)
+    has the same readable name; its newest row supersedes the older one.
+    """
+    return _newest_per_cell(ResultStore(path).latest().values())
+
+
 #: the row fields that hold paths relative to their results file's folder (the cell's pictures)
 PATH_FIELDS = ("true_trigger", "inverted_trigger", "cell_dir")
 
 
+def _rebased(row: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``row`` of the results file ``path``, tagged with it, and its picture paths joined to
+    that file's folder so that they stay valid away from it."""
+    row = {**row, "results_file": str(path)}
+    for name in PATH_FIELDS:
+        if isinstance(row.get(name), str):
+            row[name] = str(path.parent / row[name])
+    if isinstance(row.get("inverted_triggers"), dict):
+        row["inverted_triggers"] = {
+            k: str(path.parent / v) for k, v in row["inverted_triggers"].items()
+        }
+    return row
+
+
 def merge_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The last row of each cell over several results files: a grid run in pieces (other
-    machines, other sessions, scratch folders) read as one.
+    """The last row of each cell over one or several results files: a grid run in pieces
+    (other machines, other sessions, scratch folders) read as one.
 
     Files are read in the order given and a later file's row of a cell supersedes an earlier
     one, as a later row does within one file. Each row gains ``results_file`` (where it came
     from), and its picture paths (:data:`PATH_FIELDS`, ``inverted_triggers``) are joined to
-    that file's folder, so they stay valid away from it.
+    that file's folder.
     """
     if not paths:
         raise ValueError("merge_results needs at least one results file")
-    merged: dict[str, dict[str, Any]] = {}
-    for path in map(Path, paths):
-        for row in read_results(path):
-            row = {**row, "results_file": str(path)}
-            for name in PATH_FIELDS:
-                if isinstance(row.get(name), str):
-                    row[name] = str(path.parent / row[name])
-            if isinstance(row.get("inverted_triggers"), dict):
-                row["inverted_triggers"] = {
-                    k: str(path.parent / v) for k, v in row["inverted_triggers"].items()
-                }
-            name = row["key"].partition("#")[0]
-            merged.pop(name, None)
-            merged[name] = row
-    return list(merged.values())
+    return _newest_per_cell(
+        _rebased(row, path) for path in map(Path, paths) for row in read_results(path)
+    )
 
 
 def cpu_name() -> str:
