@@ -336,9 +336,7 @@ def clean_model_sentence(gs: list[Group]) -> str | None:
         parts.append(f"{g.defense} ({budget_label(g.budget)}): {cost}{verdict}")
     if not parts:
         return None
-    return (
-        "On the never-backdoored model (left out of the means above): " + "; ".join(parts) + "."
-    )
+    return "On the never-backdoored model (left out of the means above): " + "; ".join(parts) + "."
 
 
 def _trained_model(r: dict[str, Any]) -> tuple[str, str, Any] | None:
