@@ -5,7 +5,9 @@
 Merged as ``unbackdoor report`` merges them (a later file's row of a cell wins). One line per
 attack: the backdoored model; BI-BAU at 2,500 and at 500 defender images with the found target
 and family and the re-tuned ASR (the never-backdoored floor beside the first); I-BAU where it
-ran; then the means that the issue's limits read.
+ran; then the means that the issue's limits read, over the attacks whose backdoored model
+reaches the catalogue's ASR target (95% poison-label, 80% clean-label: the issue's "every attack
+of the catalogue that reaches its ASR target"; ``benchmarks/attacks/run.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.bench.store import merge_results
+
+#: the catalogue's ASR targets (``benchmarks/attacks/run.py``) and its clean-label attacks
+POISON_LABEL_TARGET, CLEAN_LABEL_TARGET = 0.95, 0.80
+CLEAN_LABEL = {"sig", "label_consistent"}
 
 HEADER = (
     "| attack | backdoored CA / ASR | BI-BAU 2,500: CA (drop) / ASR | found | re-tuned (floor) "
@@ -61,15 +67,18 @@ def main(paths: list[str]) -> None:
         base = next(r for k, r in by.items() if k[:2] == (a, "ceiling"))
         floor = next((r for k, r in by.items() if k[:2] == (a, "floor")), None)
         big, small = (by.get((a, "defense", "bibau", b)) for b in (0.05, 500))
+        need = CLEAN_LABEL_TARGET if a in CLEAN_LABEL else POISON_LABEL_TARGET
+        reaches = base["asr"] >= need
         for budget, r in ((0.05, big), (500, small)):
-            if r is not None:
+            if r is not None and reaches:
                 means[budget].append((_drop(r), r["asr"]))
         ib = by.get((a, "defense", "ibau", 0.05))
         ibau = "not run" if ib is None else " / ".join(_defended(ib)[0:3:2])
         fl = _pct(floor.get("retune_asr")) if floor else "not run"
         b, s = _defended(big), _defended(small)
+        note = "" if reaches else f" (under its {need:.0%} target: not in the means)"
         print(
-            f"| {a} | {_pct(base['clean_acc'])} / {_pct(base['asr'])} | {b[0]} | {b[1]} "
+            f"| {a} | {_pct(base['clean_acc'])} / {_pct(base['asr'])}{note} | {b[0]} | {b[1]} "
             f"| {b[2]} ({fl}) | {s[0]} | {s[1]} | {s[2]} | {ibau} |"
         )
     for budget, vals in means.items():
