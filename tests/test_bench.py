@@ -721,6 +721,7 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
         ("bibau", "badnets", 1, 0.90, 0.89, 0.03, 0.05, 100.0),  # CA drop 1 point
         ("bibau", "blended", 0, 0.91, 0.88, 0.06, 1.0, 300.0),
         ("ft", "badnets", 0, 0.90, 0.90, 0.5, 0.9, 10.0),
+        ("bibau", "none", 0, 0.92, 0.915, None, None, 50.0),  # not an attack: not in the means
     ]
     for defense, attack, seed, before, ca, asr, ra, t in defended:
         rows.append(
@@ -734,6 +735,7 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
                 asr=asr,
                 retune_asr=ra,
                 defense_time=t,
+                **({"backdoor_found": False} if attack == "none" else {}),
             )
         )
     blocks, means = summary_blocks(next(iter(groups(rows).values())))
@@ -747,6 +749,8 @@ def test_report_summarises_each_defense_over_the_attacks_it_ran_on():
     assert bibau[5] == "6.00% (blended)"
     assert bibau[6] == "52.50%" and bibau[7] == "1.50%"  # (3% + 0%) / 2 above the floors
     assert bibau[8] == "200 s"
+    clean = [b[1] for b in blocks if b[0] == "p" and "never-backdoored model (left out" in b[1]]
+    assert clean and "bibau (5% of train): CA drop 0.50 pts, no backdoor reported" in clean[0]
     rows.pop(1)  # no blended floor: bibau's RA-ASR above floor then covers badnets alone
     blocks, _ = summary_blocks(next(iter(groups(rows).values())))
     assert next(r for r in blocks[1][2] if r[0] == "bibau")[7] == "3.00% (of 1)"

@@ -188,14 +188,15 @@ def _attack_summary(g: Group, floor_ra: dict[str, float]) -> AttackSummary:
 
 
 def defense_summaries(gs: list[Group]) -> dict[tuple[str, Any], list[AttackSummary]]:
-    """Per (defense, budget): one :class:`AttackSummary` per attack it ran on."""
+    """Per (defense, budget): one :class:`AttackSummary` per attack it ran on (a
+    never-backdoored model is not an attack: its rows are in :func:`clean_model_sentence`)."""
     floor_ra = {}
     for g in gs:
         if g.role == "floor" and (m := mean_std(g.values("retune_asr"))[0]) is not None:
             floor_ra[g.attack] = m
     out: dict[tuple[str, Any], list[AttackSummary]] = defaultdict(list)
     for g in gs:
-        if g.role == "defense":
+        if g.role == "defense" and g.attack != NONE:
             out[(g.defense, g.budget)].append(_attack_summary(g, floor_ra))
     return dict(out)
 
@@ -284,8 +285,9 @@ def summary_blocks(gs: list[Group]) -> tuple[list[Block], list[DefenseMeans]]:
     defenses cover different attacks (means over different attacks do not compare); with the
     means over those common attacks (for the plot)."""
     summaries = defense_summaries(gs)
+    clean = clean_model_sentence(gs)
     if not summaries:
-        return [], []
+        return ([("p", clean)] if clean else []), []
     means = defense_means(summaries)
     header, table = summary_table(means)
     blocks: list[Block] = [
@@ -299,6 +301,8 @@ def summary_blocks(gs: list[Group]) -> tuple[list[Block], list[DefenseMeans]]:
         ),
         ("table", header, table),
     ]
+    if clean:
+        blocks.append(("p", clean))
     covered = [{s.attack for s in items} for items in summaries.values()]
     common = set.intersection(*covered)
     if common and any(c != common for c in covered):
@@ -310,6 +314,29 @@ def summary_blocks(gs: list[Group]) -> tuple[list[Block], list[DefenseMeans]]:
     elif not common:
         means = []
     return blocks, means
+
+
+def clean_model_sentence(gs: list[Group]) -> str | None:
+    """What each defense did to the never-backdoored model (attack ``none``), kept out of the
+    summary's means: there is nothing to remove there, only accuracy to lose or a false alarm."""
+    parts = []
+    for g in gs:
+        if g.role != "defense" or g.attack != NONE:
+            continue
+        drop = _attack_summary(g, {}).ca_drop
+        found = [r.get("backdoor_found") for r in g.rows if r.get("backdoor_found") is not None]
+        verdict = (
+            ""
+            if not found
+            else ", no backdoor reported"
+            if not any(found)
+            else f", a backdoor reported in {sum(map(bool, found))} of {len(found)} runs"
+        )
+        cost = "CA drop n/a" if drop is None else f"CA drop {100 * drop:.2f} pts"
+        parts.append(f"{g.defense} ({budget_label(g.budget)}): {cost}{verdict}")
+    if not parts:
+        return None
+    return "On the never-backdoored model (left out of the means above): " + "; ".join(parts) + "."
 
 
 def _trained_model(r: dict[str, Any]) -> tuple[str, str, Any] | None:
