@@ -324,14 +324,15 @@ def clean_model_sentence(gs: list[Group]) -> str | None:
         if g.role != "defense" or g.attack != NONE:
             continue
         drop = _attack_summary(g, {}).ca_drop
-        found = [r.get("backdoor_found") for r in g.rows if r.get("backdoor_found") is not None]
-        verdict = (
-            ""
-            if not found
-            else ", no backdoor reported"
-            if not any(found)
-            else f", a backdoor reported in {sum(map(bool, found))} of {len(found)} runs"
-        )
+        found = [bool(r["backdoor_found"]) for r in g.rows if r.get("backdoor_found") is not None]
+        verdict = ""
+        if found:
+            n = sum(found)
+            verdict = (
+                f", a backdoor reported in {n} of {len(found)} runs"
+                if n
+                else ", no backdoor reported"
+            )
         cost = "CA drop n/a" if drop is None else f"CA drop {100 * drop:.2f} pts"
         parts.append(f"{g.defense} ({budget_label(g.budget)}): {cost}{verdict}")
     if not parts:
