@@ -8,6 +8,11 @@ and family and the re-tuned ASR (the never-backdoored floor beside the first); I
 ran; then the means that the issue's limits read, over the attacks whose backdoored model
 reaches the catalogue's ASR target (95% poison-label, 80% clean-label: the issue's "every attack
 of the catalogue that reaches its ASR target"; ``benchmarks/attacks/run.py``).
+
+A second table sets BI-BAU beside I-BAU wherever both ran, with 2,500 images, on the same
+weights (matched by their SHA-256, whatever file each row came from), with the issue's reading:
+BI-BAU's ASR lower (within 0.5 points: a tie), its re-tuned ASR lower (not readable where the
+never-backdoored model re-tunes to 95% or more), its defense time at most twice I-BAU's.
 """
 
 from __future__ import annotations
@@ -56,11 +61,64 @@ def _defended(row: dict[str, Any] | None) -> list[str]:
     return [ca, _found(row), _pct(row.get("retune_asr"))]
 
 
+#: ASR differences under this are called ties; floors at or above FLAT_FLOOR make completeness
+#: unreadable (the re-tuning attack teaches a never-backdoored model the trigger anyway)
+TIE, FLAT_FLOOR = 0.005, 0.95
+
+
+def _versus(a: float, b: float) -> str:
+    return "tie" if abs(a - b) < TIE else ("better" if a < b else "worse")
+
+
+def versus_ibau(rows: list[dict[str, Any]]) -> None:
+    """Print BI-BAU beside I-BAU (2,500 images) on every set of weights both ran on."""
+    runs: dict[tuple, dict[str, Any]] = {}
+    floors: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["role"] == "floor":
+            floors[r["attack"]] = r
+        elif r["role"] == "defense" and r.get("budget") == 0.05 and r.get("model_weights_sha256"):
+            runs[(r["attack"], r.get("model_weights_sha256"), r["defense"])] = r
+    head = (
+        "| attack (weights) | backdoored CA / ASR | BI-BAU: CA (drop) / ASR / re-tuned / time "
+        "| I-BAU: CA (drop) / ASR / re-tuned / time | floor | ASR | completeness | time ratio |"
+    )
+    print("\n" + head + "\n" + "|---" * (head.count(" | ") + 1) + "|")
+    for (attack, sha, defense), bi in runs.items():
+        ib = runs.get((attack, sha, "ibau"))
+        if defense != "bibau" or ib is None:
+            continue
+        floor = floors.get(attack, {}).get("retune_asr")
+        cells = []
+        for r in (bi, ib):
+            cells.append(
+                f"{_pct(r['clean_acc'])} (-{100 * _drop(r):.2f}) / {_pct(r['asr'])} / "
+                f"{_pct(r.get('retune_asr'))} / {r['defense_time']:.0f} s"
+            )
+        if floor is None or bi.get("retune_asr") is None or ib.get("retune_asr") is None:
+            complete = "no floor" if floor is None else "not re-tuned"
+        elif floor >= FLAT_FLOOR:
+            complete = "not readable"
+        else:
+            complete = _versus(bi["retune_asr"], ib["retune_asr"])
+        ratio = bi["defense_time"] / ib["defense_time"]
+        before = bi["before"]
+        print(
+            f"| {attack} (`{sha[:8]}`) | {_pct(before['clean_acc'])} / {_pct(before['asr'])} "
+            f"| {cells[0]} | {cells[1]} | {_pct(floor)} | {_versus(bi['asr'], ib['asr'])} "
+            f"| {complete} | {ratio:.2f} |"
+        )
+
+
 def main(paths: list[str]) -> None:
     by: dict[tuple, dict[str, Any]] = {}
-    for r in merge_results(paths):  # cell folders joined to their results file's folder
-        if r.get("status") == "ok" and r.get("seed") == 0:
-            by[(r["attack"], r["role"], r.get("defense"), r.get("budget"))] = r
+    rows = [
+        r  # cell folders joined to their results file's folder
+        for r in merge_results(paths)
+        if r.get("status") == "ok" and r.get("seed") == 0
+    ]
+    for r in rows:
+        by[(r["attack"], r["role"], r.get("defense"), r.get("budget"))] = r
     attacks = list(dict.fromkeys(a for a, role, *_ in by if role == "ceiling" and a != "none"))
     print(HEADER)
     print("|---" * HEADER.count(" | ") + "|---|")
@@ -91,6 +149,7 @@ def main(paths: list[str]) -> None:
                 f"\n{budget}: {len(vals)} attacks, mean CA drop {drop:.2f} pts, "
                 f"mean ASR {_pct(statistics.mean(asr))}, worst ASR {_pct(max(asr))}"
             )
+    versus_ibau(rows)
 
 
 if __name__ == "__main__":
