@@ -1,6 +1,6 @@
 """Exact purification on a dev model: unlearning with the attack's *true* trigger (an oracle).
 
-    RETUNE=1 DEV_MODEL=dev_lf python benchmarks/bibau_dev/oracle_ep.py TAG N EPOCHS LR
+    RETUNE=1 DEV_MODEL=dev_lf python benchmarks/bibau_dev/oracle_ep.py TAG N EPOCHS LR [K WEIGHT]
 
 A diagnosis, never a defense and never a choice of defaults: it reads the trigger from the dev
 model's ``attack.json``. Min et al. (NeurIPS 2024, "Uncovering, explaining, and mitigating the
@@ -8,12 +8,19 @@ superficial safety of backdoor defense") call this EP: fine-tuning on the defend
 images plus the same images stamped with the real trigger under their true labels. If EP
 leaves a backdoor that re-tuning does not bring back while BI-BAU's found trigger leaves one
 that it does, the gap lies in what the inversion finds, not in the unlearning step.
+With ``K`` and ``WEIGHT`` the fine-tune also meets a simulated re-tuning attacker (first-order,
+after Tamirisa et al.'s tamper-resistant training, 2024): at every step a copy of the model
+takes ``K`` Adam steps (lr 5e-4) towards the target on the batch with a quarter of it stamped,
+and the stamped images' true-label loss is also taken at the copy's weights (its gradient
+applied at the current ones, ``WEIGHT`` times): the backdoor must stay unlearned a few attacker
+steps away, not only where the model stands.
 Scored as ``tune.py`` scores (the dev model's 5,000 held-out training images); one line is
 appended to ``results.jsonl`` with ``method`` "oracle_ep".
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -21,10 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from unbackdoor.attacks.store import load_attack
 from unbackdoor.data import load_dataset
-from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.eval.retune import RetuneConfig, retune_attack
 from unbackdoor.models import load_model
@@ -34,22 +42,38 @@ HERE = Path(__file__).resolve().parent
 from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
 
 
-def with_true_stamps(data: ImageDataset, trigger) -> ImageDataset:
-    """``data`` plus its copy stamped with the true trigger, labels unchanged (the EP set)."""
-    with torch.no_grad():
-        x = trigger(data.float_images(), torch.arange(len(data))).clamp(0, 1)
-    stamped = (x * 255).round().to(torch.uint8)
-    return ImageDataset(
-        torch.cat([data.images, stamped]),
-        torch.cat([data.labels, data.labels]),
-        list(data.class_names),
-        f"{data.name}+true stamps",
-        dict(data.meta),
-    )
+def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0):
+    """EP's loss on a clean batch (clean and stamped halves under true labels), plus, with
+    ``k``, the stamped loss at the weights a simulated attacker reaches in ``k`` steps."""
+
+    def loss(model: torch.nn.Module, batch) -> torch.Tensor:
+        x, y = batch.x, batch.y
+        stamped = trigger(x, batch.index).clamp(0, 1)
+        out = F.cross_entropy(model(torch.cat([x, stamped])), torch.cat([y, y]))
+        if not k:
+            return out
+        attacker = copy.deepcopy(model)
+        opt = torch.optim.Adam(attacker.parameters(), lr=5e-4)
+        poisoned = x.clone()
+        q = len(x) // 4
+        poisoned[:q] = stamped[:q].detach()
+        labels = y.clone()
+        labels[:q] = target
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(attacker(poisoned), labels).backward()
+            opt.step()
+        moved = dict(attacker.named_parameters())
+        params = {n: p + (moved[n] - p).detach() for n, p in model.named_parameters()}
+        after = F.cross_entropy(functional_call(model, params, (stamped,)), y)
+        return out + weight * after
+
+    return loss
 
 
 def main() -> None:
     tag, n, epochs, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    k, weight = (int(sys.argv[5]), float(sys.argv[6])) if len(sys.argv) > 6 else (0, 0.0)
     split = torch.load(split_path("cifar10"), weights_only=True)
     train_set = load_dataset("cifar10", "train")
     tr = train_set.subset(split["train_idx"], "cifar10")
@@ -64,17 +88,17 @@ def main() -> None:
 
     before = score(model)
     clean = tr.sample(n, 7919)  # tune.py's draw
-    ep = with_true_stamps(clean, rec.trigger)
+    target = int(rec.attack_labels(torch.zeros(1, dtype=torch.long))[0])
     t0 = time.time()
     cfg = TrainConfig(epochs=epochs, lr=lr, bf16=True, seed=0, schedule="linear", warmup=0.0)
-    train(model, ep, cfg, desc="oracle EP")
+    train(model, clean, cfg, loss_fn=ep_loss(rec.trigger, target, k, weight), desc="oracle EP")
     after = score(model)
     r = retune_attack(model, tr, dev, rec, RetuneConfig(seed=0))
     row = {
         "tag": tag,
         "method": "oracle_ep",
         "model": name,
-        "opts": {"epochs": epochs, "lr": lr},
+        "opts": {"epochs": epochs, "lr": lr, "attacker_steps": k, "attacker_weight": weight},
         "n": n,
         "draw": 7919,
         "before": before,
