@@ -723,6 +723,66 @@ def test_path_rho_takes_the_unlearning_gradient_nearer_the_backdoored_model(mnis
         BIBAU(path_rho=1.0)
 
 
+def test_attacker_term_is_the_stamped_loss_at_the_simulated_attackers_weights():
+    """``attacker_steps``: the extra loss is the stamped images' unlearning loss at the weights
+    a few Adam steps towards the target reach (the attacker's copy ends there), its gradient
+    lands on the model's own parameters unchanged (first order), and the model is not moved."""
+    from unbackdoor.train.losses import kl_to_teacher
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    attacker = copy.deepcopy(model)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(1, 10, (16,))
+    xs = x[:8].clone()
+    xs[..., -2:, -2:] = 1.0  # a patch on the first rows
+    t_logits = torch.randn(8, 10)
+    start = [p.detach().clone() for p in model.parameters()]
+    d = BIBAU(attacker_steps=3, attacker_lr=0.05)
+    d._attack_target = 0
+    d._after_attacker(model, attacker, x, y, xs, t_logits, torch.device("cpu")).backward()
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+    # the attacker moved towards the target on the stamped rows
+    with torch.no_grad():
+        p_before = model(xs).softmax(1)[:, 0].mean()
+        p_after = attacker(xs).softmax(1)[:, 0].mean()
+    assert p_after > p_before
+    probe = copy.deepcopy(attacker)
+    kl_to_teacher(probe(xs).float(), t_logits).backward()
+    for p, q in zip(model.parameters(), probe.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    with pytest.raises(ConfigError, match="attacker_steps"):
+        BIBAU(attacker_steps=2, mode="untargeted")
+    with pytest.raises(ConfigError, match="attacker_lr"):
+        BIBAU(attacker_steps=2, attacker_lr=0.0)
+
+
+def test_attacker_term_runs_inside_the_unlearning_step(mnist_backdoor, monkeypatch):
+    """In ``_unlearn`` (feature hook on, PAM's context around it) the term is added once per
+    step and, with lr 0, the model stays where it was."""
+    from unbackdoor.inversion import MaskPattern
+
+    teacher, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(128, 5)
+    work = copy.deepcopy(teacher)
+    start = copy.deepcopy(work.state_dict())
+    calls = []
+    real = BIBAU._after_attacker
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(BIBAU, "_after_attacker", spy)
+    d = BIBAU(attacker_steps=2, outer_steps=2, batch_size=64, freeze_bn_stats=True)
+    d._attack_target, d._shared_target = 0, None
+    opt = torch.optim.SGD(work.parameters(), lr=0.0)
+    trigger = MaskPattern(1, tuple(data.images.shape[1:]))
+    d._unlearn(work, teacher, data, [trigger], opt, None, torch.device("cpu"), 0)
+    assert len(calls) == 2
+    assert all(torch.equal(v, start[k]) for k, v in work.state_dict().items())
+    assert next(work.parameters()).grad is not None
+
+
 @pytest.mark.slow  # an option off by default (benchmarks/bibau_dev); ~1-2 min on 2 cores
 def test_companion_family_is_unlearned_beside_the_detected_one(
     mnist_backdoor, tmp_path, monkeypatch

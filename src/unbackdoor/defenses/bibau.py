@@ -110,6 +110,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from unbackdoor.data.dataset import ImageDataset
 from unbackdoor.data.loader import iterate
@@ -217,6 +218,9 @@ class BIBAU(Defense):
         "budget_prior": True,
         "inversion_batch_size": None,
         "path_rho": 0.0,
+        "attacker_steps": 0,
+        "attacker_weight": 1.0,
+        "attacker_lr": 5e-4,
         "negate_first": False,
         "negate_repair_epochs": 0,
         "negate_retention": 0.95,
@@ -353,6 +357,18 @@ class BIBAU(Defense):
     #: re-tuned ASR from 34.6% to 20.8% at 4.1 points of accuracy and was rejected
     #: (``benchmarks/bibau_dev``, session 24); 0: off
     path_rho: float = 0.0
+    #: a simulated re-tuning attacker in the M-step (first-order, after Tamirisa et al.,
+    #: "Tamper-Resistant Safeguards for Open-Weight LLMs", 2024): at every unlearning step a
+    #: copy of the model takes this many Adam steps (``attacker_lr``) towards the found target
+    #: on the batch with a quarter of it stamped, and the stamped images' unlearning loss is
+    #: also taken at the copy's weights, ``attacker_weight`` times, its gradient applied at the
+    #: current ones: the backdoor must stay unlearned a few attacker steps away. With the true
+    #: LF trigger (an oracle, ``benchmarks/bibau_dev/oracle_ep.py``) 4 steps took the dev LF
+    #: model's re-tuned ASR from 38% to 18% at equal accuracy; with the found trigger it is
+    #: unmeasured. Targeted mode only; 0: off
+    attacker_steps: int = 0
+    attacker_weight: float = 1.0
+    attacker_lr: float = 5e-4
     #: targeted, once a target is found: before the rounds, subtract TBAR's trigger vector for
     #: the found trigger at the largest alpha keeping 95% of the held-out accuracy
     #: (:mod:`unbackdoor.defenses.negate_first`); the rounds then repair and unlearn the rest.
@@ -480,6 +496,14 @@ class BIBAU(Defense):
         self._require(self.mix_kl_weight >= 0, "mix_kl_weight", ">= 0")
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
         self._require(0 <= self.path_rho < 1, "path_rho", "in [0, 1)")
+        self._require(self.attacker_steps >= 0, "attacker_steps", ">= 0")
+        self._require(self.attacker_weight >= 0, "attacker_weight", ">= 0")
+        self._require(self.attacker_lr > 0, "attacker_lr", "> 0")
+        self._require(
+            not self.attacker_steps or self.mode != "untargeted",
+            "attacker_steps",
+            "0 with mode='untargeted' (the simulated attacker needs one target)",
+        )
         self._require(self.negate_repair_epochs >= 0, "negate_repair_epochs", ">= 0")
         self._require(0 < self.negate_retention <= 1, "negate_retention", "in (0, 1]")
         self._require(0 <= self.negate_min_gain <= 1, "negate_min_gain", "in [0, 1]")
@@ -701,6 +725,7 @@ class BIBAU(Defense):
             )
         k_idx = first.classes.index(z) if targeted else 0
         self._shared_target = z if targeted and self.shared_eps else None
+        self._attack_target = z if targeted else None
         self._pgd_rows, self._shared_rates = 0, []  # stamped_batches sets them each round
         if self._shared_target is not None:
             diag["shared_rate_per_round"] = []  # both models sent to z, per-sample examples
@@ -1186,6 +1211,9 @@ class BIBAU(Defense):
         device: torch.device,
         rnd: int,
     ) -> None:
+        # the simulated attacker's copy, made before the feature hook (a hook holding a
+        # non-leaf tensor cannot be deep-copied); reloaded from the model at every step
+        attacker = copy.deepcopy(model) if self.attacker_steps else None
         feats = _Features(model)
         steps = 0
         ce_weight = self.ce_weight(len(clean))
@@ -1232,6 +1260,10 @@ class BIBAU(Defense):
                         num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
                         den = f_clean.pow(2).flatten(1).sum(1).clamp_min(1e-6)
                         loss = loss + self.feature_weight * (num / den).mean()
+                    if attacker is not None and n_s:
+                        loss = loss + self.attacker_weight * self._after_attacker(
+                            model, attacker, x, y, xs[:n_s], t_logits[:n_s], device
+                        )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"bibau: the unlearning loss became {loss.item()} at round {rnd + 1}, "
@@ -1245,6 +1277,43 @@ class BIBAU(Defense):
         finally:
             feats.remove()
         model.eval()
+
+    def _after_attacker(
+        self,
+        model: nn.Module,
+        attacker: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        xs: torch.Tensor,
+        t_logits: torch.Tensor,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The stamped images' unlearning loss at the weights a simulated attacker reaches in
+        ``attacker_steps`` Adam steps on the clean batch ``x`` with its first quarter replaced
+        by stamped copies labelled with the found target. ``attacker`` is a copy of ``model``,
+        reloaded from it here and left at the attacker's weights; the loss is differentiable
+        in ``model``'s parameters as if taken at them (first order: the attacker's move is a
+        constant). ``xs`` are the stamped images (of ``x``'s first rows), ``t_logits`` the
+        backdoored model's logits on their clean versions."""
+        q = max(1, min(len(xs), len(x) // 4))
+        poisoned = torch.cat([xs[:q], x[q:]]).detach()
+        labels = torch.cat([y.new_full((q,), int(self._attack_target)), y[q:]])
+        attacker.load_state_dict(model.state_dict())
+        attacker.train()  # as a re-tuning attacker trains, whatever the unlearning freezes
+        opt = torch.optim.Adam(attacker.parameters(), lr=self.attacker_lr)
+        for _ in range(self.attacker_steps):
+            with autocast(device, self.bf16):
+                attack_loss = F.cross_entropy(attacker(poisoned).float(), labels)
+            opt.zero_grad(set_to_none=True)
+            attack_loss.backward()
+            opt.step()
+        moved = dict(attacker.named_parameters())
+        params = {n: p + (moved[n] - p).detach() for n, p in model.named_parameters()}
+        with autocast(device, self.bf16):
+            logits = functional_call(model, params, (xs,)).float()
+        if self.stamped_target == "teacher":
+            return kl_to_teacher(logits, t_logits)
+        return F.cross_entropy(logits, y[: len(xs)])
 
     def _mixed(
         self, teacher: nn.Module, x: torch.Tensor, gen: torch.Generator, device: torch.device
