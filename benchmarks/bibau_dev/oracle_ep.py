@@ -37,6 +37,7 @@ from unbackdoor.eval.metrics import evaluate
 from unbackdoor.eval.retune import RetuneConfig, retune_attack
 from unbackdoor.models import load_model
 from unbackdoor.train import TrainConfig, train
+from unbackdoor.train.path_point import after_attacker
 
 HERE = Path(__file__).resolve().parent
 from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
@@ -52,19 +53,12 @@ def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0):
         out = F.cross_entropy(model(torch.cat([x, stamped])), torch.cat([y, y]))
         if not k:
             return out
-        attacker = copy.deepcopy(model)
-        opt = torch.optim.Adam(attacker.parameters(), lr=5e-4)
-        poisoned = x.clone()
         q = len(x) // 4
-        poisoned[:q] = stamped[:q].detach()
-        labels = y.clone()
-        labels[:q] = target
-        for _ in range(k):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(attacker(poisoned), labels).backward()
-            opt.step()
-        moved = dict(attacker.named_parameters())
-        params = {n: p + (moved[n] - p).detach() for n, p in model.named_parameters()}
+        poisoned = torch.cat([stamped[:q], x[q:]]).detach()
+        labels = torch.cat([y.new_full((q,), target), y[q:]])
+        params = after_attacker(
+            model, copy.deepcopy(model), poisoned, labels, steps=k, lr=5e-4, bf16=True
+        )
         after = F.cross_entropy(functional_call(model, params, (stamped,)), y)
         return out + weight * after
 

@@ -145,7 +145,7 @@ from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
 from unbackdoor.train.losses import kl_to_teacher
-from unbackdoor.train.path_point import toward
+from unbackdoor.train.path_point import after_attacker, toward
 from unbackdoor.utils.digest import tensors_digest
 from unbackdoor.utils.io import atomic_write
 from unbackdoor.utils.precision import autocast
@@ -1299,17 +1299,15 @@ class BIBAU(Defense):
         q = max(1, min(len(xs), len(x) // 4))
         poisoned = torch.cat([xs[:q], x[q:]]).detach()
         labels = torch.cat([y.new_full((q,), int(self._attack_target)), y[q:]])
-        attacker.load_state_dict(model.state_dict())
-        attacker.train()  # as a re-tuning attacker trains, whatever the unlearning freezes
-        opt = torch.optim.Adam(attacker.parameters(), lr=self.attacker_lr)
-        for _ in range(self.attacker_steps):
-            with autocast(device, self.bf16):
-                attack_loss = F.cross_entropy(attacker(poisoned).float(), labels)
-            opt.zero_grad(set_to_none=True)
-            attack_loss.backward()
-            opt.step()
-        moved = dict(attacker.named_parameters())
-        params = {n: p + (moved[n] - p).detach() for n, p in model.named_parameters()}
+        params = after_attacker(
+            model,
+            attacker,
+            poisoned,
+            labels,
+            steps=self.attacker_steps,
+            lr=self.attacker_lr,
+            bf16=self.bf16,
+        )
         with autocast(device, self.bf16):
             logits = functional_call(model, params, (xs,)).float()
         if self.stamped_target == "teacher":
