@@ -36,7 +36,9 @@ from unbackdoor.models import load_model  # noqa: E402
 from unbackdoor.unlearn import split_defender_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ("mask_pattern", "additive", "warp")
+#: the smooth family (new in session 37) is probed too, for the LF question; the rule for
+#: choosing among flagged families reads only the first three
+FAMILIES = ("mask_pattern", "additive", "warp", "smooth")
 
 
 def main(names: list[str]) -> None:
