@@ -1,6 +1,7 @@
 """Every trigger family's verdict on a dev model, each family on its own (session 37).
 
     python benchmarks/bibau_dev/family_probe.py dev_wanet_s2 dev_sig dev_wanet dev_lf
+    FAMILIES=smooth python benchmarks/bibau_dev/family_probe.py dev_lf   # some families only
 
 BI-BAU's blind detection stops at the first family that flags a class (mask, then additive,
 then warp). On two WaNet test trainings the additive family flagged a wrong class before the
@@ -17,6 +18,7 @@ print whether a verdict names it; the rule never sees it. Rows go to ``family_pr
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,7 @@ def main(names: list[str]) -> None:
         model, _ = load_model(RUNS / name)
         model.eval()
         target = load_attack(RUNS / name).policy.target if has_attack(RUNS / name) else None
-        for fam in FAMILIES:
+        for fam in os.environ.get("FAMILIES", ",".join(FAMILIES)).split(","):
             t0 = time.perf_counter()
             det = detect_with(
                 settings,
