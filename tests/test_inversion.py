@@ -484,3 +484,78 @@ def test_total_variation_prior_smooths_the_pattern():
         return float(total_variation(res.family.pattern.detach())[0])
 
     assert tv(0.5) < 0.5 * tv(0.0)
+
+
+def test_detect_compares_the_budgeted_families_when_asked():
+    """A natural additive shortcut flags a class, the warp family the backdoor (dev WaNet): with
+    ``compare_budgeted`` the family whose class stands out most decides, not the first."""
+    from unbackdoor.inversion import detect
+
+    k = 10
+    plain = torch.full((k,), 20.0) + torch.arange(k)
+    cheap = plain.clone()
+    cheap[5] = 1.0
+    quiet = torch.full((k,), 0.01)
+    shortcut, backdoor = quiet.clone(), quiet.clone()
+    shortcut[3], backdoor[0] = 0.6, 0.99
+    calls = []
+
+    def scripted(mask_sizes, additive, warp):
+        def fake(model, data, cfg, **kw):
+            calls.append(cfg.family)
+            if cfg.family == "mask_pattern":
+                fam = MaskPattern(k, (1, 4, 4))
+                return InversionResult(fam, list(range(k)), mask_sizes, torch.ones(k), plain)
+            if cfg.family == "additive":
+                fam = Additive(k, (1, 4, 4), eps=cfg.eps)
+                return InversionResult(fam, list(range(k)), plain, additive, plain)
+            fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
+            return InversionResult(fam, list(range(k)), plain, warp, plain)
+
+        return fake
+
+    cfg = InversionConfig(steps=1)
+    families = ("mask_pattern", "additive", "warp")
+    kw = dict(auto_families=families, auto_eps=False)
+    det = detect(None, None, cfg, **kw, invert_fn=scripted(plain, shortcut, backdoor))
+    assert det.family == "additive" and det.verdict.klass == 3  # the first that flags
+    assert calls == ["mask_pattern", "additive"]
+    calls.clear()
+    fake = scripted(plain, shortcut, backdoor)
+    det = detect(None, None, cfg, **kw, compare_budgeted=True, invert_fn=fake)
+    assert calls == list(families) and det.tried == list(families)
+    assert det.found and det.family == "warp" and det.verdict.klass == 0
+    assert det.result.family.__class__ is Warp
+    assert det.verdicts["additive"]["found"] and det.verdicts["additive"]["class"] == 3
+    assert det.verdicts["warp"]["anomaly"] > det.verdicts["additive"]["anomaly"]
+    # the other way round, the additive family keeps the decision
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, backdoor, shortcut)
+    )
+    assert det.family == "additive" and det.verdict.klass == 0
+    # only one budgeted family flags: it decides, as without comparing
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, quiet, shortcut)
+    )
+    assert det.found and det.family == "warp" and det.verdict.klass == 3
+    # none flags: no backdoor, the last family's inversion returned as before
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, quiet, quiet)
+    )
+    assert not det.found and det.family == "warp"
+    # a mask that flags still decides alone
+    calls.clear()
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(cheap, shortcut, backdoor)
+    )
+    assert det.family == "mask_pattern" and det.verdict.klass == 5 and calls == ["mask_pattern"]
+    # the defenses pass their option through
+    from unbackdoor.defenses.bibau import BIBAU
+    from unbackdoor.defenses.tbar import TBAR
+    from unbackdoor.inversion.detect import detect_with
+
+    for settings in (BIBAU(compare_families=True), TBAR(compare_families=True)):
+        det = detect_with(settings, None, None, auto_eps=False, invert_fn=fake)
+        assert det.family == "warp" and det.verdict.klass == 0
+    with pytest.raises(ConfigError, match="compare_families"):
+        BIBAU(compare_families="yes")

@@ -230,6 +230,7 @@ class BIBAU(Defense):
         "mix_kl_weight": 0.0,
         "strong_effect": None,
         "min_fooling": 0.0,
+        "compare_families": False,
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -251,6 +252,11 @@ class BIBAU(Defense):
     #: the share of the images an additive or warp trigger for the flagged class must fool
     #: (masks: half); the default's rationale is at ``unbackdoor.inversion.detect.MIN_FOOLING``
     min_fooling: float = MIN_FOOLING
+    #: ``family="auto"``: once the mask family has not flagged a class, try every budgeted
+    #: family (additive, warp) and let the one whose class stands out most decide, instead of
+    #: the first that flags (:func:`~unbackdoor.inversion.detect.detect`; rule and dev runs in
+    #: ``benchmarks/bibau_dev/README.md``, session 37)
+    compare_families: bool = False
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60
