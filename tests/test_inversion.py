@@ -6,7 +6,7 @@ import torch
 import unbackdoor
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion import InversionConfig, MaskPattern, invert, mad_anomaly
-from unbackdoor.inversion.families import Additive, Warp
+from unbackdoor.inversion.families import Additive, Smooth, Warp
 from unbackdoor.inversion.invert import InversionResult
 
 
@@ -249,6 +249,45 @@ def test_warp_family_moves_pixels_within_its_budget():
     assert fam.images()["trigger"].shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="eps"):
         Warp(1, (1, 8, 8), eps=0.0)
+
+
+def test_smooth_family_is_bounded_and_low_frequency():
+    fam = Smooth(3, (3, 32, 32), eps=0.1, grid=4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fam.control.normal_(0, 1.0)
+    fam.project()
+    d = fam.delta
+    assert d.shape == (3, 3, 32, 32) and d.abs().max() <= 0.1 + 1e-6
+    # a 4 x 4 lattice per channel: the energy sits at the lowest frequencies, unlike a free
+    # additive trigger's
+    spec = torch.fft.fft2(d).abs().pow(2)
+    f = torch.fft.fftfreq(32).abs()
+    low = (f[:, None] <= 3 / 32) & (f[None, :] <= 3 / 32)
+    assert spec[..., low].sum() / spec.sum() > 0.9
+    free = torch.fft.fft2(0.1 * (2 * torch.rand(3, 3, 32, 32) - 1)).abs().pow(2)
+    assert free[..., low].sum() / free.sum() < 0.1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fam.control.fill_(0.05)  # a constant lattice: a constant shift
+    assert torch.allclose(fam.stamp(x, 1), (x + 0.05).clamp(0, 1), atol=1e-5)
+    assert fam.images()["trigger"].shape == (3, 3, 32, 32) and fam.size().shape == (3,)
+    with pytest.raises(ValueError, match="grid"):
+        Smooth(1, (1, 8, 8), grid=1)
+
+
+def test_smooth_inversion_runs_with_its_budget_searched():
+    from unbackdoor.inversion import invert_calibrated
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    cfg = InversionConfig(family="smooth", steps=3, eps=0.2, smooth_grid=3)
+    res, trail = invert_calibrated(model, data, cfg, seed=0)
+    assert isinstance(res.family, Smooth) and res.family.control.shape[-1] == 3
+    assert trail and "eps" in trail[0] and res.family.eps == trail[-1]["eps"]
+    assert res.fooling.shape == (10,) and ((res.fooling >= 0) & (res.fooling <= 1)).all()
+    with pytest.raises(ConfigError, match="smooth_grid"):
+        InversionConfig(family="smooth", smooth_grid=1).validate()
 
 
 def test_warp_inversion_singles_out_a_wanet_target(mnist_wanet):

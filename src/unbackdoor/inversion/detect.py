@@ -34,7 +34,7 @@ from unbackdoor.inversion.invert import (
 )
 from unbackdoor.utils.config import check_choice
 
-FAMILY_CHOICES = ("auto", "mask_pattern", "additive", "warp")
+FAMILY_CHOICES = ("auto", "mask_pattern", "additive", "smooth", "warp")
 #: the families ``family="auto"`` tries, in order, while none finds a backdoor
 AUTO_FAMILIES = ("mask_pattern", "additive")
 #: the default ``strong_effect`` of the defenses that detect blindly (BI-BAU, TBAR): a class at
