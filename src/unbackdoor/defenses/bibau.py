@@ -255,9 +255,12 @@ class BIBAU(Defense):
     min_fooling: float = MIN_FOOLING
     #: ``family="auto"``: once the mask family has not flagged a class, try every budgeted
     #: family (additive, warp) and let the one whose class stands out most decide, instead of
-    #: the first that flags (:func:`~unbackdoor.inversion.detect.detect`; rule and dev runs in
-    #: ``benchmarks/bibau_dev/README.md``, session 37)
-    compare_families: bool = False
+    #: the first that flags (:func:`~unbackdoor.inversion.detect.detect`). The default since
+    #: session 37, by a rule written before the dev runs (``benchmarks/bibau_dev/README.md``):
+    #: on the dev WaNet, SIG and LF models it names what the first-that-flags order names (at
+    #: most one family flagged on each), so it was shown harmless there, not useful; on two
+    #: WaNet test trainings the additive family had flagged a wrong class first
+    compare_families: bool = True
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60

@@ -209,7 +209,7 @@ class TBAR(Defense):
     min_fooling: float = MIN_FOOLING
     #: unknown attack: every budgeted family is tried and compared (as BI-BAU's
     #: ``compare_families``, whose default it follows)
-    compare_families: bool = False
+    compare_families: bool = True
     bf16: bool = False
     plot: bool = True
 
