@@ -1221,3 +1221,18 @@ def test_mix_kl_blends_pairs_of_clean_images():
     assert not torch.allclose(mix, x)
     with pytest.raises(ConfigError, match="mix_kl_weight"):
         BIBAU(mix_kl_weight=-1)
+
+
+def test_companion_family_option_picks_the_companion_kind():
+    """``companion_family="smooth"``: the companion of a mask-found target is a low-frequency
+    additive trigger at ``additive_eps``; unknown families are refused up front."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    for name, kind in ((None, "additive"), ("smooth", "smooth")):
+        d = BIBAU(companion=True, companion_family=name, inversion_steps=2, inner_steps=1)
+        comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+        assert comp.trigger.kind == kind and comp.inner.family == kind
+        assert comp.inner.eps == d.additive_eps and comp.trigger.delta.shape[0] == 1
+    with pytest.raises(ConfigError, match="companion_family"):
+        BIBAU(companion=True, companion_family="blob")

@@ -6,7 +6,7 @@ import torch
 import unbackdoor
 from unbackdoor.errors import ConfigError
 from unbackdoor.inversion import InversionConfig, MaskPattern, invert, mad_anomaly
-from unbackdoor.inversion.families import Additive, Warp
+from unbackdoor.inversion.families import Additive, Smooth, Warp
 from unbackdoor.inversion.invert import InversionResult
 
 
@@ -251,6 +251,45 @@ def test_warp_family_moves_pixels_within_its_budget():
         Warp(1, (1, 8, 8), eps=0.0)
 
 
+def test_smooth_family_is_bounded_and_low_frequency():
+    fam = Smooth(3, (3, 32, 32), eps=0.1, grid=4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fam.control.normal_(0, 1.0)
+    fam.project()
+    d = fam.delta
+    assert d.shape == (3, 3, 32, 32) and d.abs().max() <= 0.1 + 1e-6
+    # a 4 x 4 lattice per channel: the energy sits at the lowest frequencies, unlike a free
+    # additive trigger's
+    spec = torch.fft.fft2(d).abs().pow(2)
+    f = torch.fft.fftfreq(32).abs()
+    low = (f[:, None] <= 3 / 32) & (f[None, :] <= 3 / 32)
+    assert spec[..., low].sum() / spec.sum() > 0.9
+    free = torch.fft.fft2(0.1 * (2 * torch.rand(3, 3, 32, 32) - 1)).abs().pow(2)
+    assert free[..., low].sum() / free.sum() < 0.1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fam.control.fill_(0.05)  # a constant lattice: a constant shift
+    assert torch.allclose(fam.stamp(x, 1), (x + 0.05).clamp(0, 1), atol=1e-5)
+    assert fam.images()["trigger"].shape == (3, 3, 32, 32) and fam.size().shape == (3,)
+    with pytest.raises(ValueError, match="grid"):
+        Smooth(1, (1, 8, 8), grid=1)
+
+
+def test_smooth_inversion_runs_with_its_budget_searched():
+    from unbackdoor.inversion import invert_calibrated
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    cfg = InversionConfig(family="smooth", steps=3, eps=0.2, smooth_grid=3)
+    res, trail = invert_calibrated(model, data, cfg, seed=0)
+    assert isinstance(res.family, Smooth) and res.family.control.shape[-1] == 3
+    assert trail and "eps" in trail[0] and res.family.eps == trail[-1]["eps"]
+    assert res.fooling.shape == (10,) and ((res.fooling >= 0) & (res.fooling <= 1)).all()
+    with pytest.raises(ConfigError, match="smooth_grid"):
+        InversionConfig(family="smooth", smooth_grid=1).validate()
+
+
 def test_warp_inversion_singles_out_a_wanet_target(mnist_wanet):
     model, _ = unbackdoor.load_model(mnist_wanet)
     data = unbackdoor.load_dataset("mnist", "train").sample(256, 1)
@@ -484,3 +523,78 @@ def test_total_variation_prior_smooths_the_pattern():
         return float(total_variation(res.family.pattern.detach())[0])
 
     assert tv(0.5) < 0.5 * tv(0.0)
+
+
+def test_detect_compares_the_budgeted_families_when_asked():
+    """A natural additive shortcut flags a class, the warp family the backdoor (dev WaNet): with
+    ``compare_budgeted`` the family whose class stands out most decides, not the first."""
+    from unbackdoor.inversion import detect
+
+    k = 10
+    plain = torch.full((k,), 20.0) + torch.arange(k)
+    cheap = plain.clone()
+    cheap[5] = 1.0
+    quiet = torch.full((k,), 0.01)
+    shortcut, backdoor = quiet.clone(), quiet.clone()
+    shortcut[3], backdoor[0] = 0.6, 0.99
+    calls = []
+
+    def scripted(mask_sizes, additive, warp):
+        def fake(model, data, cfg, **kw):
+            calls.append(cfg.family)
+            if cfg.family == "mask_pattern":
+                fam = MaskPattern(k, (1, 4, 4))
+                return InversionResult(fam, list(range(k)), mask_sizes, torch.ones(k), plain)
+            if cfg.family == "additive":
+                fam = Additive(k, (1, 4, 4), eps=cfg.eps)
+                return InversionResult(fam, list(range(k)), plain, additive, plain)
+            fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
+            return InversionResult(fam, list(range(k)), plain, warp, plain)
+
+        return fake
+
+    cfg = InversionConfig(steps=1)
+    families = ("mask_pattern", "additive", "warp")
+    kw = dict(auto_families=families, auto_eps=False)
+    det = detect(None, None, cfg, **kw, invert_fn=scripted(plain, shortcut, backdoor))
+    assert det.family == "additive" and det.verdict.klass == 3  # the first that flags
+    assert calls == ["mask_pattern", "additive"]
+    calls.clear()
+    fake = scripted(plain, shortcut, backdoor)
+    det = detect(None, None, cfg, **kw, compare_budgeted=True, invert_fn=fake)
+    assert calls == list(families) and det.tried == list(families)
+    assert det.found and det.family == "warp" and det.verdict.klass == 0
+    assert det.result.family.__class__ is Warp
+    assert det.verdicts["additive"]["found"] and det.verdicts["additive"]["class"] == 3
+    assert det.verdicts["warp"]["anomaly"] > det.verdicts["additive"]["anomaly"]
+    # the other way round, the additive family keeps the decision
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, backdoor, shortcut)
+    )
+    assert det.family == "additive" and det.verdict.klass == 0
+    # only one budgeted family flags: it decides, as without comparing
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, quiet, shortcut)
+    )
+    assert det.found and det.family == "warp" and det.verdict.klass == 3
+    # none flags: no backdoor, the last family's inversion returned as before
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(plain, quiet, quiet)
+    )
+    assert not det.found and det.family == "warp"
+    # a mask that flags still decides alone
+    calls.clear()
+    det = detect(
+        None, None, cfg, **kw, compare_budgeted=True, invert_fn=scripted(cheap, shortcut, backdoor)
+    )
+    assert det.family == "mask_pattern" and det.verdict.klass == 5 and calls == ["mask_pattern"]
+    # the defenses pass their option through
+    from unbackdoor.defenses.bibau import BIBAU
+    from unbackdoor.defenses.tbar import TBAR
+    from unbackdoor.inversion.detect import detect_with
+
+    for settings in (BIBAU(compare_families=True), TBAR(compare_families=True)):
+        det = detect_with(settings, None, None, auto_eps=False, invert_fn=fake)
+        assert det.family == "warp" and det.verdict.klass == 0
+    with pytest.raises(ConfigError, match="compare_families"):
+        BIBAU(compare_families="yes")

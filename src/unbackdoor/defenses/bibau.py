@@ -230,6 +230,8 @@ class BIBAU(Defense):
         "mix_kl_weight": 0.0,
         "strong_effect": None,
         "min_fooling": 0.0,
+        "compare_families": False,
+        "companion_family": None,
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -251,6 +253,14 @@ class BIBAU(Defense):
     #: the share of the images an additive or warp trigger for the flagged class must fool
     #: (masks: half); the default's rationale is at ``unbackdoor.inversion.detect.MIN_FOOLING``
     min_fooling: float = MIN_FOOLING
+    #: ``family="auto"``: once the mask family has not flagged a class, try every budgeted
+    #: family (additive, warp) and let the one whose class stands out most decide, instead of
+    #: the first that flags (:func:`~unbackdoor.inversion.detect.detect`). The default since
+    #: session 37, by a rule written before the dev runs (``benchmarks/bibau_dev/README.md``):
+    #: on the dev WaNet, SIG and LF models it names what the first-that-flags order names (at
+    #: most one family flagged on each), so it was shown harmless there, not useful; on two
+    #: WaNet test trainings the additive family had flagged a wrong class first
+    compare_families: bool = True
     inversion_steps: int = 300
     inner_steps: int = 150
     outer_steps: int = 60
@@ -415,6 +425,10 @@ class BIBAU(Defense):
     #: also unlearned as a full-image perturbation, and a warp found by the additive family
     #: also as a patch); the additive companion uses ``additive_eps`` (the largest budget)
     companion: bool = False
+    #: with ``companion``: the companion's family (None: the other of mask and additive, as
+    #: above). ``"smooth"``: a low-frequency additive trigger at ``additive_eps`` (LF's kind,
+    #: which the free additive family does not single out: ``benchmarks/bibau_dev``, session 37)
+    companion_family: str | None = None
     #: with ``companion``: rounds go on while the companion family still reaches the target
     #: (a fresh companion trigger fools at least its stop level, see :meth:`_companion`), not
     #: only while the detecting family does. Off: on the dev Blended model the calibrated probe
@@ -532,6 +546,11 @@ class BIBAU(Defense):
         self._require(self.clean_ce_weight >= 0, "clean_ce_weight", ">= 0")
         self._require(
             self.companion or not self.companion_stop, "companion_stop", "False without companion"
+        )
+        self._require(
+            self.companion_family is None or self.companion_family in FAMILIES,
+            "companion_family",
+            f"None or one of {sorted(FAMILIES)}",
         )
         if self.clean_ce_ramp is not None:
             ramp = self.clean_ce_ramp
@@ -759,7 +778,7 @@ class BIBAU(Defense):
             diag["companion"] = {
                 "family": comp.inner.family,
                 "size_budget": comp.inner.max_size,
-                "eps": comp.inner.eps if comp.inner.family == "additive" else None,
+                "eps": comp.inner.eps if comp.inner.budget_field == "eps" else None,
                 "reinverted_fooling_per_round": [],  # measured before each round's unlearning
                 # the stop test (``companion_stop``): a fresh trigger at the probe budget
                 "stop_test": self.companion_stop and fresh,
@@ -767,7 +786,7 @@ class BIBAU(Defense):
             if self.companion_stop and fresh:
                 diag["companion"].update(
                     probe_eps=(comp.probe or comp.inner).eps
-                    if comp.inner.family == "additive"
+                    if comp.inner.budget_field == "eps"
                     else None,
                     probe_eps_trail=comp.trail,
                     stop_fooling=comp.stop_at,
@@ -1041,7 +1060,9 @@ class BIBAU(Defense):
         """
         if not self.companion:
             return None
-        other = "additive" if family == "mask_pattern" else "mask_pattern"
+        other = self.companion_family or (
+            "additive" if family == "mask_pattern" else "mask_pattern"
+        )
         cfg = inversion_config(
             self.inversion_batch_size,
             family=other,
@@ -1053,7 +1074,7 @@ class BIBAU(Defense):
         res, probe, trail = results.get(other), None, []
         stop_at, first_probe = self.stop_level(family), None  # the mask family's stop test
         probing = self.companion_stop and self.reinvert == "fresh" and self.inner_steps > 0
-        if other == "additive" and probing:
+        if cfg.budget_field == "eps" and probing:
             cal, trail = invert_calibrated(
                 model,
                 clean,

@@ -159,6 +159,7 @@ class TBAR(Defense):
         "budget_prior": True,
         "inversion_batch_size": None,
         "recalibrate_all_norms": False,
+        "compare_families": False,
     }
 
     epochs: int = 5
@@ -206,6 +207,9 @@ class TBAR(Defense):
     #: the share of the images an additive or warp trigger for the flagged class must fool
     #: (masks: half); the default's rationale is at ``unbackdoor.inversion.detect.MIN_FOOLING``
     min_fooling: float = MIN_FOOLING
+    #: unknown attack: every budgeted family is tried and compared (as BI-BAU's
+    #: ``compare_families``, whose default it follows)
+    compare_families: bool = True
     bf16: bool = False
     plot: bool = True
 

@@ -1,7 +1,14 @@
 """Trigger reverse-engineering shared by BI-BAU, Neural Cleanse and TBAR's unknown-attack mode."""
 
 from unbackdoor.inversion.detect import FAMILY_CHOICES, Detection, detect, detect_with
-from unbackdoor.inversion.families import FAMILIES, Additive, MaskPattern, TriggerFamily, Warp
+from unbackdoor.inversion.families import (
+    FAMILIES,
+    Additive,
+    MaskPattern,
+    Smooth,
+    TriggerFamily,
+    Warp,
+)
 from unbackdoor.inversion.invert import (
     InversionConfig,
     InversionResult,
@@ -22,6 +29,7 @@ __all__ = [
     "FAMILIES",
     "Additive",
     "MaskPattern",
+    "Smooth",
     "TriggerFamily",
     "Warp",
     "InversionConfig",

@@ -5,6 +5,11 @@
   IEEE S&P 2019). Covers patches and blends.
 - :class:`Additive`: ``x' = clamp(x + delta)`` with ``||delta||_inf <= eps`` by projection: the
   invisible and sample-spread triggers (SIG, LF) that a sparse mask misses.
+- :class:`Smooth`: an additive trigger that is a bicubic upsampling of a small ``grid x grid``
+  lattice per channel, ``||delta||_inf <= eps``: low-frequency triggers (LF: Zeng et al., ICCV
+  2021), which the free additive family at the same budget does not single out, since it finds
+  a universal adversarial perturbation every network has (``benchmarks/bibau_dev``, session 36);
+  limited in frequency, a natural class has little room to be reached.
 - :class:`Warp`: ``x`` resampled on a smoothly displaced grid, the displacement a bicubic
   upsampling of a small ``grid x grid`` field of offsets of at most ``eps`` pixels: the family of
   WaNet's trigger (Nguyen and Tran, ICLR 2021), which neither a mask nor a small additive
@@ -163,6 +168,38 @@ class Additive(TriggerFamily):
         return {"delta": d, "trigger": (d / (2 * self.eps) + 0.5).clamp(0, 1)}
 
 
+class Smooth(Additive):
+    kind = "smooth"
+
+    def __init__(
+        self,
+        num: int,
+        shape: tuple[int, int, int],
+        *,
+        eps: float = 0.1,
+        grid: int = 4,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if grid < 2:
+            raise ValueError(f"Smooth needs grid >= 2, got {grid}")
+        nn.Module.__init__(self)
+        c, h, w = shape
+        self.eps, self.step_scale, self.hw = eps, eps, (h, w)
+        self.control = nn.Parameter(
+            eps * 0.1 * torch.randn(num, c, grid, grid, generator=generator)
+        )
+
+    @property
+    def delta(self) -> torch.Tensor:  # type: ignore[override]
+        """The perturbation, K x C x H x W (bicubic overshoot clamped to ``eps``)."""
+        up = F.interpolate(self.control, size=self.hw, mode="bicubic", align_corners=True)
+        return up.clamp(-self.eps, self.eps)
+
+    def project(self) -> None:
+        with torch.no_grad():
+            self.control.clamp_(-self.eps, self.eps)
+
+
 class Warp(TriggerFamily):
     kind = "warp"
     budgeted = True
@@ -229,4 +266,4 @@ class Warp(TriggerFamily):
             return {"field": self.field().detach(), "trigger": warped}
 
 
-FAMILIES = {"mask_pattern": MaskPattern, "additive": Additive, "warp": Warp}
+FAMILIES = {"mask_pattern": MaskPattern, "additive": Additive, "smooth": Smooth, "warp": Warp}

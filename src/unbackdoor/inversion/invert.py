@@ -50,6 +50,8 @@ class InversionConfig:
     #: the warp family's budget: the largest displacement, in pixels, and its control lattice
     warp_shift: float = 1.0
     warp_grid: int = 4
+    #: the smooth family's lattice (its budget is ``eps``, the additive family's)
+    smooth_grid: int = 4
     max_size: float | None = None  # mask families: a hard size budget, projected every step
     targeted: bool = True
     bf16: bool = False  # bf16 autocast for the model's forward (CPUs with bf16 units, GPUs)
@@ -70,7 +72,7 @@ class InversionConfig:
     @property
     def budget_field(self) -> str | None:
         """The field holding this family's fixed budget (None: a mask has none)."""
-        return {"additive": "eps", "warp": "warp_shift"}.get(self.family)
+        return {"additive": "eps", "smooth": "eps", "warp": "warp_shift"}.get(self.family)
 
     def family_kwargs(self) -> dict[str, Any]:
         """What :data:`FAMILIES` ``[family]`` is built with besides its count and shape."""
@@ -78,6 +80,8 @@ class InversionConfig:
             return {"tv_weight": self.tv_weight}
         if self.family == "warp":
             return {"eps": self.warp_shift, "grid": self.warp_grid}
+        if self.family == "smooth":
+            return {"eps": self.eps, "grid": self.smooth_grid}
         return {"eps": self.eps}
 
     def validate(self) -> InversionConfig:
@@ -99,6 +103,7 @@ class InversionConfig:
         check(0 < self.eps <= 1, o, "eps", self.eps, "in (0, 1]")
         check(self.warp_shift > 0, o, "warp_shift", self.warp_shift, "> 0 pixels")
         check(self.warp_grid >= 2, o, "warp_grid", self.warp_grid, ">= 2")
+        check(self.smooth_grid >= 2, o, "smooth_grid", self.smooth_grid, ">= 2")
         check(self.max_size is None or self.max_size > 0, o, "max_size", self.max_size, "> 0")
         return self
 
