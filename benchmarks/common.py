@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,15 @@ from unbackdoor.bench.store import provenance
 from unbackdoor.bench.tables import md_table
 from unbackdoor.utils.io import atomic_write_json, file_lock, read_json
 
-__all__ = ["locked", "md_table", "provenance", "update_json"]
+__all__ = ["emit_row", "locked", "md_table", "provenance", "update_json"]
+
+
+def emit_row(row: dict[str, Any], path: Path) -> None:
+    """Print ``row`` as one JSON line and append it to the JSON-lines file ``path``."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 @contextmanager

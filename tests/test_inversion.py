@@ -183,6 +183,26 @@ def test_detect_tries_the_additive_family_only_when_the_mask_finds_nothing():
         detect(None, None, cfg, family="blob")
 
 
+def _three_families(plain, mask_sizes, additive, warp, calls, log=None):
+    """A scripted ``invert_fn``: the mask family costs ``mask_sizes``, the additive and warp
+    families fool ``additive`` and ``warp`` of the images; each call is logged in ``calls``
+    (``log(cfg)``; default: the family and the warp budget)."""
+    k = len(plain)
+
+    def fake(model, data, cfg, **kw):
+        calls.append(log(cfg) if log else (cfg.family, cfg.warp_shift))
+        if cfg.family == "mask_pattern":
+            fam = MaskPattern(k, (1, 4, 4))
+            return InversionResult(fam, list(range(k)), mask_sizes, torch.ones(k), plain)
+        if cfg.family == "additive":
+            fam = Additive(k, (1, 4, 4), eps=cfg.eps)
+            return InversionResult(fam, list(range(k)), plain, additive, plain)
+        fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
+        return InversionResult(fam, list(range(k)), plain, warp, plain)
+
+    return fake
+
+
 def test_detect_tries_the_warp_family_last_when_asked():
     from unbackdoor.inversion import detect
 
@@ -193,16 +213,7 @@ def test_detect_tries_the_warp_family_last_when_asked():
     loud[4] = 0.7
     calls = []
 
-    def fake(model, data, cfg, **kw):
-        calls.append((cfg.family, cfg.warp_shift))
-        if cfg.family == "mask_pattern":
-            fam = MaskPattern(k, (1, 4, 4))
-            return InversionResult(fam, list(range(k)), plain, torch.ones(k), plain)
-        if cfg.family == "additive":
-            fam = Additive(k, (1, 4, 4), eps=cfg.eps)
-            return InversionResult(fam, list(range(k)), plain, quiet, plain)
-        fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
-        return InversionResult(fam, list(range(k)), plain, loud, plain)
+    fake = _three_families(plain, plain, quiet, loud, calls)
 
     cfg = InversionConfig(steps=1, warp_shift=0.75)
     families = ("mask_pattern", "additive", "warp")
@@ -540,18 +551,7 @@ def test_detect_compares_the_budgeted_families_when_asked():
     calls = []
 
     def scripted(mask_sizes, additive, warp):
-        def fake(model, data, cfg, **kw):
-            calls.append(cfg.family)
-            if cfg.family == "mask_pattern":
-                fam = MaskPattern(k, (1, 4, 4))
-                return InversionResult(fam, list(range(k)), mask_sizes, torch.ones(k), plain)
-            if cfg.family == "additive":
-                fam = Additive(k, (1, 4, 4), eps=cfg.eps)
-                return InversionResult(fam, list(range(k)), plain, additive, plain)
-            fam = Warp(k, (1, 4, 4), eps=cfg.warp_shift)
-            return InversionResult(fam, list(range(k)), plain, warp, plain)
-
-        return fake
+        return _three_families(plain, mask_sizes, additive, warp, calls, log=lambda c: c.family)
 
     cfg = InversionConfig(steps=1)
     families = ("mask_pattern", "additive", "warp")

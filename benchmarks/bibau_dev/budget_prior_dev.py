@@ -21,7 +21,6 @@ the budgets tried) are appended to ``budget_prior_dev.jsonl`` beside this file.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import provenance  # noqa: E402
+from common import emit_row, provenance  # noqa: E402
 
 from unbackdoor.data import load_dataset  # noqa: E402
 from unbackdoor.defenses.bibau import BIBAU  # noqa: E402
@@ -85,9 +84,7 @@ def main(args: list[str]) -> None:
                 "seconds": round(time.perf_counter() - t0, 1),
                 "provenance": provenance(0),
             }
-            print(json.dumps(row), flush=True)
-            with open(HERE / "budget_prior_dev.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            emit_row(row, HERE / "budget_prior_dev.jsonl")
 
 
 if __name__ == "__main__":

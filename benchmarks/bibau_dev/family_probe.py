@@ -17,7 +17,6 @@ print whether a verdict names it; the rule never sees it. Rows go to ``family_pr
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import provenance  # noqa: E402
+from common import emit_row, provenance  # noqa: E402
 from dev_model import RUNS  # noqa: E402  (this folder is on sys.path)
 
 from unbackdoor.attacks.store import has_attack, load_attack  # noqa: E402
@@ -84,9 +83,7 @@ def main(names: list[str]) -> None:
                 "seconds": round(time.perf_counter() - t0, 1),
                 "provenance": provenance(0),
             }
-            print(json.dumps(row), flush=True)
-            with open(HERE / "family_probe.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            emit_row(row, HERE / "family_probe.jsonl")
 
 
 if __name__ == "__main__":
