@@ -12,8 +12,9 @@ objective:
 
 - E-step: a posterior q(z) over candidate targets from how cheaply each class is reached by the
   first blind inversion (:mod:`unbackdoor.inversion`: MAD anomaly index on the mask sizes, or on
-  the odds against fooling for the budgeted families, additive and warp, tried in that order
-  while nothing is found). When none finds a backdoor, a last test looks in weight space
+  the odds against fooling for the budgeted families, additive and warp, both tried when the
+  mask family finds nothing, the one whose class stands out most deciding: ``compare_families``).
+  When none finds a backdoor, a last test looks in weight space
   (:mod:`unbackdoor.inversion.collapse`): a copy of the model has its clean task unlearned by
   gradient ascent, and the class it then sends the forgotten held-out images to is flagged if it
   takes most of them (``collapse_share``, ``collapse_ratio``). SIG's large trigger is never the
