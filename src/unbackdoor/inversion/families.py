@@ -42,6 +42,9 @@ class TriggerFamily(nn.Module):
     #: a fixed budget every class may spend (additive, warp): what a class costs is then how
     #: few images the budget moves there, not the trigger's size (a mask grows until it fools)
     budgeted: bool = False
+    #: the :class:`~unbackdoor.inversion.InversionConfig` field holding a budgeted family's
+    #: budget (None: a mask has none)
+    budget_field: str | None = None
     #: how far one optimiser step may move a parameter, per unit of learning rate: the
     #: family's natural scale (mask logits: 1; an additive trigger: its budget ``eps``);
     #: used with ``InversionConfig.scaled_steps``
@@ -131,6 +134,7 @@ class MaskPattern(TriggerFamily):
 class Additive(TriggerFamily):
     kind = "additive"
     budgeted = True
+    budget_field = "eps"
 
     def __init__(
         self,
@@ -203,6 +207,7 @@ class Smooth(Additive):
 class Warp(TriggerFamily):
     kind = "warp"
     budgeted = True
+    budget_field = "warp_shift"
 
     def __init__(
         self,

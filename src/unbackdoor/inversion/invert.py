@@ -72,7 +72,7 @@ class InversionConfig:
     @property
     def budget_field(self) -> str | None:
         """The field holding this family's fixed budget (None: a mask has none)."""
-        return {"additive": "eps", "smooth": "eps", "warp": "warp_shift"}.get(self.family)
+        return FAMILIES[self.family].budget_field
 
     def family_kwargs(self) -> dict[str, Any]:
         """What :data:`FAMILIES` ``[family]`` is built with besides its count and shape."""
