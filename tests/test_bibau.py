@@ -1236,3 +1236,60 @@ def test_companion_family_option_picks_the_companion_kind():
         assert comp.inner.eps == d.additive_eps and comp.trigger.delta.shape[0] == 1
     with pytest.raises(ConfigError, match="companion_family"):
         BIBAU(companion=True, companion_family="blob")
+
+
+def test_companion_gate_eps_and_weight(monkeypatch):
+    """``companion_gate``: the companion family, judged over every class, must flag the found
+    target itself, else no companion is unlearned (its verdict is kept for the report);
+    ``companion_eps`` is the companion's budget; ``companion_weight`` is the share of stamped
+    images drawn from the companion's kind. None of them is accepted without ``companion``."""
+    from types import SimpleNamespace
+
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    asked = []
+
+    def gate_flags(klass):
+        def fake(settings, model, data, families, **k):
+            asked.append(families)
+            verdict = SimpleNamespace(klass=klass, found=True, as_dict=lambda: {"class": klass})
+            calibrated = SimpleNamespace(family=SimpleNamespace(eps=0.1))  # not the companion's
+            return SimpleNamespace(found=True, verdict=verdict, result=calibrated)
+
+        return fake
+
+    d = BIBAU(
+        companion=True,
+        companion_family="smooth",
+        companion_gate=True,
+        companion_eps=0.05,
+        inversion_steps=2,
+        inner_steps=1,
+    )
+    monkeypatch.setattr(bibau_mod, "detect_with", gate_flags(3))
+    comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+    assert comp.trigger is None and comp.gate == {"family": "smooth", "target": 0, "class": 3}
+    monkeypatch.setattr(bibau_mod, "detect_with", gate_flags(0))
+    comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+    assert comp.trigger.kind == "smooth" and comp.inner.eps == 0.05
+    assert comp.gate["class"] == 0 and asked == [("smooth",), ("smooth",)]
+    assert float(comp.trigger.delta.abs().max()) <= 0.05 + 1e-6
+
+    bank = [
+        SimpleNamespace(kind="mask_pattern"),
+        comp.trigger,
+        SimpleNamespace(kind="mask_pattern"),
+    ]
+    assert BIBAU()._bank_weights(bank) is None  # drawn alike, as before the option
+    w = BIBAU(companion=True, companion_weight=0.2)._bank_weights(bank)
+    assert torch.allclose(w, torch.tensor([0.4, 0.2, 0.4]))
+    for bad in (dict(companion_weight=0.2), dict(companion_gate=True), dict(companion_eps=0.05)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            BIBAU(**bad)
+    with pytest.raises(ConfigError, match="companion_weight"):
+        BIBAU(companion=True, companion_weight=1.0)
+    with pytest.raises(ConfigError, match="companion_eps"):
+        BIBAU(companion=True, companion_eps=0.0)

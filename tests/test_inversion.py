@@ -234,6 +234,10 @@ def test_detect_tries_the_warp_family_last_when_asked():
         det = detect_with(settings, None, None, families=asked, auto_eps=False, invert_fn=fake)
         assert det.found and det.family == "warp" and tuple(det.tried) == tried
         assert [c[0] for c in calls] == list(tried)
+    calls.clear()  # families asked are tried even where the defense fixes its own family
+    fixed = BIBAU(family="mask_pattern", warp_shift=0.75, inversion_batch_size=3)
+    det = detect_with(fixed, None, None, families=("warp",), auto_eps=False, invert_fn=fake)
+    assert det.found and [c[0] for c in calls] == ["warp"]
     calls.clear()
     assert not detect(None, None, cfg, invert_fn=fake).found  # default: no warp
     assert [c[0] for c in calls] == ["mask_pattern", "additive"]

@@ -233,6 +233,9 @@ class BIBAU(Defense):
         "min_fooling": 0.0,
         "compare_families": False,
         "companion_family": None,
+        "companion_eps": None,
+        "companion_weight": None,
+        "companion_gate": False,
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -430,6 +433,18 @@ class BIBAU(Defense):
     #: above). ``"smooth"``: a low-frequency additive trigger at ``additive_eps`` (LF's kind,
     #: which the free additive family does not single out: ``benchmarks/bibau_dev``, session 37)
     companion_family: str | None = None
+    #: with ``companion``: the L_inf budget of a companion family that has one (additive,
+    #: smooth; None: ``additive_eps``)
+    companion_eps: float | None = None
+    #: with ``companion``: the share of the stamped images that carry a companion trigger
+    #: (None: every trigger of the bank drawn alike, so half of them while one trigger of each
+    #: kind is in it). Less of it asks less invariance of the model where the companion
+    #: family is broad (a low-frequency colour shift)
+    companion_weight: float | None = None
+    #: with ``companion``: invert the companion family for every class first, judge it as blind
+    #: detection judges a family, and unlearn the companion only when it flags the found target
+    #: itself (on a model whose backdoor is not of that family it costs accuracy for nothing)
+    companion_gate: bool = False
     #: with ``companion``: rounds go on while the companion family still reaches the target
     #: (a fresh companion trigger fools at least its stop level, see :meth:`_companion`), not
     #: only while the detecting family does. Off: on the dev Blended model the calibrated probe
@@ -552,6 +567,22 @@ class BIBAU(Defense):
             self.companion_family is None or self.companion_family in FAMILIES,
             "companion_family",
             f"None or one of {sorted(FAMILIES)}",
+        )
+        for key in ("companion_eps", "companion_weight", "companion_gate"):
+            self._require(
+                self.companion or getattr(self, key) in (None, False),
+                key,
+                "unset without companion",
+            )
+        self._require(
+            self.companion_eps is None or 0 < self.companion_eps <= 1,
+            "companion_eps",
+            "None or in (0, 1]",
+        )
+        self._require(
+            self.companion_weight is None or 0 < self.companion_weight < 1,
+            "companion_weight",
+            "None or in (0, 1)",
         )
         if self.clean_ce_ramp is not None:
             ramp = self.clean_ce_ramp
@@ -773,6 +804,14 @@ class BIBAU(Defense):
             diag["reinverted_fooling_per_round"] = []
         bank: list[TriggerFamily] = [copy.deepcopy(trigger)]
         comp = self._companion(model, clean, det.results, family, z, device) if targeted else None
+        if comp is not None and comp.trigger is None:
+            diag["companion"] = {
+                "family": comp.inner.family,
+                "gate": comp.gate,
+                "skipped": f"the {comp.inner.family} family, inverted for every class, does not "
+                f"flag class {z}",
+            }
+            comp = None
         if comp is not None:
             comp_trigger = comp.trigger
             bank.append(copy.deepcopy(comp_trigger))
@@ -783,6 +822,8 @@ class BIBAU(Defense):
                 "reinverted_fooling_per_round": [],  # measured before each round's unlearning
                 # the stop test (``companion_stop``): a fresh trigger at the probe budget
                 "stop_test": self.companion_stop and fresh,
+                "gate": comp.gate,
+                "weight": self.companion_weight,
             }
             if self.companion_stop and fresh:
                 diag["companion"].update(
@@ -1064,15 +1105,36 @@ class BIBAU(Defense):
         other = self.companion_family or (
             "additive" if family == "mask_pattern" else "mask_pattern"
         )
+        eps = self.companion_eps or self.additive_eps
         cfg = inversion_config(
             self.inversion_batch_size,
             family=other,
             steps=self.inversion_steps,
-            eps=self.additive_eps,
+            eps=eps,
             bf16=self.bf16,
             budget_prior=self.budget_prior,
         )
         res, probe, trail = results.get(other), None, []
+        if res is not None and res.family.budget_field == "eps" and res.family.eps != eps:
+            res = None  # inverted at another budget (detection's calibrated one)
+        gated = None  # the gate's verdict
+        if self.companion_gate:
+            gate = detect_with(
+                self,
+                model,
+                clean,
+                families=(other,),
+                auto_eps=self.auto_eps,
+                invert_fn=invert,
+                seed=self.seed + 29,
+                device=device,
+                desc="bibau: companion gate",
+            )
+            gated = {"family": other, "target": z, **gate.verdict.as_dict()}
+            if not (gate.found and gate.verdict.klass == z):
+                return _Companion(None, cfg, None, 0.0, [], None, gated)
+            if res is None and cfg.budget_field == "eps" and gate.result.family.eps == eps:
+                res = gate.result
         stop_at, first_probe = self.stop_level(family), None  # the mask family's stop test
         probing = self.companion_stop and self.reinvert == "fresh" and self.inner_steps > 0
         if cfg.budget_field == "eps" and probing:
@@ -1107,7 +1169,7 @@ class BIBAU(Defense):
         if first_probe is None:
             first_probe = float(res.fooling[k])
         inner = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, max_size=budget)
-        return _Companion(_single(res.family, k), inner, probe, stop_at, trail, first_probe)
+        return _Companion(_single(res.family, k), inner, probe, stop_at, trail, first_probe, gated)
 
     def _reinvert_companion(
         self,
@@ -1405,6 +1467,7 @@ class BIBAU(Defense):
         z = getattr(self, "_shared_target", None)
         self._pgd_rows, self._shared_rates = 0, []  # this round's shared examples
         it, epoch = iter(()), 0
+        draw = self._bank_weights(bank)
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
                 batch = next(it)
@@ -1424,7 +1487,10 @@ class BIBAU(Defense):
                 batch = next(it)
             x = batch.x
             n_s = max(1, int(self.stamp_fraction * x.shape[0]))
-            which = torch.randint(len(bank), (n_s,), generator=g)
+            if draw is None:
+                which = torch.randint(len(bank), (n_s,), generator=g)
+            else:
+                which = torch.multinomial(draw, n_s, replacement=True, generator=g)
             with torch.no_grad():
                 xs = x[:n_s].clone()
                 for w in which.unique().tolist():
@@ -1449,6 +1515,17 @@ class BIBAU(Defense):
                 self._pgd_rows = n_a
                 self._train_mode(model)
             yield batch, xs, t_logits
+
+    def _bank_weights(self, bank: list[TriggerFamily]) -> torch.Tensor | None:
+        """How often each trigger of the bank stamps an image: None, alike; with
+        ``companion_weight``, that share for the companion's kind (the bank's other kind)."""
+        comp = torch.tensor([b.kind != bank[0].kind for b in bank])
+        if self.companion_weight is None or not comp.any():
+            return None
+        w = torch.empty(len(bank))
+        w[comp] = self.companion_weight / float(comp.sum())
+        w[~comp] = (1 - self.companion_weight) / float((~comp).sum())
+        return w
 
     def _target_risk(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``-log(1 - p_z)`` of the shared examples whose true class is not the target z.
@@ -1592,12 +1669,15 @@ def _first_choices(diag: dict[str, Any]) -> dict[str, Any]:
 class _Companion:
     """The companion family of a run: its trigger, its re-inversion, its stop test."""
 
-    trigger: TriggerFamily
+    trigger: TriggerFamily | None
     inner: InversionConfig  # re-inverts the trigger that is unlearned
     probe: InversionConfig | None  # re-inverts the stop test's trigger (None: ``inner``'s)
     stop_at: float  # rounds go on while a fresh probe fools at least this share
     trail: list[dict[str, float]]  # the probe budgets tried
     first_probe_fooling: float | None
+    #: ``companion_gate``: the companion family's verdict over every class (None: no gate).
+    #: A gate that did not name the found target leaves ``trigger`` None: no companion
+    gate: dict[str, Any] | None = None
 
 
 def _param_groups(model: nn.Module, lr: float, norm_scale: float) -> list[dict[str, Any]]:

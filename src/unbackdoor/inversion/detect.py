@@ -184,8 +184,9 @@ def detect_with(
     """:func:`detect` with a defense's own settings, so that BI-BAU and TBAR look for a backdoor
     the same way: the warp family is tried last when ``warp_shift`` is set, and with
     ``compare_families`` every budgeted family is tried and compared. ``families``
-    replaces the families ``family="auto"`` tries (None: the defense's). ``kwargs`` go to
-    :func:`detect` (``invert_fn``, ``seed``, ``device``, ``desc``, ...)."""
+    replaces the families tried (None: the defense's ``family``, and with ``"auto"`` the
+    families it tries). ``kwargs`` go to :func:`detect` (``invert_fn``, ``seed``, ``device``,
+    ``desc``, ...)."""
     config = inversion_config(
         settings.inversion_batch_size,
         steps=settings.inversion_steps,
@@ -199,7 +200,7 @@ def detect_with(
         model,
         data,
         config,
-        family=settings.family,
+        family=settings.family if families is None else "auto",
         auto_families=families or AUTO_FAMILIES + (("warp",) if settings.warp_shift else ()),
         anomaly_threshold=settings.anomaly_threshold,
         min_effect=settings.min_effect,
