@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,48 +43,57 @@ HERE = Path(__file__).resolve().parent
 FAMILIES = ("mask_pattern", "additive", "warp", "smooth")
 
 
+def probe_model(
+    name: str, path: Path, data: Any, out: Path, *, seed: int = 0, families: str | None = None
+) -> None:
+    """Each family's verdict on the model in ``path`` (``families``: comma-separated; None:
+    ``FAMILIES`` or the env variable), one row each in ``out``."""
+    settings = BIBAU(bf16=True)
+    model, _ = load_model(path)
+    model.eval()
+    target = load_attack(path).policy.target if has_attack(path) else None
+    wanted = families or os.environ.get("FAMILIES", ",".join(FAMILIES))
+    for fam in wanted.split(","):
+        t0 = time.perf_counter()
+        det = detect_with(
+            settings,
+            model,
+            data,
+            families=(fam,),
+            auto_eps=settings.auto_eps,
+            invert_fn=invert,
+            seed=seed,
+            desc=f"{name} {fam}",
+        )
+        res = det.result
+        anomaly, effect = res.anomaly_index(), res.effect_size()
+        at = list(res.classes).index(target) if target is not None else None
+        row = {
+            "model": name,
+            "family": fam,
+            "planted_target": target,
+            "verdict": det.verdict.as_dict(),
+            "target_stats": None
+            if at is None
+            else {
+                "anomaly": round(float(anomaly[at]), 3),
+                "effect": round(float(effect[at]), 3),
+                "fooling": round(float(res.fooling[at]), 3),
+            },
+            "budgets": det.eps_trail,
+            "images": len(data),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "provenance": provenance(seed),
+        }
+        emit_row(row, out)
+
+
 def main(names: list[str]) -> None:
     split = torch.load(RUNS / "dev_split.pt", weights_only=True)
     train = load_dataset("cifar10", "train").subset(split["train_idx"], "cifar10")
     data = split_defender_data(train.sample(2500, 7919), 0.2, 0)[0]
-    settings = BIBAU(bf16=True)
     for name in names:
-        model, _ = load_model(RUNS / name)
-        model.eval()
-        target = load_attack(RUNS / name).policy.target if has_attack(RUNS / name) else None
-        for fam in os.environ.get("FAMILIES", ",".join(FAMILIES)).split(","):
-            t0 = time.perf_counter()
-            det = detect_with(
-                settings,
-                model,
-                data,
-                families=(fam,),
-                auto_eps=settings.auto_eps,
-                invert_fn=invert,
-                seed=0,
-                desc=f"{name} {fam}",
-            )
-            res = det.result
-            anomaly, effect = res.anomaly_index(), res.effect_size()
-            at = list(res.classes).index(target) if target is not None else None
-            row = {
-                "model": name,
-                "family": fam,
-                "planted_target": target,
-                "verdict": det.verdict.as_dict(),
-                "target_stats": None
-                if at is None
-                else {
-                    "anomaly": round(float(anomaly[at]), 3),
-                    "effect": round(float(effect[at]), 3),
-                    "fooling": round(float(res.fooling[at]), 3),
-                },
-                "budgets": det.eps_trail,
-                "images": len(data),
-                "seconds": round(time.perf_counter() - t0, 1),
-                "provenance": provenance(0),
-            }
-            emit_row(row, HERE / "family_probe.jsonl")
+        probe_model(name, RUNS / name, data, HERE / "family_probe.jsonl")
 
 
 if __name__ == "__main__":
