@@ -78,6 +78,9 @@ class ClipBIBAU(BIBAU):
     strong_effect: float | None = None
     # nor its minimum fooling for the budgeted families (session 30)
     min_fooling: float = 0.0
+    # nor the gated smooth companion (session 38): an all-class inversion more through the
+    # image tower, for a low-frequency backdoor the CLIP rows do not hold
+    companion: bool = False
 
     def validate(self) -> None:
         super().validate()
