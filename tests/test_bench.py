@@ -673,14 +673,16 @@ def test_zoo_check_reads_fit_time_decisions_and_settings_added_later(tmp_path):
 
 def test_rows_made_with_other_attack_settings_or_new_options_at_old_values():
     """A stored row is stale when its model's attack config differs from today's; an option
-    added later (BI-BAU's ``companion``) at the value that reproduces older rows is not."""
+    added later (BI-BAU's ``companion_weight``) at the value that reproduces older rows is not;
+    one whose default changed since (``companion``) is kept."""
     from unbackdoor.attacks import create_attack
     from unbackdoor.bench.cells import comparable_defense_config
     from unbackdoor.defenses import create_defense
 
     cfg = create_defense("bibau").config()
-    assert "companion" not in comparable_defense_config(cfg)
-    assert comparable_defense_config({**cfg, "companion": True})["companion"] is True
+    assert "companion_weight" not in comparable_defense_config(cfg)
+    assert comparable_defense_config({**cfg, "companion_weight": 0.25})["companion_weight"] == 0.25
+    assert comparable_defense_config(cfg)["companion"] is True
     # a tuple default compares with the list a stored row reads back (BI-BAU's negate_families)
     every = ["mask_pattern", "additive", "warp"]
     assert "negate_families" not in comparable_defense_config({**cfg, "negate_families": every})

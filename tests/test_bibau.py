@@ -66,7 +66,12 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     train_part, val_part = data.split(0.8, 0)
     defense = BIBAU(
-        family="mask_pattern", rounds=1, outer_steps=1, inner_steps=0, collapse_check=False
+        family="mask_pattern",
+        rounds=1,
+        outer_steps=1,
+        inner_steps=0,
+        collapse_check=False,
+        companion=False,
     )
     out = defense.run(model, train_part, val_part)
     assert out.backdoor_found is found
@@ -149,7 +154,12 @@ def test_collapse_invert_takes_the_trigger_from_the_collapsed_copy(monkeypatch):
 
     model, train, val = _scripted_collapse(monkeypatch, shares, fake_invert, kept=copy_net)
     run = dict(
-        family="mask_pattern", rounds=1, inner_steps=0, collapse_check=True, inversion_steps=7
+        family="mask_pattern",
+        rounds=1,
+        inner_steps=0,
+        collapse_check=True,
+        inversion_steps=7,
+        companion=False,
     )
     out = BIBAU(**run, collapse_invert=True).run(model, train, val)
     first = out.diagnostics["first_inversion"]
@@ -193,7 +203,7 @@ def test_collapse_refit_unlearns_the_copys_place_with_a_pattern_fitted_on_the_mo
     # the first refit; after round 1; a new refit before round 2; after it; before round 3
     fooled = itertools.chain([0.6, 0.4, 0.5, 0.3, 0.01], itertools.repeat(0.0))
     monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
-    run = dict(family="mask_pattern", rounds=4, inner_steps=5, collapse_check=True)
+    run = dict(family="mask_pattern", companion=False, rounds=4, inner_steps=5, collapse_check=True)
     out = BIBAU(**run, collapse_invert=True, collapse_refit_steps=9).run(model, train, val)
     diag = out.diagnostics
     # the copy's trigger re-fitted on the model (its place grown), then re-fitted each round
@@ -230,7 +240,7 @@ def test_collapse_refit_widen_grows_the_place_when_the_refit_no_longer_fools(mon
     # (fools again); after round 2; refit before round 3, widened: still passes, stop
     fooled = itertools.chain([0.6, 0.4, 0.01, 0.5, 0.3, 0.02, 0.01], itertools.repeat(0.0))
     monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
-    run = dict(family="mask_pattern", rounds=5, inner_steps=5, collapse_check=True)
+    run = dict(family="mask_pattern", companion=False, rounds=5, inner_steps=5, collapse_check=True)
     defense = BIBAU(**run, collapse_invert=True, collapse_refit_steps=9, collapse_refit_widen=2)
     diag = defense.run(model, train, val).diagnostics
     assert refits == [1, 0, 1, 0, 1]  # each widening grows the place by one more pixel
@@ -271,7 +281,7 @@ def test_resumed_collapse_refit_keeps_the_widened_place(monkeypatch, tmp_path):
     # before round 3 (fools); crash; resumed: before round 3 again, after round 3
     fooled = itertools.chain([0.6, 0.4, 0.01, 0.5, 0.3, 0.6, 0.6, 0.3], itertools.repeat(0.0))
     monkeypatch.setattr(bibau_mod, "fooling_rate", lambda *a, **k: torch.tensor([next(fooled)]))
-    run = dict(family="mask_pattern", rounds=3, inner_steps=5, collapse_check=True)
+    run = dict(family="mask_pattern", companion=False, rounds=3, inner_steps=5, collapse_check=True)
     cfg = dict(collapse_invert=True, collapse_refit_steps=9, collapse_refit_widen=1)
     monkeypatch.setattr(BIBAU, "_unlearn", crash_in_round_3)
     with pytest.raises(KeyboardInterrupt):
@@ -328,7 +338,7 @@ def test_saturated_additive_budget_is_halved_and_kept_for_the_reinversions(monke
     monkeypatch.setattr(BIBAU, "_unlearn", lambda self, *a, **k: None)
     train, val = synth.blobs(200, classes=10, size=8).split(0.8, 0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    out = BIBAU(family="additive", rounds=3).run(model, train, val)
+    out = BIBAU(family="additive", companion=False, rounds=3).run(model, train, val)
     assert out.backdoor_found and out.suspected_target == 0
     diag = out.diagnostics
     assert [t["eps"] for t in diag["additive_eps_trail"]] == [0.1, 0.05]
@@ -338,7 +348,7 @@ def test_saturated_additive_budget_is_halved_and_kept_for_the_reinversions(monke
     assert len(seen) == 4 and all(e == 0.05 and c == [0] for e, c in seen[2:])
     # untargeted: one shared trigger, no median class, no search
     seen.clear()
-    BIBAU(family="additive", mode="untargeted", rounds=1).run(model, train, val)
+    BIBAU(family="additive", companion=False, mode="untargeted", rounds=1).run(model, train, val)
     assert [e for e, _ in seen] == [0.1]
 
 
@@ -489,7 +499,7 @@ def test_fresh_reinversion_stops_before_unlearning_once_the_model_resists(monkey
     # fooling rates in call order: after round 1's unlearning 0.3, fresh trigger before round
     # 2 fools 0.4 (go on), after round 2 0.3, fresh trigger before round 3 fools 0.01 (stop)
     calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.4, 0.3, 0.01])
-    d = BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path))
+    d = BIBAU(family="mask_pattern", companion=False, rounds=6, checkpoint_dir=str(tmp_path))
     out = d.run(model, train, val)
     diag = out.diagnostics
     assert calls["unlearn"] == 2
@@ -502,7 +512,9 @@ def test_fresh_reinversion_stops_before_unlearning_once_the_model_resists(monkey
     assert diag["size_budget"] == pytest.approx(16.8 / 4)
     # a rerun resumes at the stop: no more unlearning
     calls2, (train, val), _ = _scripted_bibau(monkeypatch, [])
-    BIBAU(family="mask_pattern", rounds=6, checkpoint_dir=str(tmp_path)).run(model, train, val)
+    BIBAU(family="mask_pattern", companion=False, rounds=6, checkpoint_dir=str(tmp_path)).run(
+        model, train, val
+    )
     assert calls2["unlearn"] == 0
 
 
@@ -515,7 +527,9 @@ def test_e_step_rescores_every_class_after_each_round(monkeypatch):
     reach_after_2 = torch.tensor([0.0] + [0.9] * 9)
     monkeypatch.setattr(bibau_mod, "remeasure", lambda *a, **k: next(reach, reach_after_2).clone())
     calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.4, 0.3, 0.01])
-    diag = BIBAU(family="mask_pattern", rounds=6).run(model, train, val).diagnostics
+    diag = (
+        BIBAU(family="mask_pattern", companion=False, rounds=6).run(model, train, val).diagnostics
+    )
     ev, q = diag["evidence_per_round"], diag["q_per_round"]
     assert len(ev) == len(q) == 3 and calls["unlearn"] == 2
     # before unlearning: class 0's 0.5-pixel trigger is far cheaper than the others' ~17
@@ -561,17 +575,21 @@ def test_untargeted_bibau_reads_the_all_to_all_shift_and_removes_it(mnist_a2a):
 def test_time_budget_stops_the_rounds_after_the_first(monkeypatch):
     # every fresh trigger still fools (0.4): only the time budget can end the loop early
     calls, (train, val), model = _scripted_bibau(monkeypatch, [0.4] * 20)
-    out = BIBAU(family="mask_pattern", rounds=6, time_budget=1e-6).run(model, train, val)
+    out = BIBAU(family="mask_pattern", companion=False, rounds=6, time_budget=1e-6).run(
+        model, train, val
+    )
     assert calls["unlearn"] == 1  # one round always runs: a found backdoor is never left as is
     assert out.diagnostics["stopped"] == "time budget 0s spent"
     calls, (train, val), model = _scripted_bibau(monkeypatch, [0.4] * 20)
-    BIBAU(family="mask_pattern", rounds=6, time_budget=3600).run(model, train, val)
+    BIBAU(family="mask_pattern", companion=False, rounds=6, time_budget=3600).run(model, train, val)
     assert calls["unlearn"] == 6
 
 
 def test_warm_reinversion_keeps_the_first_design(monkeypatch):
     calls, (train, val), model = _scripted_bibau(monkeypatch, [0.3, 0.01])
-    out = BIBAU(family="mask_pattern", rounds=6, reinvert="warm").run(model, train, val)
+    out = BIBAU(family="mask_pattern", companion=False, rounds=6, reinvert="warm").run(
+        model, train, val
+    )
     assert calls["unlearn"] == 2 and "reinverted_fooling_per_round" not in out.diagnostics
     assert out.diagnostics["size_budget"] == pytest.approx(0.75)  # 1.5x the first trigger
     assert calls["invert"][1].max_size is None
@@ -904,7 +922,7 @@ def test_clean_cross_entropy_weight_ramps_with_the_number_of_images():
         with pytest.raises(ConfigError, match="clean_ce_ramp"):
             BIBAU(clean_ce_ramp=bad)
     with pytest.raises(ConfigError, match="companion_stop"):
-        BIBAU(companion_stop=True)  # a stop test for a companion that is not there
+        BIBAU(companion=False, companion_stop=True)  # a stop test for no companion
 
 
 def test_shared_examples_join_the_unlearning_and_are_reported(mnist_backdoor):

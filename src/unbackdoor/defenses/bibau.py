@@ -828,6 +828,12 @@ class BIBAU(Defense):
         if comp is not None:
             comp_trigger = comp.trigger
             bank.append(copy.deepcopy(comp_trigger))
+            if comp.gate is not None:
+                diag.setdefault("notes", []).append(
+                    f"a {comp.inner.family} trigger for class {z} is also unlearned: that family "
+                    f"singles class {z} out too ({comp.gate['effect']:.0f}x cheaper to reach "
+                    "than the median class), so the trigger found first may be only a shortcut"
+                )
             diag["companion"] = {
                 "family": comp.inner.family,
                 "size_budget": comp.inner.max_size,
