@@ -631,7 +631,15 @@ def crash_in_second_round(monkeypatch) -> tuple[list[int], dict[str, bool]]:
 def test_interrupted_bibau_resumes_between_rounds(mnist_backdoor, tmp_path, monkeypatch):
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(400, 3)
-    cfg = dict(FAST, rounds=2, stop_fooling=0.0, checkpoint_dir=str(tmp_path), time_budget=3600)
+    # the companion's gate (an all-class inversion per call) is left out of this mechanism test
+    cfg = dict(
+        FAST,
+        rounds=2,
+        stop_fooling=0.0,
+        checkpoint_dir=str(tmp_path),
+        time_budget=3600,
+        companion=False,
+    )
     rounds, crash = crash_in_second_round(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         unbackdoor.unlearn(model, data, "bibau", **cfg)
@@ -991,7 +999,7 @@ def test_held_out_guard_halves_a_harmful_learning_rate(mnist_backdoor):
     """A round that costs more than ``max_val_drop`` held-out accuracy is redone at half the lr."""
     model, _ = unbackdoor.load_model(mnist_backdoor)
     data = unbackdoor.load_dataset("mnist", "train").sample(600, 3)
-    cfg = dict(FAST, rounds=1, lr=0.4, max_val_drop=0.03, lr_retries=4)
+    cfg = dict(FAST, rounds=1, lr=0.4, max_val_drop=0.03, lr_retries=4, companion=False)
     _, report = unbackdoor.unlearn(model, data, "bibau", **cfg)
     d = report.diagnostics
     halvings = d["lr_halvings"]
@@ -1160,7 +1168,14 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
 
     monkeypatch.setattr(bibau_mod, "negate_found_trigger", fake)
     monkeypatch.setattr(BIBAU, "_unlearn", spy)
-    cfg = dict(FAST, rounds=1, target=0, negate_first=True, checkpoint_dir=str(tmp_path))
+    cfg = dict(
+        FAST,
+        rounds=1,
+        target=0,
+        negate_first=True,
+        checkpoint_dir=str(tmp_path),
+        companion=False,  # the gate's inversion is not what this test is about
+    )
     cfg["negate_families"] = ["mask_pattern"]  # a list (from YAML) is accepted
     out = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
     assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] == "mask_pattern"
