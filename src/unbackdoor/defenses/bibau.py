@@ -1104,15 +1104,21 @@ class BIBAU(Defense):
         z: int,
         device: torch.device,
     ) -> _Companion | None:
-        """The other family's trigger for target ``z``, how to re-invert it and when to stop.
+        """The companion family's trigger for target ``z``, how to re-invert it and when to stop.
+
+        With ``companion_gate`` the companion family is first inverted for every class and
+        judged like a detection; unless it flags ``z`` itself the returned companion has no
+        trigger (and carries the verdict). The smooth family (the default) and the additive one
+        are unlearned at ``companion_eps``.
 
         Mask companion (a target found by the additive family): taken from the mask family's
         first inversion when ``auto`` ran it for every class, else inverted for ``z`` alone;
         re-inverted within a size budget like a detected mask, and its stop test is the mask
         family's (a fresh mask within the budget fools under ``stop_fooling``).
 
-        Additive companion (a target found by the mask family): the trigger that is unlearned
-        uses ``additive_eps``, the largest budget. That budget reaches every class of a typical
+        Additive companion (a target found by the mask family, ``companion_family=None``): the
+        trigger that is unlearned uses ``companion_eps`` (None: ``additive_eps``, the largest
+        budget). That budget reaches every class of a typical
         CIFAR-10 network, so the stop test uses a probe budget calibrated once over all classes
         (:func:`~unbackdoor.inversion.invert_calibrated`: halved while the median class is
         reached by most images), with the additive family's stop level: fooling at odds
