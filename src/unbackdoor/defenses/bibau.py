@@ -1175,7 +1175,7 @@ class BIBAU(Defense):
             stop_at = self._additive_stop(cal)
             first_probe = float(cal.fooling[cal.classes.index(z)])
             probe = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, eps=cal.family.eps)
-            if cal.family.eps == self.additive_eps:
+            if cal.family.eps == eps:
                 res, probe = cal, None  # the probe budget is the unlearning budget
         if res is None:
             res = invert(
