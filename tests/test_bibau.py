@@ -1331,3 +1331,51 @@ def test_companion_gate_eps_and_weight(monkeypatch):
         BIBAU(companion=True, companion_weight=1.0)
     with pytest.raises(ConfigError, match="companion_eps"):
         BIBAU(companion=True, companion_eps=0.0)
+
+
+def test_companion_stop_takes_its_calibration_from_the_gate(monkeypatch):
+    """With the gate and ``companion_stop``, the gate's all-class inversion (calibrated from
+    ``additive_eps``) is the stop test's calibration when it went down to ``companion_eps``: no
+    second all-class inversion runs, and the gate's budget trail is the probe's. A gate that
+    stayed above ``companion_eps`` leaves the calibration to its own search."""
+    from types import SimpleNamespace
+
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    d = BIBAU(companion_stop=True, companion_eps=0.05, inversion_steps=2, inner_steps=1)
+    assert d.companion and d.companion_family == "smooth" and d.companion_gate  # the defaults
+    searches = []
+    real_search = bibau_mod.invert_calibrated
+
+    def search(*a, **k):
+        searches.append(k.get("desc"))
+        return real_search(*a, **k)
+
+    def gate_at(eps):
+        cfg = bibau_mod.inversion_config(None, family="smooth", steps=2, eps=eps)
+        result = bibau_mod.invert(model, data, cfg, seed=1)
+        trail = [{"eps": 0.1, "median_fooling": 0.9}, {"eps": eps, "median_fooling": 0.3}]
+        verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: {"class": 0})
+
+        def fake(settings, model, data, families, **k):
+            return SimpleNamespace(found=True, verdict=verdict, result=result, eps_trail=trail)
+
+        return fake, result, trail
+
+    monkeypatch.setattr(bibau_mod, "invert_calibrated", search)
+    fake, result, trail = gate_at(0.05)
+    monkeypatch.setattr(bibau_mod, "detect_with", fake)
+    comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+    assert searches == [] and comp.trail == trail and comp.probe is None
+    assert comp.stop_at == pytest.approx(d._additive_stop(result))
+    assert comp.first_probe_fooling == pytest.approx(float(result.fooling[0]))
+    assert comp.trigger.kind == "smooth" and comp.inner.eps == 0.05
+
+    fake, _, _ = gate_at(0.1)  # not saturated at 0.1: the search starts at companion_eps
+    monkeypatch.setattr(bibau_mod, "detect_with", fake)
+    comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+    assert searches == ["bibau: companion budget (smooth, all classes)"]
+    assert comp.trail[0]["eps"] == 0.05

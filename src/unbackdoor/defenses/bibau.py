@@ -1122,8 +1122,11 @@ class BIBAU(Defense):
         CIFAR-10 network, so the stop test uses a probe budget calibrated once over all classes
         (:func:`~unbackdoor.inversion.invert_calibrated`: halved while the median class is
         reached by most images), with the additive family's stop level: fooling at odds
-        ``min_effect`` times lower than the median class's at that budget. Without
-        ``companion_stop`` (or with ``reinvert="warm"``) no probe is made.
+        ``min_effect`` times lower than the median class's at that budget (the smooth companion
+        too). With the gate, whose all-class inversion is calibrated the same way from
+        ``additive_eps``, that inversion is the calibration when it ended at or below
+        ``companion_eps``. Without ``companion_stop`` (or with ``reinvert="warm"``) no probe
+        is made.
         """
         if not self.companion:
             return None
@@ -1142,7 +1145,7 @@ class BIBAU(Defense):
         res, probe, trail = results.get(other), None, []
         if res is not None and res.family.budget_field == "eps" and res.family.eps != eps:
             res = None  # inverted at another budget (detection's calibrated one)
-        gated = None  # the gate's verdict
+        gated, gate = None, None  # the gate's verdict and detection
         if self.companion_gate:
             gate = detect_with(
                 self,
@@ -1163,15 +1166,20 @@ class BIBAU(Defense):
         stop_at, first_probe = self.stop_level(family), None  # the mask family's stop test
         probing = self.companion_stop and self.reinvert == "fresh" and self.inner_steps > 0
         if cfg.budget_field == "eps" and probing:
-            cal, trail = invert_calibrated(
-                model,
-                clean,
-                cfg,
-                invert_fn=invert,
-                seed=self.seed + 23,
-                device=device,
-                desc="bibau: companion budget (additive, all classes)",
-            )
+            if gate is not None and gate.result.family.eps <= eps:
+                # the gate's all-class inversion, calibrated from additive_eps, passed eps on
+                # its way down: calibrating again from eps would end where it ended
+                cal, trail = gate.result, gate.eps_trail
+            else:
+                cal, trail = invert_calibrated(
+                    model,
+                    clean,
+                    cfg,
+                    invert_fn=invert,
+                    seed=self.seed + 23,
+                    device=device,
+                    desc=f"bibau: companion budget ({other}, all classes)",
+                )
             stop_at = self._additive_stop(cal)
             first_probe = float(cal.fooling[cal.classes.index(z)])
             probe = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, eps=cal.family.eps)
