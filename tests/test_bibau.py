@@ -1379,3 +1379,40 @@ def test_companion_stop_takes_its_calibration_from_the_gate(monkeypatch):
     comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
     assert searches == ["bibau: companion budget (smooth, all classes)"]
     assert comp.trail[0]["eps"] == 0.05
+
+
+def test_companion_draws_add_independent_triggers_at_half_the_stamps(monkeypatch):
+    """``companion_draws=3``: two more inversions of the companion family for the found target,
+    from other seeds, join the first trigger; the companions keep half of the stamped images
+    between them, as one draw per round does; the option is validated by name."""
+    from types import SimpleNamespace
+
+    import unbackdoor.defenses.bibau as bibau_mod
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
+    verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: {"class": 0})
+    gate = SimpleNamespace(found=True, verdict=verdict, result=SimpleNamespace(family=None))
+    gate.result.family = SimpleNamespace(eps=0.1)
+    monkeypatch.setattr(bibau_mod, "detect_with", lambda *a, **k: gate)
+    d = BIBAU(companion_draws=3, inversion_steps=2, inner_steps=1)
+    comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
+    draws = [comp.trigger, *comp.extra]
+    assert len(draws) == 3 and all(t.kind == "smooth" for t in draws)
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        assert not torch.equal(draws[a].delta, draws[b].delta)  # independent seeds
+    assert all(float(t.delta.abs().max()) <= 0.05 + 1e-6 for t in draws)
+
+    bank = [SimpleNamespace(kind="mask_pattern"), *draws]
+    w = d._bank_weights(bank)
+    assert torch.allclose(w, torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]))
+    assert BIBAU()._bank_weights(bank) is None  # one draw: drawn alike, as before
+    assert BIBAU()._companion(model, data, {}, "mask_pattern", 0, "cpu").extra == ()
+    for bad in (
+        dict(companion=False, companion_draws=2),
+        dict(companion_draws=0),
+        dict(companion_draws=1.5),
+    ):
+        with pytest.raises(ConfigError, match="companion_draws"):
+            BIBAU(**bad)

@@ -459,6 +459,12 @@ class BIBAU(Defense):
     #: class) on the dev BadNets, WaNet and SIG models and LF's target 3,000-4,400x: ungated,
     #: the companion would cost accuracy on every model for nothing
     companion_gate: bool = True
+    #: with ``companion``: how many companion triggers (independent inversions for the found
+    #: target, seeds apart) enter the first round's bank; more than one keeps the companions'
+    #: share of the stamped images at one half (``companion_weight`` overrides). On the dev LF
+    #: model two draws of the same smooth companion left re-tuned ASRs of 7.8% and 29.3%
+    #: (session 39): one draw decides much of what is forgotten
+    companion_draws: int = 1
     #: with ``companion``: rounds go on while the companion family still reaches the target
     #: (a fresh companion trigger fools at least its stop level, see :meth:`_companion`), not
     #: only while the detecting family does. Off: on the dev Blended model the calibrated probe
@@ -591,6 +597,12 @@ class BIBAU(Defense):
             self.companion_eps is None or 0 < self.companion_eps <= 1,
             "companion_eps",
             "None or in (0, 1]",
+        )
+        self._require(
+            isinstance(self.companion_draws, int)
+            and (self.companion_draws == 1 or (self.companion and self.companion_draws > 1)),
+            "companion_draws",
+            "1 without companion, else an int >= 1",
         )
         self._require(
             self.companion_weight is None or 0 < self.companion_weight < 1,
@@ -828,6 +840,7 @@ class BIBAU(Defense):
         if comp is not None:
             comp_trigger = comp.trigger
             bank.append(copy.deepcopy(comp_trigger))
+            bank.extend(copy.deepcopy(t) for t in comp.extra)
             if comp.gate is not None:
                 diag.setdefault("notes", []).append(
                     f"a {comp.inner.family} trigger for class {z} is also unlearned: that family "
@@ -843,6 +856,7 @@ class BIBAU(Defense):
                 "stop_test": self.companion_stop and fresh,
                 "gate": comp.gate,
                 "weight": self.companion_weight,
+                "draws": self.companion_draws,
             }
             if self.companion_stop and fresh:
                 diag["companion"].update(
@@ -985,6 +999,8 @@ class BIBAU(Defense):
                     bank.append(copy.deepcopy(comp_trigger))
             if comp is not None:
                 diag["companion"]["reinverted_fooling_per_round"].append(fools(comp_trigger))
+                if rnd == 0 and comp.extra:  # the further draws, before the first round
+                    diag["companion"]["extra_draws_fooling"] = [fools(t) for t in comp.extra]
             if not targeted:  # the per-sample E-step of the trigger about to be unlearned
                 matrix, spread = transitions(model, trigger, val, device, bf16=self.bf16)
                 diag["transitions_per_round"].append(matrix.round(decimals=4).tolist())
@@ -1202,7 +1218,23 @@ class BIBAU(Defense):
         if first_probe is None:
             first_probe = float(res.fooling[k])
         inner = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, max_size=budget)
-        return _Companion(_single(res.family, k), inner, probe, stop_at, trail, first_probe, gated)
+        extra = []
+        for i in range(1, self.companion_draws):
+            trig = invert(
+                model,
+                clean,
+                cfg,
+                classes=[z],
+                seed=self.seed + 17 + 1000 * i,
+                device=device,
+                desc=f"bibau: companion inversion ({other}), draw {i + 1}",
+            ).family
+            if budget is not None:
+                trig.limit_size(budget)
+            extra.append(trig)
+        return _Companion(
+            _single(res.family, k), inner, probe, stop_at, trail, first_probe, gated, tuple(extra)
+        )
 
     def _reinvert_companion(
         self,
@@ -1551,13 +1583,17 @@ class BIBAU(Defense):
 
     def _bank_weights(self, bank: list[TriggerFamily]) -> torch.Tensor | None:
         """How often each trigger of the bank stamps an image: None, alike; with
-        ``companion_weight``, that share for the companion's kind (the bank's other kind)."""
+        ``companion_weight`` (or one half with ``companion_draws`` > 1), that share for the
+        companion's kind (the bank's other kind)."""
         comp = torch.tensor([b.kind != bank[0].kind for b in bank])
-        if self.companion_weight is None or not comp.any():
+        share = self.companion_weight
+        if share is None and self.companion_draws > 1:
+            share = 0.5  # as one draw per round, drawn alike, would give
+        if share is None or not comp.any():
             return None
         w = torch.empty(len(bank))
-        w[comp] = self.companion_weight / float(comp.sum())
-        w[~comp] = (1 - self.companion_weight) / float((~comp).sum())
+        w[comp] = share / float(comp.sum())
+        w[~comp] = (1 - share) / float((~comp).sum())
         return w
 
     def _target_risk(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -1711,6 +1747,8 @@ class _Companion:
     #: ``companion_gate``: the companion family's verdict over every class (None: no gate).
     #: A gate that did not name the found target leaves ``trigger`` None: no companion
     gate: dict[str, Any] | None = None
+    #: ``companion_draws``: the further companion triggers of the first round
+    extra: tuple[TriggerFamily, ...] = ()
 
 
 def _param_groups(model: nn.Module, lr: float, norm_scale: float) -> list[dict[str, Any]]:
