@@ -463,7 +463,7 @@ class BIBAU(Defense):
     #: target, seeds apart) enter the first round's bank; more than one keeps the companions'
     #: share of the stamped images at one half (``companion_weight`` overrides). On the dev LF
     #: model two draws of the same smooth companion left re-tuned ASRs of 7.8% and 29.3%
-    #: (session 39): one draw decides much of what is forgotten
+    #: (session 39). Off: three draws did not lower ``dev_lf_s2``'s comeback (71% against 69%)
     companion_draws: int = 1
     #: with ``companion``: rounds go on while the companion family still reaches the target
     #: (a fresh companion trigger fools at least its stop level, see :meth:`_companion`), not
