@@ -1143,7 +1143,10 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
 ):
     """BI-BAU hands its found trigger and target to the pre-step before the first round's
     unlearning, records what it returned, keeps the un-negated model as the teacher, and does
-    not negate again when it resumes; CLIP refuses the option."""
+    not negate again when it resumes; an open companion of a listed family is negated when the
+    found trigger's family is not listed; CLIP refuses the option."""
+    from types import SimpleNamespace
+
     import unbackdoor.defenses.bibau as bibau_mod
     from unbackdoor.clip.defenses.bibau import ClipBIBAU
 
@@ -1183,7 +1186,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert calls[0][2]["retention"] == 0.95
     assert calls[0][2]["min_gain"] == BIBAU().negate_min_gain
     assert order[0] == "negate" and "unlearn" in order
-    assert out.diagnostics["negate_first"] == {"alpha": 1.0}
+    assert out.diagnostics["negate_first"] == {"alpha": 1.0, "family": "mask_pattern"}
     assert out.images["negate_alpha_sweep"].shape == (3, 4, 4)
     assert torch.equal(teachers[0], first_weight)  # the teacher is the backdoored model
     BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))  # resumed: finished
@@ -1195,6 +1198,23 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     assert len(calls) == 1
     assert "mask_pattern family" in skip.diagnostics["negate_first"]["skipped"]
     assert skip.diagnostics["stop_fooling"] == 0.05  # the level of a run without the pre-step
+    # a family named in negate_families also negates an open companion of that family
+    real_detect = bibau_mod.detect_with
+
+    def gate_open(settings, model, data, families=None, **k):
+        if families != ("smooth",):
+            return real_detect(settings, model, data, families=families, **k)
+        flags = {"class": 0, "effect": 100.0}
+        verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: flags)
+        result = SimpleNamespace(family=SimpleNamespace(eps=0.1))
+        return SimpleNamespace(found=True, verdict=verdict, result=result)
+
+    monkeypatch.setattr(bibau_mod, "detect_with", gate_open)
+    cfg = dict(FAST, rounds=1, target=0, negate_families=["warp", "smooth"])
+    paired = BIBAU(**cfg).run(copy.deepcopy(model), data, data.sample(100, 4))
+    assert len(calls) == 2 and calls[1][1] == "smooth" and calls[1][0] == 0
+    assert paired.diagnostics["negate_first"]["family"] == "smooth"
+    assert paired.diagnostics["stop_fooling"] == 0.05  # the mask family's level
     with pytest.raises(ConfigError, match="negate_first"):
         ClipBIBAU(negate_first=True)
     with pytest.raises(ConfigError, match="negate_repair_epochs"):

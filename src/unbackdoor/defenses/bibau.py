@@ -405,7 +405,8 @@ class BIBAU(Defense):
     #: only the warp family's, the backdoor the pre-step was adopted for (dev WaNet): on three
     #: MNIST BadNets dev twins (mask family) it took the mean re-tuned ASR from 5.9% without it
     #: to 21.7%, on three MNIST Blended twins (additive family) from 1.5% to 8.6%
-    #: (``benchmarks/bibau_dev``, session 28)
+    #: (``benchmarks/bibau_dev``, session 28). A family named here also negates an open
+    #: companion of that family (``"smooth"``) when the found trigger's family is not named
     negate_families: tuple[str, ...] = ("warp",)
     #: clean epochs the ``negate_first`` sweep repairs each alpha with before judging it (TBAR's
     #: ``repair_epochs``); the model is left at the repaired chosen alpha. 0: the sweep judges
@@ -887,7 +888,11 @@ class BIBAU(Defense):
             diag["transitions_per_round"], diag["posterior_spread_per_round"] = [], []
         start_round = self._resume(model, opt, bank, diag, comp.trigger if comp else None)
         if self.negate_first and start_round == 0:  # a resumed model is already negated
-            if targeted and not self.negates(family):
+            # the found trigger's family, else an open companion's (``negate_families``)
+            negated = trigger if self.negates(family) else None
+            if negated is None and comp is not None and self.negates(comp.inner.family):
+                negated = comp.trigger
+            if targeted and negated is None:
                 diag["negate_first"] = {
                     "skipped": f"the target was found by the {family} family; the pre-step "
                     f"runs after {' / '.join(self.negate_families) or 'none'} (negate_families)"
@@ -897,7 +902,7 @@ class BIBAU(Defense):
                     model,
                     clean,
                     val,
-                    trigger,
+                    negated,
                     z,
                     retention=self.negate_retention,
                     repair_epochs=self.negate_repair_epochs,
@@ -906,6 +911,7 @@ class BIBAU(Defense):
                     device=self.device,
                     bf16=self.bf16,
                 )
+                diag["negate_first"]["family"] = negated.kind
             else:
                 diag["negate_first"] = {"skipped": "untargeted: no target to form the vector"}
         if refit and start_round > 0:  # resumed: the place (maybe widened) of the last round
