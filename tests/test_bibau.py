@@ -814,6 +814,20 @@ def test_attacker_term_runs_inside_the_unlearning_step(mnist_backdoor, monkeypat
 PAIRED = dict(companion=True, companion_family=None, companion_eps=None, companion_gate=False)
 
 
+def fake_gate(
+    klass: int = 0, result: object = None, trail: list | None = None, effect: float | None = None
+) -> object:
+    """What ``detect_with`` returns to the companion's gate: a verdict flagging ``klass`` (with
+    ``effect`` when given, as BI-BAU's note on an open gate reads it), the all-class inversion
+    (default: one that stopped at eps 0.1, above the companion's budget) and its budget trail."""
+    from types import SimpleNamespace
+
+    flags = {"class": klass} | ({} if effect is None else {"effect": effect})
+    verdict = SimpleNamespace(klass=klass, found=True, as_dict=lambda: dict(flags))
+    result = result or SimpleNamespace(family=SimpleNamespace(eps=0.1))
+    return SimpleNamespace(found=True, verdict=verdict, result=result, eps_trail=trail or [])
+
+
 @pytest.mark.slow  # a pairing off by default (benchmarks/bibau_dev); ~1-2 min on 2 cores
 def test_companion_family_is_unlearned_beside_the_detected_one(
     mnist_backdoor, tmp_path, monkeypatch
@@ -1145,7 +1159,6 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     unlearning, records what it returned, keeps the un-negated model as the teacher, and does
     not negate again when it resumes; an open companion of a listed family is negated when the
     found trigger's family is not listed; CLIP refuses the option."""
-    from types import SimpleNamespace
 
     import unbackdoor.defenses.bibau as bibau_mod
     from unbackdoor.clip.defenses.bibau import ClipBIBAU
@@ -1204,10 +1217,7 @@ def test_negate_first_runs_once_on_the_found_target_before_the_rounds(
     def gate_open(settings, model, data, families=None, **k):
         if families != ("smooth",):
             return real_detect(settings, model, data, families=families, **k)
-        flags = {"class": 0, "effect": 100.0}
-        verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: flags)
-        result = SimpleNamespace(family=SimpleNamespace(eps=0.1))
-        return SimpleNamespace(found=True, verdict=verdict, result=result)
+        return fake_gate(0, effect=100.0)
 
     monkeypatch.setattr(bibau_mod, "detect_with", gate_open)
     cfg = dict(FAST, rounds=1, target=0, negate_families=["warp", "smooth"])
@@ -1314,9 +1324,7 @@ def test_companion_gate_eps_and_weight(monkeypatch):
     def gate_flags(klass):
         def fake(settings, model, data, families, **k):
             asked.append(families)
-            verdict = SimpleNamespace(klass=klass, found=True, as_dict=lambda: {"class": klass})
-            calibrated = SimpleNamespace(family=SimpleNamespace(eps=0.1))  # not the companion's
-            return SimpleNamespace(found=True, verdict=verdict, result=calibrated)
+            return fake_gate(klass)  # calibrated at eps 0.1: not the companion's budget
 
         return fake
 
@@ -1358,7 +1366,6 @@ def test_companion_stop_takes_its_calibration_from_the_gate(monkeypatch):
     ``additive_eps``) is the stop test's calibration when it went down to ``companion_eps``: no
     second all-class inversion runs, and the gate's budget trail is the probe's. A gate that
     stayed above ``companion_eps`` leaves the calibration to its own search."""
-    from types import SimpleNamespace
 
     import unbackdoor.defenses.bibau as bibau_mod
 
@@ -1378,10 +1385,9 @@ def test_companion_stop_takes_its_calibration_from_the_gate(monkeypatch):
         cfg = bibau_mod.inversion_config(None, family="smooth", steps=2, eps=eps)
         result = bibau_mod.invert(model, data, cfg, seed=1)
         trail = [{"eps": 0.1, "median_fooling": 0.9}, {"eps": eps, "median_fooling": 0.3}]
-        verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: {"class": 0})
 
         def fake(settings, model, data, families, **k):
-            return SimpleNamespace(found=True, verdict=verdict, result=result, eps_trail=trail)
+            return fake_gate(0, result, trail)
 
         return fake, result, trail
 
@@ -1412,10 +1418,7 @@ def test_companion_draws_add_independent_triggers_at_half_the_stamps(monkeypatch
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
     data = unbackdoor.load_dataset("mnist", "train").sample(64, 0)
-    verdict = SimpleNamespace(klass=0, found=True, as_dict=lambda: {"class": 0})
-    gate = SimpleNamespace(found=True, verdict=verdict, result=SimpleNamespace(family=None))
-    gate.result.family = SimpleNamespace(eps=0.1)
-    monkeypatch.setattr(bibau_mod, "detect_with", lambda *a, **k: gate)
+    monkeypatch.setattr(bibau_mod, "detect_with", lambda *a, **k: fake_gate(0))
     d = BIBAU(companion_draws=3, inversion_steps=2, inner_steps=1)
     comp = d._companion(model, data, {}, "mask_pattern", 0, torch.device("cpu"))
     draws = [comp.trigger, *comp.extra]

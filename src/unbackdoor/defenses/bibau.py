@@ -1207,16 +1207,20 @@ class BIBAU(Defense):
             probe = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, eps=cal.family.eps)
             if cal.family.eps == eps:
                 res, probe = cal, None  # the probe budget is the unlearning budget
-        if res is None:
-            res = invert(
+
+        def draw(i: int) -> Any:  # the i-th independent companion inversion for z alone
+            return invert(
                 model,
                 clean,
                 cfg,
                 classes=[z],
-                seed=self.seed + 17,
+                seed=self.seed + 17 + 1000 * i,
                 device=device,
-                desc=f"bibau: companion inversion ({other})",
+                desc=f"bibau: companion inversion ({other})" + (f", draw {i + 1}" if i else ""),
             )
+
+        if res is None:
+            res = draw(0)
         k = res.classes.index(z)
         budget = None
         if other == "mask_pattern":
@@ -1224,20 +1228,10 @@ class BIBAU(Defense):
         if first_probe is None:
             first_probe = float(res.fooling[k])
         inner = replace(cfg, steps=max(1, self.inner_steps), lr=0.1, max_size=budget)
-        extra = []
-        for i in range(1, self.companion_draws):
-            trig = invert(
-                model,
-                clean,
-                cfg,
-                classes=[z],
-                seed=self.seed + 17 + 1000 * i,
-                device=device,
-                desc=f"bibau: companion inversion ({other}), draw {i + 1}",
-            ).family
-            if budget is not None:
+        extra = [draw(i).family for i in range(1, self.companion_draws)]
+        if budget is not None:
+            for trig in extra:
                 trig.limit_size(budget)
-            extra.append(trig)
         return _Companion(
             _single(res.family, k), inner, probe, stop_at, trail, first_probe, gated, tuple(extra)
         )
