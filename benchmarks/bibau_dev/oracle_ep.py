@@ -14,6 +14,10 @@ takes ``K`` Adam steps (lr 5e-4) towards the target on the batch with a quarter 
 and the stamped images' true-label loss is also taken at the copy's weights (its gradient
 applied at the current ones, ``WEIGHT`` times): the backdoor must stay unlearned a few attacker
 steps away, not only where the model stands.
+With ``FEAT=w`` in the environment the stamped images' activations at every conv group
+(``FEAT_LAYERS``, default ``group1,group2,group3``) are also pulled to the clean images' (the
+same model, detached), ``w`` times the relative squared distance: the trigger must vanish from
+the features where it enters, not only from the output.
 Scored as ``tune.py`` scores (the dev model's 5,000 held-out training images); one line is
 appended to ``results.jsonl`` with ``method`` "oracle_ep".
 """
@@ -43,14 +47,23 @@ HERE = Path(__file__).resolve().parent
 from dev_model import RUNS, split_path  # noqa: E402  (this folder is on sys.path)
 
 
-def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0):
+def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0, feat=None):
     """EP's loss on a clean batch (clean and stamped halves under true labels), plus, with
-    ``k``, the stamped loss at the weights a simulated attacker reaches in ``k`` steps."""
+    ``k``, the stamped loss at the weights a simulated attacker reaches in ``k`` steps, plus,
+    with ``feat`` (weight, captured activations), the feature-invariance term."""
 
     def loss(model: torch.nn.Module, batch) -> torch.Tensor:
         x, y = batch.x, batch.y
         stamped = trigger(x, batch.index).clamp(0, 1)
         out = F.cross_entropy(model(torch.cat([x, stamped])), torch.cat([y, y]))
+        if feat is not None:
+            w, acts = feat
+            for a in acts.values():
+                a = a.float()
+                c, s = a[: len(x)].detach(), a[len(x) :]
+                num = (s - c).pow(2).flatten(1).sum(1)
+                den = c.pow(2).flatten(1).sum(1).clamp_min(1e-6)
+                out = out + w / len(acts) * (num / den).mean()
         if not k:
             return out
         q = len(x) // 4
@@ -85,14 +98,26 @@ def main() -> None:
     target = int(rec.attack_labels(torch.zeros(1, dtype=torch.long))[0])
     t0 = time.time()
     cfg = TrainConfig(epochs=epochs, lr=lr, bf16=True, seed=0, schedule="linear", warmup=0.0)
-    train(model, clean, cfg, loss_fn=ep_loss(rec.trigger, target, k, weight), desc="oracle EP")
+    feat, hooks = None, []
+    if os.environ.get("FEAT"):
+        acts: dict[str, torch.Tensor] = {}
+        names = os.environ.get("FEAT_LAYERS", "group1,group2,group3").split(",")
+        for layer in names:
+            hook = (lambda n: lambda m, i, o: acts.__setitem__(n, o))(layer)
+            hooks.append(model.get_submodule(layer).register_forward_hook(hook))
+        feat = (float(os.environ["FEAT"]), acts)
+    loss_fn = ep_loss(rec.trigger, target, k, weight, feat)
+    train(model, clean, cfg, loss_fn=loss_fn, desc="oracle EP")
+    for h in hooks:
+        h.remove()
     after = score(model)
     r = retune_attack(model, tr, dev, rec, RetuneConfig(seed=0))
     row = {
         "tag": tag,
         "method": "oracle_ep",
         "model": name,
-        "opts": {"epochs": epochs, "lr": lr, "attacker_steps": k, "attacker_weight": weight},
+        "opts": {"epochs": epochs, "lr": lr, "attacker_steps": k, "attacker_weight": weight}
+        | ({"feat": feat[0], "feat_layers": names} if feat else {}),
         "n": n,
         "draw": 7919,
         "before": before,
