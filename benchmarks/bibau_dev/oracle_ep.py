@@ -18,6 +18,11 @@ With ``FEAT=w`` in the environment the stamped images' activations at every conv
 (``FEAT_LAYERS``, default ``group1,group2,group3``) are also pulled to the clean images' (the
 same model, detached), ``w`` times the relative squared distance: the trigger must vanish from
 the features where it enters, not only from the output.
+With ``TRIGGER=smooth_rand`` or ``TRIGGER=smooth_adv`` the true trigger is *not* used: each
+batch is stamped with per-image smooth perturbations (a ``GRID`` x ``GRID`` lattice, default 4,
+upsampled bicubically, L_inf ``EPS``, default 0.05), random signs or ``ADV_STEPS`` (default 3)
+signed-gradient steps that maximise the feature term (needs ``FEAT``): a blind candidate, scored
+like the oracle.
 Scored as ``tune.py`` scores (the dev model's 5,000 held-out training images); one line is
 appended to ``results.jsonl`` with ``method`` "oracle_ep".
 """
@@ -54,7 +59,7 @@ def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0, feat=None):
 
     def loss(model: torch.nn.Module, batch) -> torch.Tensor:
         x, y = batch.x, batch.y
-        stamped = trigger(x, batch.index).clamp(0, 1)
+        stamped = trigger(x, batch.index, model).clamp(0, 1)
         out = F.cross_entropy(model(torch.cat([x, stamped])), torch.cat([y, y]))
         if feat is not None:
             w, acts = feat
@@ -76,6 +81,39 @@ def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0, feat=None):
         return out + weight * after
 
     return loss
+
+
+def smooth_stamp(kind: str, feat, seed: int = 0):
+    """Per-image smooth perturbations (module docstring), as a ``trigger(x, index, model)``."""
+    eps = float(os.environ.get("EPS", "0.05"))
+    grid = int(os.environ.get("GRID", "4"))
+    steps = int(os.environ.get("ADV_STEPS", "3"))
+    gen = torch.Generator().manual_seed(seed)
+
+    def up(c: torch.Tensor, hw) -> torch.Tensor:
+        return F.interpolate(c, size=hw, mode="bicubic", align_corners=True).clamp(-eps, eps)
+
+    def stamp(x: torch.Tensor, index, model) -> torch.Tensor:
+        shape = (x.shape[0], x.shape[1], grid, grid)
+        c = eps * (2 * torch.randint(0, 2, shape, generator=gen).float() - 1)
+        if kind == "smooth_adv":
+            w, acts = feat
+            was = model.training
+            model.eval()
+            for _ in range(steps):
+                c = c.detach().requires_grad_(True)
+                model(torch.cat([x, (x + up(c, x.shape[-2:])).clamp(0, 1)]))
+                gap = 0.0
+                for a in acts.values():
+                    a = a.float()
+                    num = (a[len(x) :] - a[: len(x)].detach()).pow(2).flatten(1).sum(1)
+                    gap = gap + (num / a[: len(x)].detach().pow(2).flatten(1).sum(1)).sum()
+                (g,) = torch.autograd.grad(gap, c)
+                c = (c + 0.5 * eps * g.sign()).clamp(-eps, eps)
+            model.train(was)
+        return x + up(c.detach(), x.shape[-2:])
+
+    return stamp
 
 
 def main() -> None:
@@ -106,7 +144,12 @@ def main() -> None:
             hook = (lambda n: lambda m, i, o: acts.__setitem__(n, o))(layer)
             hooks.append(model.get_submodule(layer).register_forward_hook(hook))
         feat = (float(os.environ["FEAT"]), acts)
-    loss_fn = ep_loss(rec.trigger, target, k, weight, feat)
+    kind = os.environ.get("TRIGGER", "true")
+    if kind == "true":
+        trigger = lambda x, index, model: rec.trigger(x, index)  # noqa: E731
+    else:
+        trigger = smooth_stamp(kind, feat)
+    loss_fn = ep_loss(trigger, target, k, weight, feat)
     train(model, clean, cfg, loss_fn=loss_fn, desc="oracle EP")
     for h in hooks:
         h.remove()
@@ -117,7 +160,13 @@ def main() -> None:
         "method": "oracle_ep",
         "model": name,
         "opts": {"epochs": epochs, "lr": lr, "attacker_steps": k, "attacker_weight": weight}
-        | ({"feat": feat[0], "feat_layers": names} if feat else {}),
+        | ({"feat": feat[0], "feat_layers": names} if feat else {})
+        | (
+            {"trigger": kind}
+            | {k: os.environ[k] for k in ("EPS", "GRID", "ADV_STEPS") if k in os.environ}
+            if kind != "true"
+            else {}
+        ),
         "n": n,
         "draw": 7919,
         "before": before,
