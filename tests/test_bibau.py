@@ -1439,3 +1439,51 @@ def test_companion_draws_add_independent_triggers_at_half_the_stamps(monkeypatch
     ):
         with pytest.raises(ConfigError, match="companion_draws"):
             BIBAU(**bad)
+
+
+def test_layer_feature_term_pulls_stamped_activations_to_the_clean_ones(mnist_backdoor):
+    """``layer_feature_weight``: the same unlearning steps, with the term, leave the tapped
+    layers' outputs on stamped images nearer their outputs on the clean images than without."""
+    from unbackdoor.data.loader import iterate
+    from unbackdoor.inversion import MaskPattern
+    from unbackdoor.models.taps import LayerTaps, relative_gap
+
+    teacher, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(256, 5)
+    trigger = MaskPattern(1, tuple(data.images.shape[1:]))
+    with torch.no_grad():  # a blend over the whole image, as LF's trigger covers it
+        trigger.mask_logit.fill_(-1.0)
+    x = next(iter(iterate(data, 64, shuffle=False, device=torch.device("cpu")))).x
+
+    def gap_after(weight: float) -> float:
+        work = copy.deepcopy(teacher)
+        d = BIBAU(
+            layer_feature_weight=weight,
+            feature_layers=("features.4",),  # the second conv (the first is linear in x)
+            outer_steps=12,
+            batch_size=64,
+            mix_kl_weight=0,
+        )
+        d._attack_target, d._shared_target = 0, None
+        opt = torch.optim.SGD(work.parameters(), lr=0.02, momentum=0.9)
+        d._unlearn(work, teacher, data, [trigger], opt, None, torch.device("cpu"), 0)
+        with LayerTaps(work, ["features.4"]) as taps, torch.no_grad():
+            work(torch.cat([x, trigger.stamp(x, 0)]))
+            return relative_gap(taps.values[0][64:], taps.values[0][:64]).item()
+
+    assert gap_after(10.0) < 0.7 * gap_after(0.0)  # measured 0.025 against 0.060
+
+
+def test_bad_feature_layers_fail_before_any_inversion(mnist_backdoor, monkeypatch):
+    import unbackdoor.defenses.bibau as bibau_module
+
+    def no_inversion(*a, **k):
+        raise AssertionError("inverted before the options were checked")
+
+    monkeypatch.setattr(bibau_module, "detect_with", no_inversion)
+    model, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(64, 5)
+    with pytest.raises(ConfigError, match=r"feature_layers.*no layer named \['group1'\]"):
+        BIBAU(layer_feature_weight=1.0, feature_layers=("group1",)).run(model, data, data)
+    with pytest.raises(ConfigError, match="layer_feature_weight=-1"):
+        create_defense("bibau", layer_feature_weight=-1)

@@ -151,6 +151,7 @@ from unbackdoor.inversion.families import FAMILIES, TriggerFamily
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
+from unbackdoor.models.taps import LayerTaps, feature_layer_names, relative_gap
 from unbackdoor.train.losses import kl_to_teacher
 from unbackdoor.train.path_point import after_attacker, toward
 from unbackdoor.utils.digest import tensors_digest
@@ -242,6 +243,8 @@ class BIBAU(Defense):
         "companion_eps": None,
         "companion_weight": None,
         "companion_gate": False,
+        "layer_feature_weight": 0.0,
+        "feature_layers": None,
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -287,6 +290,16 @@ class BIBAU(Defense):
     #: (chosen by a rule on MNIST dev twins, ``benchmarks/bibau_dev``, session 29)
     mix_kl_weight: float = 1.0
     feature_weight: float = 1.0
+    #: weight of the same pull inside the network: each tapped layer's output on a stamped
+    #: image is pulled to its output on the clean image (the current model's, detached),
+    #: averaged over ``feature_layers``. With only the output and the penultimate features
+    #: unlearned, the trigger's representation survives in the early layers and a few poisoned
+    #: images reconnect it; with LF's true trigger this term took a dev model's comeback from
+    #: 92% to its floor (``benchmarks/bibau_dev``, session 40)
+    layer_feature_weight: float = 0.0
+    #: the layers that term taps (:func:`unbackdoor.models.taps.feature_layer_names`): None
+    #: for the model's own ``feature_layers`` (the fast net's conv groups) or every conv
+    feature_layers: tuple[str, ...] | None = None
     budget_scale: float = 1.5
     reinvert: str = "fresh"
     #: rounds stop when a fresh trigger fools under this share of the held-out images (see
@@ -547,6 +560,12 @@ class BIBAU(Defense):
         self._require(self.kl_weight >= 0, "kl_weight", ">= 0")
         self._require(self.mix_kl_weight >= 0, "mix_kl_weight", ">= 0")
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
+        self._require(self.layer_feature_weight >= 0, "layer_feature_weight", ">= 0")
+        self._require(
+            self.feature_layers is None or len(self.feature_layers) > 0,
+            "feature_layers",
+            "None or at least one layer name",
+        )
         self._require(0 <= self.path_rho < 1, "path_rho", "in [0, 1)")
         self._require(self.attacker_steps >= 0, "attacker_steps", ">= 0")
         self._require(self.attacker_weight >= 0, "attacker_weight", ">= 0")
@@ -679,6 +698,11 @@ class BIBAU(Defense):
                 f"classes' spread, which needs at least {MIN_BLIND_CLASSES} classes ({clean.name} "
                 f"has {clean.num_classes}); give target=... if it is known, or mode='untargeted'"
             )
+        if self.layer_feature_weight:  # a wrong layer name fails now, not after the inversions
+            try:
+                feature_layer_names(model, self.feature_layers)
+            except ValueError as err:
+                raise ConfigError(f"bibau: feature_layers: {err}") from None
         # what a checkpoint was made from: resuming on another model or other data would
         # hand this run that run's weights
         self._inputs = None
@@ -1365,6 +1389,7 @@ class BIBAU(Defense):
         # non-leaf tensor cannot be deep-copied); reloaded from the model at every step
         attacker = copy.deepcopy(model) if self.attacker_steps else None
         feats = _Features(model)
+        taps = LayerTaps(model, self.feature_layers) if self.layer_feature_weight else None
         steps = 0
         ce_weight = self.ce_weight(len(clean))
         mix_gen = torch.Generator().manual_seed(self.seed * 7907 + rnd)
@@ -1404,12 +1429,13 @@ class BIBAU(Defense):
                         loss = loss + self.kl_weight * kl_to_teacher(clean_logits, t_logits)
                     if x_mix.shape[0]:
                         loss = loss + self.mix_kl_weight * loss_mix
+                    b = x.shape[0]
                     if self.feature_weight and f_all is not None and n_s:
-                        f_clean = f_all[:n_s].detach()
-                        f_stamp = f_all[x.shape[0] : x.shape[0] + n_s]
-                        num = (f_stamp - f_clean).pow(2).flatten(1).sum(1)
-                        den = f_clean.pow(2).flatten(1).sum(1).clamp_min(1e-6)
-                        loss = loss + self.feature_weight * (num / den).mean()
+                        gap = relative_gap(f_all[b : b + n_s], f_all[:n_s].detach())
+                        loss = loss + self.feature_weight * gap
+                    if taps is not None and n_s:
+                        gaps = [relative_gap(a[b : b + n_s], a[:n_s].detach()) for a in taps.values]
+                        loss = loss + self.layer_feature_weight * torch.stack(gaps).mean()
                     if attacker is not None and n_s:
                         loss = loss + self.attacker_weight * self._after_attacker(
                             model, attacker, x, y, xs[:n_s], t_logits[:n_s], device
@@ -1426,6 +1452,8 @@ class BIBAU(Defense):
                 steps += 1
         finally:
             feats.remove()
+            if taps is not None:
+                taps.remove()
         model.eval()
 
     def _after_attacker(

@@ -113,6 +113,9 @@ class ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """Normalize -> frozen 2x2 whitening conv -> GELU -> 3 conv groups -> max pool -> linear/9."""
 
+    #: the blocks whose outputs defenses tap (:mod:`unbackdoor.models.taps`)
+    feature_layers = ("group1", "group2", "group3")
+
     def __init__(
         self,
         num_classes: int,

@@ -58,6 +58,8 @@ class PreActResNet(nn.Module):
                 layers.append(PreActBlock(in_planes, planes, stride=2 if (i == 0 and stage) else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
+        # the blocks whose outputs defenses tap (unbackdoor.models.taps)
+        self.feature_layers = tuple(f"layers.{i}" for i in range(len(layers)))
         self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
 
