@@ -1487,3 +1487,51 @@ def test_bad_feature_layers_fail_before_any_inversion(mnist_backdoor, monkeypatc
         BIBAU(layer_feature_weight=1.0, feature_layers=("group1",)).run(model, data, data)
     with pytest.raises(ConfigError, match="layer_feature_weight=-1"):
         create_defense("bibau", layer_feature_weight=-1)
+
+
+def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
+    """``companion_pgd_eps``: the images the smooth companion would stamp get a per-image
+    feature-adversarial perturbation instead; the found trigger's images are stamped as
+    before; without the option nothing is replaced."""
+    import unbackdoor.defenses.bibau as bibau_module
+    from unbackdoor.data.dataset import ImageDataset
+    from unbackdoor.inversion import MaskPattern, Smooth
+
+    calls = []
+
+    def fake_pgd(model, x, **kw):
+        calls.append((x.shape[0], kw["eps"], kw["grid"], kw["steps"], model.training))
+        return torch.full_like(x, 0.25)
+
+    monkeypatch.setattr(bibau_module, "smooth_feature_pgd", fake_pgd)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    clean = ImageDataset(images, torch.randint(0, 10, (32,)), [str(i) for i in range(10)])
+    found = MaskPattern(1, (3, 8, 8))
+    with torch.no_grad():
+        found.mask_logit.fill_(20.0)
+        found.pattern_logit.fill_(20.0)  # stamps every pixel white
+    comp = Smooth(1, (3, 8, 8), eps=0.05, grid=3)
+
+    def first_batch(**opts):
+        d = BIBAU(outer_steps=1, batch_size=32, shared_eps=None, **opts)
+        batch, xs, _ = next(
+            d.stamped_batches(model, model, clean, [found, comp], None, torch.device("cpu"), 0, "t")
+        )
+        return batch, xs
+
+    batch, xs = first_batch(layer_feature_weight=1.0, companion_pgd_eps=0.1, companion_pgd_steps=2)
+    assert len(calls) == 1 and calls[0][1:] == (0.1, 3, 2, False)
+    white = (xs == 1).flatten(1).all(1)
+    replaced = (xs == 0.25).flatten(1).all(1)
+    assert int(replaced.sum()) == calls[0][0] > 0
+    assert bool((white ^ replaced).all())  # every stamped image is one or the other
+    assert model.training  # back in training mode for the step
+    calls.clear()
+    _, xs = first_batch()
+    assert not calls and not (xs == 0.25).flatten(1).all(1).any()
+    with pytest.raises(ConfigError, match="companion_pgd_eps.*layer_feature_weight"):
+        BIBAU(companion_pgd_eps=0.1)
+    with pytest.raises(ConfigError, match="companion_pgd_eps.*companion_family='smooth'"):
+        BIBAU(companion_pgd_eps=0.1, layer_feature_weight=1.0, companion_family=None)

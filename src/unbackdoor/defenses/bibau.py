@@ -147,7 +147,8 @@ from unbackdoor.inversion.detect import (
     detect_with,
     detection_checks,
 )
-from unbackdoor.inversion.families import FAMILIES, TriggerFamily
+from unbackdoor.inversion.families import FAMILIES, Smooth, TriggerFamily
+from unbackdoor.inversion.feature_pgd import smooth_feature_pgd
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
@@ -245,6 +246,8 @@ class BIBAU(Defense):
         "companion_gate": False,
         "layer_feature_weight": 0.0,
         "feature_layers": None,
+        "companion_pgd_eps": None,
+        "companion_pgd_steps": 3,
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -487,6 +490,15 @@ class BIBAU(Defense):
     #: It also takes the additive companion's first trigger from that search when the search
     #: keeps eps 0.1; with ``reinvert="warm"`` or ``inner_steps=0`` there is no stop test
     companion_stop: bool = False
+    #: with the smooth companion in the bank (the gate open): its stamped images are replaced
+    #: by per-image smooth perturbations of this L_inf radius that move the tapped layers the
+    #: most (:func:`~unbackdoor.inversion.feature_pgd.smooth_feature_pgd`, ``companion_pgd_steps``
+    #: steps), so the early features become blind to the whole ball, not to one inverted
+    #: trigger; needs ``layer_feature_weight`` > 0. None: off. In a bare fine-tune on the dev
+    #: LF model (0.1, 3 steps) the comeback fell from 92% to 11% (floor 8%) at 2.5 points
+    #: (``benchmarks/bibau_dev``, session 40); not yet measured inside BI-BAU
+    companion_pgd_eps: float | None = None
+    companion_pgd_steps: int = 3
     #: L_inf radius of per-sample perturbations that send both the backdoored model and the
     #: model being purified to the found target (:func:`~unbackdoor.inversion.per_sample.
     #: shared_targeted_pgd`, after SAU); they replace ``shared_fraction`` of each batch's
@@ -561,6 +573,24 @@ class BIBAU(Defense):
         self._require(self.mix_kl_weight >= 0, "mix_kl_weight", ">= 0")
         self._require(self.feature_weight >= 0, "feature_weight", ">= 0")
         self._require(self.layer_feature_weight >= 0, "layer_feature_weight", ">= 0")
+        self._require(
+            self.companion_pgd_eps is None or 0 < self.companion_pgd_eps <= 1,
+            "companion_pgd_eps",
+            "None or in (0, 1]",
+        )
+        self._require(self.companion_pgd_steps >= 1, "companion_pgd_steps", ">= 1")
+        self._require(
+            self.companion_pgd_eps is None
+            or (self.companion and self.companion_family == "smooth"),
+            "companion_pgd_eps",
+            "None unless companion=True with companion_family='smooth'",
+        )
+        self._require(
+            self.companion_pgd_eps is None or self.layer_feature_weight > 0,
+            "companion_pgd_eps",
+            "None while layer_feature_weight is 0 (the perturbations are unlearned in the "
+            "tapped layers; at the output alone they only hide the backdoor)",
+        )
         self._require(
             self.feature_layers is None or len(self.feature_layers) > 0,
             "feature_layers",
@@ -882,6 +912,8 @@ class BIBAU(Defense):
                 "gate": comp.gate,
                 "weight": self.companion_weight,
                 "draws": self.companion_draws,
+                # its images replaced by per-image feature-adversarial smooth perturbations
+                "pgd_eps": self.companion_pgd_eps if isinstance(comp_trigger, Smooth) else None,
             }
             if self.companion_stop and fresh:
                 diag["companion"].update(
@@ -1553,7 +1585,9 @@ class BIBAU(Defense):
         trigger drawn from the bank; ``teacher_logits`` are the backdoored model's on the clean
         batch. With ``shared_eps`` the last ``shared_fraction`` of the stamped images are
         per-sample shared examples towards the found target instead (their count is
-        ``self._pgd_rows``). Puts ``model`` in training mode (BN statistics frozen if asked).
+        ``self._pgd_rows``). With ``companion_pgd_eps`` the images a smooth companion would
+        stamp get their own feature-adversarial smooth perturbation instead. Puts ``model`` in
+        training mode (BN statistics frozen if asked).
         """
         self._train_mode(model)
         g = torch.Generator().manual_seed(self.seed * 7919 + rnd)
@@ -1561,6 +1595,12 @@ class BIBAU(Defense):
         self._pgd_rows, self._shared_rates = 0, []  # this round's shared examples
         it, epoch = iter(()), 0
         draw = self._bank_weights(bank)
+        comp_kind, grid = None, 0
+        if self.companion_pgd_eps is not None:  # rows the smooth companion would stamp
+            smooth = [b for b in bank if isinstance(b, Smooth) and b.kind != bank[0].kind]
+            if smooth:
+                comp_kind = torch.tensor([b in smooth for b in bank])
+                grid = int(smooth[0].control.shape[-1])
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
                 batch = next(it)
@@ -1591,6 +1631,20 @@ class BIBAU(Defense):
                     xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
                 with autocast(device, self.bf16):
                     t_logits = teacher(x).float()
+            rows = (comp_kind[which] if comp_kind is not None else which[:0]).to(device)
+            if rows.any():  # the companion's images: the worst smooth perturbation each
+                model.eval()
+                xs[rows] = smooth_feature_pgd(
+                    model,
+                    x[:n_s][rows],
+                    eps=float(self.companion_pgd_eps),
+                    grid=grid,
+                    steps=self.companion_pgd_steps,
+                    layers=self.feature_layers,
+                    generator=g,
+                    bf16=self.bf16,
+                )
+                self._train_mode(model)
             if z is not None:  # the last images of the stamped part: per-sample, shared
                 n_a = max(1, round(self.shared_fraction * n_s))
                 model.eval()
