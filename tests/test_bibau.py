@@ -1535,3 +1535,28 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
         BIBAU(companion_pgd_eps=0.1)
     with pytest.raises(ConfigError, match="companion_pgd_eps.*companion_family='smooth'"):
         BIBAU(companion_pgd_eps=0.1, layer_feature_weight=1.0, companion_family=None)
+
+
+def test_layer_feature_rows_companion_covers_only_the_companions_images(mnist_backdoor):
+    """``layer_feature_rows="companion"``: with only the found trigger in the bank (the gate
+    shut) the term is absent and the step is the one without it; with a companion, it acts."""
+    from unbackdoor.inversion import MaskPattern, Smooth
+
+    teacher, _ = unbackdoor.load_model(mnist_backdoor)
+    data = unbackdoor.load_dataset("mnist", "train").sample(128, 5)
+    found = MaskPattern(1, tuple(data.images.shape[1:]))
+    comp = Smooth(1, tuple(data.images.shape[1:]), eps=0.3)
+
+    def step(bank, **opts):
+        work = copy.deepcopy(teacher)
+        d = BIBAU(outer_steps=2, batch_size=64, shared_eps=None, **opts)
+        d._attack_target, d._shared_target = 0, None
+        opt = torch.optim.SGD(work.parameters(), lr=0.05)
+        d._unlearn(work, teacher, data, bank, opt, None, torch.device("cpu"), 0)
+        return torch.cat([p.detach().flatten() for p in work.parameters()])
+
+    on = dict(layer_feature_weight=10.0, layer_feature_rows="companion")
+    assert torch.equal(step([found], **on), step([found]))
+    assert not torch.equal(step([found, comp], **on), step([found, comp]))
+    with pytest.raises(ConfigError, match="layer_feature_rows='some'"):
+        BIBAU(layer_feature_rows="some")

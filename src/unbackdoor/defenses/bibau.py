@@ -168,6 +168,9 @@ AUGMENTS = ("default", "shift", "none")
 # version of the same image (its dark knowledge; the label where that model is right)
 STAMPED_TARGETS = ("label", "teacher")
 SHARED_LOSSES = ("teacher", "target")
+# which stamped images the layer-feature term covers: all, or the companion's only (the found
+# trigger's images then meet the term nowhere, and a model whose gate stays shut is unchanged)
+LAYER_FEATURE_ROWS = ("all", "companion")
 MIN_BLIND_CLASSES = 4  # fewer: the anomaly index cannot single a class out (see ``run``)
 REFIT_BATCH = 16  # images per step of a pattern re-fit (``collapse_refit_steps``)
 
@@ -248,6 +251,7 @@ class BIBAU(Defense):
         "feature_layers": None,
         "companion_pgd_eps": None,
         "companion_pgd_steps": 3,
+        "layer_feature_rows": "all",
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -303,6 +307,9 @@ class BIBAU(Defense):
     #: the layers that term taps (:func:`unbackdoor.models.taps.feature_layer_names`): None
     #: for the model's own ``feature_layers`` (the fast net's conv groups) or every conv
     feature_layers: tuple[str, ...] | None = None
+    #: the stamped images the term covers (``LAYER_FEATURE_ROWS``): every one, or only those
+    #: a companion stamps (none while the companion gate stays shut)
+    layer_feature_rows: str = "all"
     budget_scale: float = 1.5
     reinvert: str = "fresh"
     #: rounds stop when a fresh trigger fools under this share of the held-out images (see
@@ -682,6 +689,11 @@ class BIBAU(Defense):
         self._require(0 < self.shared_fraction <= 1, "shared_fraction", "in (0, 1]")
         self._require(self.shared_steps >= 1, "shared_steps", ">= 1")
         self._require(self.shared_loss in SHARED_LOSSES, "shared_loss", f"one of {SHARED_LOSSES}")
+        self._require(
+            self.layer_feature_rows in LAYER_FEATURE_ROWS,
+            "layer_feature_rows",
+            f"one of {LAYER_FEATURE_ROWS}",
+        )
         self._require(
             self.stamped_target in STAMPED_TARGETS, "stamped_target", f"one of {STAMPED_TARGETS}"
         )
@@ -1465,8 +1477,12 @@ class BIBAU(Defense):
                     if self.feature_weight and f_all is not None and n_s:
                         gap = relative_gap(f_all[b : b + n_s], f_all[:n_s].detach())
                         loss = loss + self.feature_weight * gap
-                    if taps is not None and n_s:
-                        gaps = [relative_gap(a[b : b + n_s], a[:n_s].detach()) for a in taps.values]
+                    keep = self._layer_rows(n_s) if taps is not None else None
+                    if keep is not None and keep.any():
+                        gaps = [
+                            relative_gap(a[b : b + n_s][keep], a[:n_s][keep].detach())
+                            for a in taps.values
+                        ]
                         loss = loss + self.layer_feature_weight * torch.stack(gaps).mean()
                     if attacker is not None and n_s:
                         loss = loss + self.attacker_weight * self._after_attacker(
@@ -1487,6 +1503,12 @@ class BIBAU(Defense):
             if taps is not None:
                 taps.remove()
         model.eval()
+
+    def _layer_rows(self, n_s: int) -> torch.Tensor | None:
+        """Which of the batch's first ``n_s`` stamped images the layer-feature term covers
+        (``layer_feature_rows``; the companion's from :meth:`stamped_batches`)."""
+        comp = self._comp_rows[:n_s]
+        return comp if self.layer_feature_rows == "companion" else torch.ones_like(comp)
 
     def _after_attacker(
         self,
@@ -1595,12 +1617,10 @@ class BIBAU(Defense):
         self._pgd_rows, self._shared_rates = 0, []  # this round's shared examples
         it, epoch = iter(()), 0
         draw = self._bank_weights(bank)
-        comp_kind, grid = None, 0
-        if self.companion_pgd_eps is not None:  # rows the smooth companion would stamp
-            smooth = [b for b in bank if isinstance(b, Smooth) and b.kind != bank[0].kind]
-            if smooth:
-                comp_kind = torch.tensor([b in smooth for b in bank])
-                grid = int(smooth[0].control.shape[-1])
+        is_comp = torch.tensor([b.kind != bank[0].kind for b in bank])  # the companion's
+        smooth = [b for b, c in zip(bank, is_comp, strict=True) if c and isinstance(b, Smooth)]
+        pgd = self.companion_pgd_eps is not None and bool(smooth)
+        grid = int(smooth[0].control.shape[-1]) if smooth else 0
         for _ in progress(range(self.steps_per_round(len(clean))), desc=desc):
             try:
                 batch = next(it)
@@ -1631,8 +1651,9 @@ class BIBAU(Defense):
                     xs[sel] = bank[w].stamp(x[:n_s][sel], 0)
                 with autocast(device, self.bf16):
                     t_logits = teacher(x).float()
-            rows = (comp_kind[which] if comp_kind is not None else which[:0]).to(device)
-            if rows.any():  # the companion's images: the worst smooth perturbation each
+            rows = is_comp[which].to(device)
+            self._comp_rows = rows
+            if pgd and rows.any():  # the companion's images: the worst smooth perturbation each
                 model.eval()
                 xs[rows] = smooth_feature_pgd(
                     model,
@@ -1660,6 +1681,8 @@ class BIBAU(Defense):
                 )
                 self._shared_rates.append(rate)
                 self._pgd_rows = n_a
+                self._comp_rows = rows.clone()
+                self._comp_rows[n_s - n_a :] = False  # no longer the companion's images
                 self._train_mode(model)
             yield batch, xs, t_logits
 
