@@ -302,7 +302,8 @@ class BIBAU(Defense):
     #: averaged over ``feature_layers``. With only the output and the penultimate features
     #: unlearned, the trigger's representation survives in the early layers and a few poisoned
     #: images reconnect it; with LF's true trigger this term took a dev model's comeback from
-    #: 92% to its floor (``benchmarks/bibau_dev``, session 40)
+    #: 92% to its floor (``benchmarks/bibau_dev``, session 40). Off: with BI-BAU's found patch
+    #: and one smooth companion it left that model at 63% (see ``companion_pgd_eps``)
     layer_feature_weight: float = 0.0
     #: the layers that term taps (:func:`unbackdoor.models.taps.feature_layer_names`): None
     #: for the model's own ``feature_layers`` (the fast net's conv groups) or every conv
@@ -501,9 +502,11 @@ class BIBAU(Defense):
     #: by per-image smooth perturbations of this L_inf radius that move the tapped layers the
     #: most (:func:`~unbackdoor.inversion.feature_pgd.smooth_feature_pgd`, ``companion_pgd_steps``
     #: steps), so the early features become blind to the whole ball, not to one inverted
-    #: trigger; needs ``layer_feature_weight`` > 0. None: off. In a bare fine-tune on the dev
-    #: LF model (0.1, 3 steps) the comeback fell from 92% to 11% (floor 8%) at 2.5 points
-    #: (``benchmarks/bibau_dev``, session 40); not yet measured inside BI-BAU
+    #: trigger; needs ``layer_feature_weight`` > 0. None: off. With 0.1 (3 steps,
+    #: ``layer_feature_weight=1``, ``layer_feature_rows="companion"``) a dev LF model came back
+    #: to 9.56% (floor 8.13%, defaults 69%) but lost 3.40 points, over its rule's 2.0; on the
+    #: LF test model 11.8% (defaults 17-23%) at 2.26 points with 2,500 images, and 43% with
+    #: 500 (``benchmarks/bibau_dev`` and ``benchmarks/cpu_bibau``, session 40)
     companion_pgd_eps: float | None = None
     companion_pgd_steps: int = 3
     #: L_inf radius of per-sample perturbations that send both the backdoored model and the
@@ -1504,7 +1507,7 @@ class BIBAU(Defense):
                 taps.remove()
         model.eval()
 
-    def _layer_rows(self, n_s: int) -> torch.Tensor | None:
+    def _layer_rows(self, n_s: int) -> torch.Tensor:
         """Which of the batch's first ``n_s`` stamped images the layer-feature term covers
         (``layer_feature_rows``; the companion's from :meth:`stamped_batches`)."""
         comp = self._comp_rows[:n_s]
