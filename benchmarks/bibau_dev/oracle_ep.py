@@ -44,7 +44,9 @@ from unbackdoor.attacks.store import load_attack
 from unbackdoor.data import load_dataset
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.eval.retune import RetuneConfig, retune_attack
+from unbackdoor.inversion.feature_pgd import smooth_feature_pgd
 from unbackdoor.models import load_model
+from unbackdoor.models.taps import relative_gap
 from unbackdoor.train import TrainConfig, train
 from unbackdoor.train.path_point import after_attacker
 
@@ -63,12 +65,8 @@ def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0, feat=None):
         out = F.cross_entropy(model(torch.cat([x, stamped])), torch.cat([y, y]))
         if feat is not None:
             w, acts = feat
-            for a in acts.values():
-                a = a.float()
-                c, s = a[: len(x)].detach(), a[len(x) :]
-                num = (s - c).pow(2).flatten(1).sum(1)
-                den = c.pow(2).flatten(1).sum(1).clamp_min(1e-6)
-                out = out + w / len(acts) * (num / den).mean()
+            gaps = [relative_gap(a[len(x) :], a[: len(x)].detach()) for a in acts.values()]
+            out = out + w * torch.stack(gaps).mean()
         if not k:
             return out
         q = len(x) // 4
@@ -83,35 +81,24 @@ def ep_loss(trigger, target: int, k: int = 0, weight: float = 0.0, feat=None):
     return loss
 
 
-def smooth_stamp(kind: str, feat, seed: int = 0):
-    """Per-image smooth perturbations (module docstring), as a ``trigger(x, index, model)``."""
+def smooth_stamp(kind: str, names, seed: int = 0):
+    """Per-image smooth perturbations (module docstring), as a ``trigger(x, index, model)``:
+    the package's :func:`~unbackdoor.inversion.feature_pgd.smooth_feature_pgd` (session 40's
+    runs used this script's own copy of the same search, since folded into it), with no steps
+    for ``smooth_rand``."""
     eps = float(os.environ.get("EPS", "0.05"))
     grid = int(os.environ.get("GRID", "4"))
-    steps = int(os.environ.get("ADV_STEPS", "3"))
+    steps = int(os.environ.get("ADV_STEPS", "3")) if kind == "smooth_adv" else 0
     gen = torch.Generator().manual_seed(seed)
 
-    def up(c: torch.Tensor, hw) -> torch.Tensor:
-        return F.interpolate(c, size=hw, mode="bicubic", align_corners=True).clamp(-eps, eps)
-
     def stamp(x: torch.Tensor, index, model) -> torch.Tensor:
-        shape = (x.shape[0], x.shape[1], grid, grid)
-        c = eps * (2 * torch.randint(0, 2, shape, generator=gen).float() - 1)
-        if kind == "smooth_adv":
-            w, acts = feat
-            was = model.training
-            model.eval()
-            for _ in range(steps):
-                c = c.detach().requires_grad_(True)
-                model(torch.cat([x, (x + up(c, x.shape[-2:])).clamp(0, 1)]))
-                gap = 0.0
-                for a in acts.values():
-                    a = a.float()
-                    num = (a[len(x) :] - a[: len(x)].detach()).pow(2).flatten(1).sum(1)
-                    gap = gap + (num / a[: len(x)].detach().pow(2).flatten(1).sum(1)).sum()
-                (g,) = torch.autograd.grad(gap, c)
-                c = (c + 0.5 * eps * g.sign()).clamp(-eps, eps)
-            model.train(was)
-        return x + up(c.detach(), x.shape[-2:])
+        was = model.training
+        model.eval()
+        adv = smooth_feature_pgd(
+            model, x, eps=eps, grid=grid, steps=steps, layers=names, generator=gen, bf16=True
+        )
+        model.train(was)
+        return adv
 
     return stamp
 
@@ -148,7 +135,9 @@ def main() -> None:
     if kind == "true":
         trigger = lambda x, index, model: rec.trigger(x, index)  # noqa: E731
     else:
-        trigger = smooth_stamp(kind, feat)
+        if feat is None:
+            raise SystemExit(f"TRIGGER={kind} needs FEAT (the perturbations meet the feature term)")
+        trigger = smooth_stamp(kind, names)
     loss_fn = ep_loss(trigger, target, k, weight, feat)
     train(model, clean, cfg, loss_fn=loss_fn, desc="oracle EP")
     for h in hooks:
