@@ -183,6 +183,12 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return found[-1]
 
 
+def _companion_entries(bank: list[TriggerFamily]) -> torch.Tensor:
+    """Which triggers of the bank are the companion's: those of the other kind than the found
+    trigger's (the bank's first)."""
+    return torch.tensor([b.kind != bank[0].kind for b in bank])
+
+
 class _Features:
     """Captures the input of the model's head (the penultimate features) on each forward."""
 
@@ -1620,7 +1626,7 @@ class BIBAU(Defense):
         self._pgd_rows, self._shared_rates = 0, []  # this round's shared examples
         it, epoch = iter(()), 0
         draw = self._bank_weights(bank)
-        is_comp = torch.tensor([b.kind != bank[0].kind for b in bank])  # the companion's
+        is_comp = _companion_entries(bank)
         smooth = [b for b, c in zip(bank, is_comp, strict=True) if c and isinstance(b, Smooth)]
         pgd = self.companion_pgd_eps is not None and bool(smooth)
         grid = int(smooth[0].control.shape[-1]) if smooth else 0
@@ -1693,7 +1699,7 @@ class BIBAU(Defense):
         """How often each trigger of the bank stamps an image: None, alike; with
         ``companion_weight`` (or one half with ``companion_draws`` > 1), that share for the
         companion's kind (the bank's other kind)."""
-        comp = torch.tensor([b.kind != bank[0].kind for b in bank])
+        comp = _companion_entries(bank)
         share = self.companion_weight
         if share is None and self.companion_draws > 1:
             share = 0.5  # as one draw per round, drawn alike, would give
