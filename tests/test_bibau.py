@@ -1531,6 +1531,31 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
     calls.clear()
     _, xs = first_batch()
     assert not calls and not (xs == 0.25).flatten(1).all(1).any()
+    # the targeted search runs on the backdoored model (the teacher) towards the found target
+    targeted = []
+
+    def fake_targeted(model, x, target, **kw):
+        targeted.append((model, target, x.shape[0]))
+        return torch.full_like(x, 0.75)
+
+    monkeypatch.setattr(bibau_module, "smooth_targeted_pgd", fake_targeted)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    d = BIBAU(
+        outer_steps=1,
+        batch_size=32,
+        shared_eps=None,
+        layer_feature_weight=1.0,
+        companion_pgd_eps=0.1,
+        companion_pgd_objective="target",
+    )
+    d._attack_target = 3
+    _, xs, _ = next(
+        d.stamped_batches(model, teacher, clean, [found, comp], None, torch.device("cpu"), 0, "t")
+    )
+    assert not calls and len(targeted) == 1 and targeted[0][:2] == (teacher, 3)
+    assert int((xs == 0.75).flatten(1).all(1).sum()) == targeted[0][2] > 0
+    with pytest.raises(ConfigError, match="companion_pgd_objective"):
+        BIBAU(companion_pgd_objective="logits")
     with pytest.raises(ConfigError, match="companion_pgd_eps.*layer_feature_weight"):
         BIBAU(companion_pgd_eps=0.1)
     with pytest.raises(ConfigError, match="companion_pgd_eps.*companion_family='smooth'"):

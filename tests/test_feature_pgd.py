@@ -47,3 +47,25 @@ def test_bad_arguments_are_named():
         smooth_feature_pgd(model, x, eps=0.0)
     with pytest.raises(ValueError, match="grid >= 2"):
         smooth_feature_pgd(model, x, eps=0.1, grid=1)
+
+
+def test_the_targeted_search_raises_the_targets_probability_within_the_ball():
+    from unbackdoor.inversion.feature_pgd import smooth_targeted_pgd
+
+    model = _net()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
+
+    def log_p(xp: torch.Tensor) -> float:
+        with torch.no_grad():
+            return model(xp).log_softmax(1)[:, 4].mean().item()
+
+    def pgd(steps: int) -> torch.Tensor:
+        return smooth_targeted_pgd(
+            model, x, 4, eps=0.1, steps=steps, generator=torch.Generator().manual_seed(2)
+        )
+
+    start, adv = pgd(0), pgd(4)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6
+    assert log_p(adv) > log_p(start) and log_p(adv) > log_p(x)
+    with pytest.raises(ValueError, match="target 10 is not a class of a 10-class model"):
+        smooth_targeted_pgd(model, x, 10, eps=0.1)

@@ -16,6 +16,7 @@ configurations: it depends only on the model, the data and the seed, which they 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from unbackdoor.attacks.store import has_attack, load_attack
+from unbackdoor.bench.store import cpu_name
 from unbackdoor.data import load_dataset
 from unbackdoor.eval.metrics import evaluate
 from unbackdoor.eval.retune import RetuneConfig, retune_attack
@@ -45,6 +47,8 @@ def main() -> None:
     dev = train.subset(split["dev_idx"], dataset)
     dev_model = os.environ.get("DEV_MODEL", "dev_badnets")
     model, _ = load_model(RUNS / dev_model)
+    weights_id = hashlib.sha256((RUNS / dev_model / "model.safetensors").read_bytes()).hexdigest()
+    weights_id = weights_id[:12]
     # a never-backdoored twin (``--clean``) has no attack: clean accuracy only, no re-tuning
     rec = load_attack(RUNS / dev_model) if has_attack(RUNS / dev_model) else None
 
@@ -70,6 +74,9 @@ def main() -> None:
         "tag": tag,
         "method": method,
         "model": dev_model,
+        # which training of that name (dev models are retrained on each new machine) and where
+        "weights": weights_id,
+        "cpu": cpu_name(),
         "opts": opts,
         "n": n_clean,
         "draw": draw,

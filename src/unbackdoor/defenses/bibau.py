@@ -148,7 +148,7 @@ from unbackdoor.inversion.detect import (
     detection_checks,
 )
 from unbackdoor.inversion.families import FAMILIES, Smooth, TriggerFamily
-from unbackdoor.inversion.feature_pgd import smooth_feature_pgd
+from unbackdoor.inversion.feature_pgd import smooth_feature_pgd, smooth_targeted_pgd
 from unbackdoor.inversion.invert import SATURATION
 from unbackdoor.inversion.per_sample import shared_targeted_pgd
 from unbackdoor.inversion.refit import refit_pattern
@@ -171,6 +171,9 @@ SHARED_LOSSES = ("teacher", "target")
 # which stamped images the layer-feature term covers: all, or the companion's only (the found
 # trigger's images then meet the term nowhere, and a model whose gate stays shut is unchanged)
 LAYER_FEATURE_ROWS = ("all", "companion")
+#: what ``companion_pgd_eps``'s per-image search maximises: how far the tapped layers move, or
+#: the backdoored model's log-probability of the found target
+COMPANION_PGD_OBJECTIVES = ("features", "target")
 MIN_BLIND_CLASSES = 4  # fewer: the anomaly index cannot single a class out (see ``run``)
 REFIT_BATCH = 16  # images per step of a pattern re-fit (``collapse_refit_steps``)
 
@@ -258,6 +261,7 @@ class BIBAU(Defense):
         "companion_pgd_eps": None,
         "companion_pgd_steps": 3,
         "layer_feature_rows": "all",
+        "companion_pgd_objective": "features",
     }
 
     #: ``targeted`` (all-to-one: one target, given or found by blind detection) or
@@ -515,6 +519,10 @@ class BIBAU(Defense):
     #: 500 (``benchmarks/bibau_dev`` and ``benchmarks/cpu_bibau``, session 40)
     companion_pgd_eps: float | None = None
     companion_pgd_steps: int = 3
+    #: what that search maximises (``COMPANION_PGD_OBJECTIVES``): ``"features"``, how far the
+    #: tapped layers move (whatever moves them, backdoor or not); ``"target"``, the backdoored
+    #: model's log-probability of the found target (per image, a stand-in for the trigger)
+    companion_pgd_objective: str = "features"
     #: L_inf radius of per-sample perturbations that send both the backdoored model and the
     #: model being purified to the found target (:func:`~unbackdoor.inversion.per_sample.
     #: shared_targeted_pgd`, after SAU); they replace ``shared_fraction`` of each batch's
@@ -698,6 +706,11 @@ class BIBAU(Defense):
         self._require(0 < self.shared_fraction <= 1, "shared_fraction", "in (0, 1]")
         self._require(self.shared_steps >= 1, "shared_steps", ">= 1")
         self._require(self.shared_loss in SHARED_LOSSES, "shared_loss", f"one of {SHARED_LOSSES}")
+        self._require(
+            self.companion_pgd_objective in COMPANION_PGD_OBJECTIVES,
+            "companion_pgd_objective",
+            f"one of {COMPANION_PGD_OBJECTIVES}",
+        )
         self._require(
             self.layer_feature_rows in LAYER_FEATURE_ROWS,
             "layer_feature_rows",
@@ -1664,16 +1677,7 @@ class BIBAU(Defense):
             self._comp_rows = rows
             if pgd and rows.any():  # the companion's images: the worst smooth perturbation each
                 model.eval()
-                xs[rows] = smooth_feature_pgd(
-                    model,
-                    x[:n_s][rows],
-                    eps=float(self.companion_pgd_eps),
-                    grid=grid,
-                    steps=self.companion_pgd_steps,
-                    layers=self.feature_layers,
-                    generator=g,
-                    bf16=self.bf16,
-                )
+                xs[rows] = self._companion_pgd(model, teacher, x[:n_s][rows], grid, g)
                 self._train_mode(model)
             if z is not None:  # the last images of the stamped part: per-sample, shared
                 n_a = max(1, round(self.shared_fraction * n_s))
@@ -1694,6 +1698,25 @@ class BIBAU(Defense):
                 self._comp_rows[n_s - n_a :] = False  # no longer the companion's images
                 self._train_mode(model)
             yield batch, xs, t_logits
+
+    def _companion_pgd(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        x: torch.Tensor,
+        grid: int,
+        g: torch.Generator,
+    ) -> torch.Tensor:
+        """The companion's images, each with its own smooth perturbation
+        (``companion_pgd_objective``)."""
+        kw = dict(eps=float(self.companion_pgd_eps), grid=grid, steps=self.companion_pgd_steps)
+        if self.companion_pgd_objective == "target":
+            return smooth_targeted_pgd(
+                teacher, x, int(self._attack_target), generator=g, bf16=self.bf16, **kw
+            )
+        return smooth_feature_pgd(
+            model, x, layers=self.feature_layers, generator=g, bf16=self.bf16, **kw
+        )
 
     def _bank_weights(self, bank: list[TriggerFamily]) -> torch.Tensor | None:
         """How often each trigger of the bank stamps an image: None, alike; with
