@@ -75,6 +75,9 @@ def test_detection_needs_a_large_effect_not_only_an_index(monkeypatch, sizes, fo
     )
     out = defense.run(model, train_part, val_part)
     assert out.backdoor_found is found
+    # the default layer-feature weight on a model with no conv layer: off, and said so
+    notes = out.diagnostics.get("notes", [])
+    assert any("layer-feature term is off" in n and "no nn.Conv2d" in n for n in notes)
     if not found:
         assert out.suspected_target is None
         assert "1.9x cheaper than the median class, needed 4x" in out.diagnostics["stopped"]
@@ -1459,6 +1462,8 @@ def test_layer_feature_term_pulls_stamped_activations_to_the_clean_ones(mnist_ba
         work = copy.deepcopy(teacher)
         d = BIBAU(
             layer_feature_weight=weight,
+            layer_feature_rows="all",
+            companion_pgd_eps=None,
             feature_layers=("features.4",),  # the second conv (the first is linear in x)
             outer_steps=12,
             batch_size=64,
@@ -1521,7 +1526,9 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
         )
         return batch, xs
 
-    batch, xs = first_batch(layer_feature_weight=1.0, companion_pgd_eps=0.1, companion_pgd_steps=2)
+    batch, xs = first_batch(
+        companion_pgd_eps=0.1, companion_pgd_steps=2, companion_pgd_objective="features"
+    )
     assert len(calls) == 1 and calls[0][1:] == (0.1, 3, 2, False)
     white = (xs == 1).flatten(1).all(1)
     replaced = (xs == 0.25).flatten(1).all(1)
@@ -1529,7 +1536,7 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
     assert bool((white ^ replaced).all())  # every stamped image is one or the other
     assert model.training  # back in training mode for the step
     calls.clear()
-    _, xs = first_batch()
+    _, xs = first_batch(companion_pgd_eps=None)
     assert not calls and not (xs == 0.25).flatten(1).all(1).any()
     # the targeted search runs on the backdoored model (the teacher) towards the found target
     targeted = []
@@ -1540,14 +1547,7 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
 
     monkeypatch.setattr(bibau_module, "smooth_targeted_pgd", fake_targeted)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
-    d = BIBAU(
-        outer_steps=1,
-        batch_size=32,
-        shared_eps=None,
-        layer_feature_weight=1.0,
-        companion_pgd_eps=0.1,
-        companion_pgd_objective="target",
-    )
+    d = BIBAU(outer_steps=1, batch_size=32, shared_eps=None)  # the defaults: aimed at the target
     d._attack_target = 3
     _, xs, _ = next(
         d.stamped_batches(model, teacher, clean, [found, comp], None, torch.device("cpu"), 0, "t")
@@ -1557,9 +1557,9 @@ def test_companion_pgd_replaces_the_smooth_companions_images_only(monkeypatch):
     with pytest.raises(ConfigError, match="companion_pgd_objective"):
         BIBAU(companion_pgd_objective="logits")
     with pytest.raises(ConfigError, match="companion_pgd_eps.*layer_feature_weight"):
-        BIBAU(companion_pgd_eps=0.1)
-    with pytest.raises(ConfigError, match="companion_pgd_eps.*companion_family='smooth'"):
-        BIBAU(companion_pgd_eps=0.1, layer_feature_weight=1.0, companion_family=None)
+        BIBAU(layer_feature_weight=0.0)
+    BIBAU(layer_feature_weight=0.0, companion_pgd_eps=None)  # both off: today's before 41
+    BIBAU(companion_family=None)  # no smooth companion: nothing for the search to replace
 
 
 def test_layer_feature_rows_companion_covers_only_the_companions_images(mnist_backdoor):
@@ -1581,7 +1581,8 @@ def test_layer_feature_rows_companion_covers_only_the_companions_images(mnist_ba
         return torch.cat([p.detach().flatten() for p in work.parameters()])
 
     on = dict(layer_feature_weight=10.0, layer_feature_rows="companion")
-    assert torch.equal(step([found], **on), step([found]))
-    assert not torch.equal(step([found, comp], **on), step([found, comp]))
+    off = dict(layer_feature_weight=0.0, companion_pgd_eps=None)
+    assert torch.equal(step([found], **on), step([found], **off))
+    assert not torch.equal(step([found, comp], **on), step([found, comp], **off))
     with pytest.raises(ConfigError, match="layer_feature_rows='some'"):
         BIBAU(layer_feature_rows="some")
