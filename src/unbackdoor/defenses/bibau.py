@@ -81,7 +81,9 @@ beside it made the model forget it (7.8%), though not on a second training of th
 backdoored model to the found target most, and their conv-layer activations are pulled onto
 the clean images' as well (``companion_pgd_eps``, ``layer_feature_weight``): on that second
 training this forgot LF (re-tuned 5.7% with 2,500 images, 8.0% with 500, against 52% for one
-inverted smooth trigger; session 41). ``companion_family=None`` pairs the mask and
+inverted smooth trigger; session 41); on a retraining of the LF test model its round cost
+over 5 held-out points, the guard halved it, and LF came back to 29% (``benchmarks/cpu_bibau``,
+``s41``). ``companion_family=None`` pairs the mask and
 additive families instead (a blend that the mask family finds as a one-pixel shortcut is then
 also unlearned as a full-image perturbation), and with ``companion_stop`` rounds go on
 while either family still reaches the target (measured on the dev Blended model: it does not
