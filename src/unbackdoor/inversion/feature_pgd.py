@@ -49,6 +49,7 @@ def smooth_feature_pgd(
     ``model`` is used as it is: put it in eval mode first (a training-mode network would move
     its BatchNorm statistics towards the perturbed images).
     """
+    _check_ball(eps, grid, steps)
     with LayerTaps(model, layers) as taps:
         with torch.no_grad(), autocast(x.device, bf16):
             model(x)
@@ -81,6 +82,7 @@ def smooth_targeted_pgd(
     (what sends that image to the found target), where :func:`smooth_feature_pgd` takes
     whatever moves the features, backdoor or not.
     """
+    _check_ball(eps, grid, steps)
     if target < 0:
         raise ValueError(f"smooth_targeted_pgd: target must be a class index >= 0, got {target}")
 
@@ -97,6 +99,15 @@ def smooth_targeted_pgd(
     return _lattice_ascent(x, to_target, eps, grid, steps, step_size, generator)
 
 
+def _check_ball(eps: float, grid: int, steps: int) -> None:
+    """Both searches' arguments, checked before any forward pass."""
+    if eps <= 0 or steps < 0 or grid < 2:
+        raise ValueError(
+            f"smooth perturbation search: needs eps > 0, steps >= 0 and grid >= 2 "
+            f"(got {eps}, {steps}, {grid})"
+        )
+
+
 def _lattice_ascent(
     x: torch.Tensor,
     objective: Callable[[torch.Tensor], torch.Tensor],
@@ -108,11 +119,6 @@ def _lattice_ascent(
 ) -> torch.Tensor:
     """Signed-gradient ascent of ``objective(perturbed images)`` over per-image smooth
     perturbations (the lattice described in :func:`smooth_feature_pgd`)."""
-    if eps <= 0 or steps < 0 or grid < 2:
-        raise ValueError(
-            f"smooth perturbation search: needs eps > 0, steps >= 0 and grid >= 2 "
-            f"(got {eps}, {steps}, {grid})"
-        )
     alpha = step_size if step_size is not None else eps / 2
     hw = tuple(x.shape[-2:])
 
