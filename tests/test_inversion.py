@@ -279,7 +279,7 @@ def test_smooth_family_is_bounded_and_low_frequency():
     spec = torch.fft.fft2(d).abs().pow(2)
     f = torch.fft.fftfreq(32).abs()
     low = (f[:, None] <= 3 / 32) & (f[None, :] <= 3 / 32)
-    assert spec[..., low].sum() / spec.sum() > 0.85
+    assert spec[..., low].sum() / spec.sum() > 0.9  # 0.914 for this draw
     free = torch.fft.fft2(0.1 * (2 * torch.rand(3, 3, 32, 32, generator=g) - 1)).abs().pow(2)
     assert free[..., low].sum() / free.sum() < 0.1
     x = torch.rand(2, 3, 32, 32)
