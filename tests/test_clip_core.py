@@ -95,6 +95,19 @@ def test_tiny_clip_shapes_resizing_and_channels():
     assert all(k.startswith("visual.") for k in m.image_keys())
 
 
+def test_non_square_images_are_cropped_about_the_centre_not_stretched():
+    m = TinyClip(image_size=16, embed_dim=8)
+    norm = lambda x: (x - m.pixel_mean) / m.pixel_std  # noqa: E731
+    wide = torch.rand(2, 3, 16, 24)  # already covers 16 x 16: only the crop
+    assert torch.equal(m.prepare_images(wide), norm(wide[..., :, 4:20]))
+    tall = torch.rand(1, 3, 64, 32)  # halved to 32 x 16, then its middle 16 rows
+    half = torch.nn.functional.interpolate(tall, size=(32, 16), mode="bilinear")
+    assert torch.allclose(m.prepare_images(tall), norm(half[..., 8:24, :]))
+    square = torch.rand(1, 3, 32, 32)  # the same aspect ratio: resized only, as before
+    full = torch.nn.functional.interpolate(square, size=(16, 16), mode="bilinear")
+    assert torch.allclose(m.prepare_images(square), norm(full))
+
+
 def test_hash_tokenizer_layout_and_errors():
     tok = HashTokenizer(64, 6)
     ids = tok(["A photo of a very very long caption", "cat"])

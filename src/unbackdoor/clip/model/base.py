@@ -38,11 +38,29 @@ class Tokenizer(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
+def _cover_and_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` scaled (bilinear) to cover ``size`` with its aspect ratio kept, then its centre
+    cropped to ``size``; an image of ``size``'s aspect ratio is only resized."""
+    (h, w), (th, tw) = x.shape[-2:], size
+    if (h, w) == (th, tw):
+        return x
+    if h * tw == w * th:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[..., top : top + th, left : left + tw]
+
+
 class ClipModel(nn.Module):
     """An image tower and a text tower in one embedding space, and a temperature.
 
-    ``image_size`` and ``in_channels`` are what the image tower takes; other sizes are resized
-    bilinearly, and 1-channel images are repeated to 3 channels when the tower wants 3.
+    ``image_size`` and ``in_channels`` are what the image tower takes. Other sizes are resized
+    bilinearly; an image of another aspect ratio is first scaled so that it covers
+    ``image_size`` and then cropped about its centre, as CLIP's own preprocessing does, rather
+    than stretched. 1-channel images are repeated to 3 channels when the tower wants 3.
     """
 
     kind: ClassVar[str] = "clip"
@@ -97,9 +115,7 @@ class ClipModel(nn.Module):
                 raise DataError(
                     f"{x.shape[1]}-channel images for a model that takes {self.in_channels}"
                 )
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        return (x - self.pixel_mean) / self.pixel_std
+        return (_cover_and_crop(x, self.image_size) - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (N x D, not normalised) of float images in [0, 1] of any size."""
