@@ -5,9 +5,11 @@
 Merged as ``unbackdoor report`` merges them (a later file's row of a cell wins). One line per
 attack: the backdoored model; BI-BAU at 2,500 and at 500 defender images with the found target
 and family and the re-tuned ASR (the never-backdoored floor beside the first); I-BAU where it
-ran; then the means that the issue's limits read, over the attacks whose backdoored model
-reaches the catalogue's ASR target (95% poison-label, 80% clean-label: the issue's "every attack
-of the catalogue that reaches its ASR target"; ``benchmarks/attacks/run.py``).
+ran (the backdoored model's CA and ASR are those the 2,500-image BI-BAU row measured; a cell
+of another training of that model is marked "other training"); then the means that the
+issue's limits read, over the attacks whose backdoored model reaches the catalogue's ASR
+target (95% poison-label, 80% clean-label: the issue's "every attack of the catalogue that
+reaches its ASR target"; ``benchmarks/attacks/run.py``).
 
 A second table sets BI-BAU beside I-BAU wherever both ran, with 2,500 images, on the same
 weights (matched by their SHA-256, whatever file each row came from), with the issue's reading:
@@ -59,6 +61,25 @@ def _defended(row: dict[str, Any] | None) -> list[str]:
         return ["not run", "", ""]
     ca = f"{_pct(row['clean_acc'])} (-{100 * _drop(row):.2f}) / {_pct(row['asr'])}"
     return [ca, _found(row), _pct(row.get("retune_asr"))]
+
+
+def _paren(text: str) -> str:
+    return f" ({text})" if text else ""
+
+
+def _other_training(ref: dict[str, Any]):
+    """A marker for a row measured on another training than ``ref``'s model: other weights,
+    or for a floor (a never-backdoored model, whose weights say nothing of the attack's) a row
+    made on another CPU, where the zoo was trained again."""
+
+    def mark(row: dict[str, Any] | None, by_cpu: bool = False) -> str:
+        if row is None:
+            return ""
+        key = "cpu" if by_cpu else "model_weights_sha256"
+        theirs, ours = row.get(key), ref.get(key)
+        return "other training" if theirs and ours and theirs != ours else ""
+
+    return mark
 
 
 #: ASR differences under this are called ties; floors at or above FLAT_FLOOR make completeness
@@ -133,13 +154,19 @@ def main(paths: list[str]) -> None:
             if r is not None and reaches:
                 means[budget].append((_drop(r), r["asr"]))
         ib = by.get((a, "defense", "ibau", 0.05))
-        ibau = "not run" if ib is None else " / ".join(_defended(ib)[0:3:2])
-        fl = _pct(floor.get("retune_asr")) if floor else "not run"
+        ref = big or small or base
+        other = _other_training(ref)
+        ibau = "not run" if ib is None else " / ".join(_defended(ib)[0:3:2]) + _paren(other(ib))
+        fl = "not run"
+        if floor:
+            fl = ", ".join(filter(None, [_pct(floor.get("retune_asr")), other(floor, True)]))
         b, s = _defended(big), _defended(small)
+        s[0] += _paren(other(small))
         note = "" if reaches else f" (under its {need:.0%} target: not in the means)"
+        before = ref.get("before", base)
         print(
-            f"| {a} | {_pct(base['clean_acc'])} / {_pct(base['asr'])}{note} | {b[0]} | {b[1]} "
-            f"| {b[2]} ({fl}) | {s[0]} | {s[1]} | {s[2]} | {ibau} |"
+            f"| {a} | {_pct(before['clean_acc'])} / {_pct(before['asr'])}{note} | {b[0]} "
+            f"| {b[1]} | {b[2]} ({fl}) | {s[0]} | {s[1]} | {s[2]} | {ibau} |"
         )
     for budget, vals in means.items():
         if vals:
