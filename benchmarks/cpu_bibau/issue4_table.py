@@ -94,10 +94,10 @@ def _versus(a: float, b: float) -> str:
 def versus_ibau(rows: list[dict[str, Any]]) -> None:
     """Print BI-BAU beside I-BAU (2,500 images) on every set of weights both ran on."""
     runs: dict[tuple, dict[str, Any]] = {}
-    floors: dict[str, dict[str, Any]] = {}
+    floors: dict[Any, dict[str, Any]] = {}
     for r in rows:
-        if r["role"] == "floor":
-            floors[r["attack"]] = r
+        if r["role"] == "floor":  # by machine too: the zoo is trained again on each
+            floors[r["attack"]] = floors[(r["attack"], r.get("cpu"))] = r
         elif r["role"] == "defense" and r.get("budget") == 0.05 and r.get("model_weights_sha256"):
             runs[(r["attack"], r.get("model_weights_sha256"), r["defense"])] = r
     head = (
@@ -109,7 +109,7 @@ def versus_ibau(rows: list[dict[str, Any]]) -> None:
         ib = runs.get((attack, sha, "ibau"))
         if defense != "bibau" or ib is None:
             continue
-        floor = floors.get(attack, {}).get("retune_asr")
+        floor = floors.get((attack, bi.get("cpu")), floors.get(attack, {})).get("retune_asr")
         cells = []
         for r in (bi, ib):
             cells.append(
