@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _paren(text: str) -> str:
     return f" ({text})" if text else ""
 
 
-def _other_training(ref: dict[str, Any]):
+def _other_training(ref: dict[str, Any]) -> Callable[..., str]:
     """A marker for a row measured on another training than ``ref``'s model: other weights,
     or for a floor (a never-backdoored model, whose weights say nothing of the attack's) a row
     made on another CPU, where the zoo was trained again."""
