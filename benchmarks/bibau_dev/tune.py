@@ -90,6 +90,8 @@ def main() -> None:
         "retune": retuned,
         "fool": d.get("fooling_per_round"),
         "val": d.get("val_clean_acc_per_round"),
+        "val_before": d.get("val_clean_acc_before"),  # the held-out guard's reference
+        "lr_halvings": d.get("lr_halvings"),  # rounds the guard redid at a lower rate
         "stopped": d.get("stopped"),
         "companion": d.get("companion"),
         "shared": d.get("shared_rate_per_round"),
