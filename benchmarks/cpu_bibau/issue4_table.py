@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +67,13 @@ def _paren(text: str) -> str:
     return f" ({text})" if text else ""
 
 
-def _other_training(ref: dict[str, Any]) -> Callable[..., str]:
-    """A marker for a row measured on another training than ``ref``'s model: other weights,
-    or for a floor (a never-backdoored model, whose weights say nothing of the attack's) a row
-    made on another CPU, where the zoo was trained again."""
-
-    def mark(row: dict[str, Any] | None, by_cpu: bool = False) -> str:
-        if row is None:
-            return ""
-        key = "cpu" if by_cpu else "model_weights_sha256"
-        theirs, ours = row.get(key), ref.get(key)
-        return "other training" if theirs and ours and theirs != ours else ""
-
-    return mark
+def _other_training(row: dict[str, Any] | None, ref: dict[str, Any], key: str = "") -> str:
+    """ "other training" when ``row`` was measured on another training than ``ref``'s model:
+    other weights, or (``key="cpu"``, for a floor: a never-backdoored model, whose weights say
+    nothing of the attack's) another CPU, where the zoo was trained again."""
+    key = key or "model_weights_sha256"
+    theirs, ours = (row or {}).get(key), ref.get(key)
+    return "other training" if theirs and ours and theirs != ours else ""
 
 
 #: ASR differences under this are called ties; floors at or above FLAT_FLOOR make completeness
@@ -156,13 +149,15 @@ def main(paths: list[str]) -> None:
                 means[budget].append((_drop(r), r["asr"]))
         ib = by.get((a, "defense", "ibau", 0.05))
         ref = big or small or base
-        other = _other_training(ref)
-        ibau = "not run" if ib is None else " / ".join(_defended(ib)[0:3:2]) + _paren(other(ib))
+        ibau = "not run" if ib is None else " / ".join(_defended(ib)[0:3:2])
+        ibau += _paren(_other_training(ib, ref))
         fl = "not run"
         if floor:
-            fl = ", ".join(filter(None, [_pct(floor.get("retune_asr")), other(floor, True)]))
+            fl = ", ".join(
+                filter(None, [_pct(floor.get("retune_asr")), _other_training(floor, ref, "cpu")])
+            )
         b, s = _defended(big), _defended(small)
-        s[0] += _paren(other(small))
+        s[0] += _paren(_other_training(small, ref))
         note = "" if reaches else f" (under its {need:.0%} target: not in the means)"
         before = ref.get("before", base)
         print(

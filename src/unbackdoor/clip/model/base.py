@@ -42,10 +42,6 @@ def _cover_and_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``x`` scaled (bilinear) to cover ``size`` with its aspect ratio kept, then its centre
     cropped to ``size``; an image of ``size``'s aspect ratio is only resized."""
     (h, w), (th, tw) = x.shape[-2:], size
-    if (h, w) == (th, tw):
-        return x
-    if h * tw == w * th:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     scale = max(th / h, tw / w)
     nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     if (nh, nw) != (h, w):
