@@ -12,7 +12,7 @@ linear head's hidden units as well (``layers="all"``, 300 iterations, measured 2
 the ASR from 100% to 56% (600 images) or 72% (1,000 images, CA -5 points), and sweeping the
 threshold to 0.9 on the val split does no better (65% / 85%): too weak and too noisy to assert.
 The fast net trained on MNIST (3 epochs, lr 0.1) keeps BadNets through fine-tuning as well
-(ASR 99.7% -> 98.9%).
+(ASR 99.7% -> 98.9%). Commands and figures: ``benchmarks/baselines_mnist/README.md``.
 """
 
 from __future__ import annotations
