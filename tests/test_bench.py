@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -227,12 +228,12 @@ def test_pipelined_grid_queues_cells_behind_their_models(tmp_path, capsys):
 
 
 def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monkeypatch):
-    """A cell queued behind a model in training holds a worker on the zoo lock: the cells
-    whose models are already there go first (here: only the clean twin is to be trained),
-    and among those the costliest, so that a long cell does not start last and run alone."""
+    """The queue: the models to train, then the cells, costliest first (a long cell must not
+    start last and run alone), each cell listing the models in the queue it waits for (here
+    only the clean twin is to be trained, which only the floor cell needs)."""
     import unbackdoor.bench.grid as grid_mod
 
-    seen = []
+    seen, needs = [], []
 
     class Recorder:
         pipelined = True
@@ -240,8 +241,9 @@ def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monk
         def describe(self) -> str:
             return "recorder"
 
-        def run(self, fn, jobs):
+        def run(self, fn, jobs, after=None):
             seen.extend(jobs)
+            needs.extend(after)
             return iter(())
 
     monkeypatch.setattr(grid_mod, "make_executor", lambda *a, **k: Recorder())
@@ -255,13 +257,18 @@ def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monk
     run_grid(cfg, out=tmp_path / "grid", quiet=True)
     model, cells = seen[0], seen[1:]
     assert type(model).__name__ == "ModelJob" and model.attack is None and len(cells) == 6
-    waits = [grid_mod._wait(c, [str(model.path())]) for c in cells]
-    assert waits == [-1] * 5 + [0]  # the floor cell, which needs the twin, goes last
-    assert cells[-1].role == "floor"
-    # among the ready cells the costliest start first: BI-BAU, larger budget first, then FT,
-    # then the ceiling, which only evaluates
-    order = [(c.defense_id, c.budget) for c in cells[:5]]
-    assert order == [("bibau", 200), ("bibau", 100), ("ft", 200), ("ft", 100), ("none", None)]
+    assert needs == [[], [], [], [], [], [], [0]]  # the floor cell waits for the twin
+    # the costliest first: BI-BAU, larger budget first, then FT, then the ceiling and the
+    # floor, which only evaluate (the ceiling first: its model is ready)
+    order = [(c.role, c.defense_id, c.budget) for c in cells]
+    assert order == [
+        ("defense", "bibau", 200),
+        ("defense", "bibau", 100),
+        ("defense", "ft", 200),
+        ("defense", "ft", 100),
+        ("ceiling", "none", None),
+        ("floor", "floor", None),
+    ]
 
 
 def test_a_model_that_fails_to_train_fails_its_queued_cells_without_retraining(
@@ -293,6 +300,16 @@ def test_process_executor_runs_jobs_and_returns_errors():
     results = dict(ex.run(math.sqrt, [4.0, -1.0, 9.0]))
     assert results[0] == 2.0 and results[2] == 3.0
     assert isinstance(results[1], ValueError)
+
+
+def test_process_executor_starts_a_job_only_after_its_prerequisites():
+    """Job 1 needs job 0 (a cell and the model it waits for): the free worker takes job 2
+    instead of sitting on job 1, and job 1 starts only once job 0 has finished."""
+    ex = ProcessExecutor(workers=2, threads=1)
+    order = [i for i, _ in ex.run(time.sleep, [3.0, 0.0, 0.0], after=[[], [0], []])]
+    assert order == [2, 0, 1]
+    with pytest.raises(ValueError, match="after has 1 entries for 2 jobs"):
+        list(ex.run(time.sleep, [0.0, 0.0], after=[[]]))
 
 
 def test_submitit_executor(tmp_path, zoo, monkeypatch):

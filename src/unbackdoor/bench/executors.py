@@ -1,10 +1,14 @@
 """Where grid cells run: in this process, in local worker processes, or on a cluster scheduler.
 
-Every executor has one method, ``run(fn, jobs)``, that yields ``(index, result)`` as jobs finish,
-where ``result`` is ``fn(job)`` or the exception that escaped it. ``fn`` and the jobs must be
-picklable (module-level functions, dataclasses). The grid never changes with the executor:
-``executor: local`` with ``workers: N`` uses a spawn-context process pool, ``executor: submitit``
-hands each job to a cluster through `submitit <https://github.com/facebookincubator/submitit>`_
+Every executor has one method, ``run(fn, jobs, after)``, that yields ``(index, result)`` as jobs
+finish, where ``result`` is ``fn(job)`` or the exception that escaped it. ``after[i]`` lists the
+jobs that job ``i`` needs finished first (a cell needs the zoo models trained in the same queue);
+the local process pool starts, whenever a worker is free, the first job in queue order whose
+prerequisites are done, so that no worker waits on the zoo's lock while a runnable job waits.
+``fn`` and the jobs must be picklable (module-level functions, dataclasses). The grid never
+changes with the executor: ``executor: local`` with ``workers: N`` uses a spawn-context process
+pool, ``executor: submitit`` hands each job to a cluster through
+`submitit <https://github.com/facebookincubator/submitit>`_
 (Slurm, or its ``local``/``debug`` modes), configured by ``executor_options``.
 """
 
@@ -13,12 +17,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
 from unbackdoor.errors import ConfigError
 
 Result = tuple[int, Any]
+After = Sequence[Sequence[int]] | None
+
+
+def _prerequisites(jobs: Sequence[Any], after: After) -> list[set[int]]:
+    if after is None:
+        return [set() for _ in jobs]
+    if len(after) != len(jobs):
+        raise ValueError(f"after has {len(after)} entries for {len(jobs)} jobs")
+    return [set(a) for a in after]
 
 
 class Executor:
@@ -29,7 +43,9 @@ class Executor:
     #: file lock makes a cell wait for its model; a cluster gets models first, then cells
     pipelined = True
 
-    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+    def run(
+        self, fn: Callable[[Any], Any], jobs: Sequence[Any], after: After = None
+    ) -> Iterator[Result]:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -37,14 +53,18 @@ class Executor:
 
 
 class SerialExecutor(Executor):
-    """One job after another in this process (``workers: 1``); Ctrl-C stops at once."""
+    """One job after another in this process (``workers: 1``); Ctrl-C stops at once. The queue
+    order already puts every job after its prerequisites, so ``after`` changes nothing here."""
 
     name = "serial"
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
 
-    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+    def run(
+        self, fn: Callable[[Any], Any], jobs: Sequence[Any], after: After = None
+    ) -> Iterator[Result]:
+        _prerequisites(jobs, after)
         if self.threads:
             import torch
 
@@ -78,24 +98,51 @@ class ProcessExecutor(Executor):
     def describe(self) -> str:
         return f"{self.workers} processes x {self.threads} threads"
 
-    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+    def run(
+        self, fn: Callable[[Any], Any], jobs: Sequence[Any], after: After = None
+    ) -> Iterator[Result]:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor
 
+        needs = _prerequisites(jobs, after)
+        workers = min(self.workers, max(1, len(jobs)))
         pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, max(1, len(jobs))),
+            max_workers=workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self.threads, True),
         )
+        waiting = list(range(len(jobs)))  # not started yet, in queue order
+        finished: set[int] = set()
+        running: dict[Future[Any], int] = {}
+
+        def start_ready() -> None:
+            # only as many jobs as workers are handed to the pool, so that the choice of the
+            # next job is made when a worker frees up, not when the queue is built
+            while waiting and len(running) < workers:
+                i = next((i for i in waiting if needs[i] <= finished), None)
+                if i is None:
+                    if running:
+                        return  # every waiting job needs one that is running
+                    i = waiting[0]  # prerequisites outside this queue: start in order
+                waiting.remove(i)
+                running[pool.submit(fn, jobs[i])] = i
+
         try:
-            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                try:
-                    result: Any = fut.result()
-                except Exception as e:  # noqa: BLE001  (a worker died, or pickling failed)
-                    result = e
-                yield futures[fut], result
+            start_ready()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                results: list[Result] = []
+                for fut in done:
+                    i = running.pop(fut)
+                    finished.add(i)
+                    try:
+                        result: Any = fut.result()
+                    except Exception as e:  # noqa: BLE001  (a worker died, or pickling failed)
+                        result = e
+                    results.append((i, result))
+                start_ready()  # before the caller handles the results: no worker idles
+                yield from results
         except BaseException:
             # stop at once: running cells are lost anyway (their rows are never half-written),
             # and a worker left running would keep the interpreter from exiting
@@ -139,7 +186,11 @@ class SubmititExecutor(Executor):
     def describe(self) -> str:
         return f"submitit ({self.executor.cluster})"
 
-    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Result]:
+    def run(
+        self, fn: Callable[[Any], Any], jobs: Sequence[Any], after: After = None
+    ) -> Iterator[Result]:
+        # not pipelined: the grid hands over models and cells in separate calls
+        _prerequisites(jobs, after)
         submitted = [self.executor.submit(fn, job) for job in jobs]
         if self.executor.cluster == "debug":  # debug jobs run in this process when asked
             order: Iterator[int] = iter(range(len(submitted)))

@@ -256,10 +256,32 @@ def _wait(cell: Cell, training: Sequence[str]) -> int:
 
 
 def queue_order(cells: Sequence[Cell], training: Sequence[str] = ()) -> list[Cell]:
-    """``cells`` in the order to start them: those whose models are ready first (a cell behind
-    a model in training holds a worker on the zoo's lock), then the costliest first, so that
-    the cheap cells fill the workers at the end instead of one long cell running alone."""
-    return sorted(cells, key=lambda c: (_wait(c, training), tuple(-v for v in _cost(c))))
+    """``cells`` in the order to start them: the costliest first, so that the cheap cells fill
+    the workers at the end instead of one long cell running alone; among equals, those whose
+    models are ready first. (The process pool starts a cell only once the models it needs are
+    trained, see :func:`prerequisites`; this order decides among the cells that can start.)"""
+    return sorted(cells, key=lambda c: (tuple(-v for v in _cost(c)), _wait(c, training)))
+
+
+def prerequisites(jobs: Sequence[ModelJob | Cell]) -> list[list[int]]:
+    """For each job of a pipelined queue, the positions of the zoo models in the same queue
+    that it needs trained first: a cell its backdoored and clean models, a fitted attack's
+    model its clean twin."""
+    position = {str(j.path()): k for k, j in enumerate(jobs) if isinstance(j, ModelJob)}
+
+    def needs(item: ModelJob | Cell) -> list[ModelJob | None]:
+        if isinstance(item, ModelJob):
+            return [item.twin()]
+        return [item.backdoored, item.clean]
+
+    return [
+        [
+            position[str(m.path())]
+            for m in needs(item)
+            if m is not None and str(m.path()) in position
+        ]
+        for item in jobs
+    ]
 
 
 def _record_run(out: Path, cfg: BenchConfig, run: dict[str, Any]) -> None:
@@ -374,10 +396,9 @@ def run_grid(
         failed_models: dict[str, str] = {}
         jobs: list[ModelJob | Cell] = []
         if pool.pipelined:
-            # models first, cells behind them in the same queue: a cell starts as soon as a
-            # worker is free, and one whose model is still training waits on the zoo's lock,
-            # so the cells whose models are already in the zoo go first (a free worker would
-            # otherwise sit on a lock while runnable cells wait behind it)
+            # models first, cells behind them in the same queue: a free worker takes the first
+            # job whose models are trained (the zoo's lock keeps a model from being trained
+            # twice whatever the executor does)
             jobs = [*models, *queue_order(pending, [str(j.path()) for j in models])]
             if models:
                 _say(f"training {len(models)} models for the zoo, then the cells", quiet)
@@ -399,7 +420,8 @@ def run_grid(
         if not pool.pipelined:
             jobs = queue_order(jobs)
         desc = "models+cells" if models and pool.pipelined else "cells"
-        bar = progress(pool.run(grid_job, jobs), desc=desc, total=len(jobs))
+        after = prerequisites(jobs) if pool.pipelined else None
+        bar = progress(pool.run(grid_job, jobs, after), desc=desc, total=len(jobs))
         for i, result in bar:
             item = jobs[i]
             if isinstance(item, ModelJob):
