@@ -312,6 +312,15 @@ def test_process_executor_starts_a_job_only_after_its_prerequisites():
         list(ex.run(time.sleep, [0.0, 0.0], after=[[]]))
 
 
+def test_process_executor_goes_on_after_a_worker_dies():
+    """A job that kills its worker comes back as an error; the jobs after it run on a fresh
+    pool instead of all failing with the broken one."""
+    ex = ProcessExecutor(workers=1, threads=1)
+    results = dict(ex.run(eval, ["1 + 1", "__import__('os')._exit(3)", "2 + 2"]))
+    assert results[0] == 2 and results[2] == 4
+    assert "terminated abruptly" in str(results[1])
+
+
 def test_submitit_executor(tmp_path, zoo, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "submitit", None)
     with pytest.raises(ConfigError, match=r"pip install 'unbackdoor\[cluster\]'"):

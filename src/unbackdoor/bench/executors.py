@@ -103,15 +103,20 @@ class ProcessExecutor(Executor):
     ) -> Iterator[Result]:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         needs = _prerequisites(jobs, after)
         workers = min(self.workers, max(1, len(jobs)))
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.threads, True),
-        )
+
+        def new_pool() -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.threads, True),
+            )
+
+        pool = new_pool()
         waiting = list(range(len(jobs)))  # not started yet, in queue order
         finished: set[int] = set()
         running: dict[Future[Any], int] = {}
@@ -119,14 +124,23 @@ class ProcessExecutor(Executor):
         def start_ready() -> None:
             # only as many jobs as workers are handed to the pool, so that the choice of the
             # next job is made when a worker frees up, not when the queue is built
+            nonlocal pool
             while waiting and len(running) < workers:
                 i = next((i for i in waiting if needs[i] <= finished), None)
                 if i is None:
                     if running:
                         return  # every waiting job needs one that is running
                     i = waiting[0]  # prerequisites outside this queue: start in order
+                try:
+                    fut = pool.submit(fn, jobs[i])
+                except BrokenProcessPool:
+                    # a worker died (killed for memory, a crash): the jobs it ran come back
+                    # as errors; the jobs still waiting get a fresh pool
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
+                    fut = pool.submit(fn, jobs[i])
                 waiting.remove(i)
-                running[pool.submit(fn, jobs[i])] = i
+                running[fut] = i
 
         try:
             start_ready()
