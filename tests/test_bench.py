@@ -259,7 +259,7 @@ def test_pipelined_grid_queues_cells_whose_models_are_ready_first(tmp_path, monk
     assert type(model).__name__ == "ModelJob" and model.attack is None and len(cells) == 6
     assert needs == [[], [], [], [], [], [], [0]]  # the floor cell waits for the twin
     # the costliest first: BI-BAU, larger budget first, then FT, then the ceiling and the
-    # floor, which only evaluate (the ceiling first: its model is ready)
+    # floor, which only evaluate (in the grid's order)
     order = [(c.role, c.defense_id, c.budget) for c in cells]
     assert order == [
         ("defense", "bibau", 200),

@@ -248,19 +248,12 @@ def _cost(cell: Cell) -> tuple[float, float]:
     return (DEFENSES.get(cell.defense.name).relative_cost, float(cell.budget or 0))
 
 
-def _wait(cell: Cell, training: Sequence[str]) -> int:
-    """The position in ``training`` (zoo paths in training order) of the last model ``cell``
-    uses; -1 when its models are all in the zoo."""
-    used = [str(j.path()) for j in (cell.backdoored, cell.clean) if j is not None]
-    return max((i for i, p in enumerate(training) if p in used), default=-1)
-
-
-def queue_order(cells: Sequence[Cell], training: Sequence[str] = ()) -> list[Cell]:
+def queue_order(cells: Sequence[Cell]) -> list[Cell]:
     """``cells`` in the order to start them: the costliest first, so that the cheap cells fill
-    the workers at the end instead of one long cell running alone; among equals, those whose
-    models are ready first. (The process pool starts a cell only once the models it needs are
-    trained, see :func:`prerequisites`; this order decides among the cells that can start.)"""
-    return sorted(cells, key=lambda c: (tuple(-v for v in _cost(c)), _wait(c, training)))
+    the workers at the end instead of one long cell running alone (a stable sort: equals keep
+    the grid's order). Whether a cell can start yet is the executor's business: the process
+    pool starts one only once the models it needs are trained (:func:`prerequisites`)."""
+    return sorted(cells, key=lambda c: tuple(-v for v in _cost(c)))
 
 
 def prerequisites(jobs: Sequence[ModelJob | Cell]) -> list[list[int]]:
@@ -399,7 +392,7 @@ def run_grid(
             # models first, cells behind them in the same queue: a free worker takes the first
             # job whose models are trained (the zoo's lock keeps a model from being trained
             # twice whatever the executor does)
-            jobs = [*models, *queue_order(pending, [str(j.path()) for j in models])]
+            jobs = [*models, *queue_order(pending)]
             if models:
                 _say(f"training {len(models)} models for the zoo, then the cells", quiet)
         else:
